@@ -1,0 +1,34 @@
+"""The one exception type a user sees, and helpers that raise it.
+
+Every bad input (an unknown name, a value out of range, missing data) is reported as an
+`HfcError` whose message is one line naming the config field and what is allowed. `main`
+catches it, prints the line and exits non-zero without a traceback.
+"""
+
+from collections.abc import Iterable
+from typing import Any
+
+
+class HfcError(Exception):
+  """A user-facing error: one line, naming the field and the allowed values."""
+
+
+def check_choice(field: str, value: Any, allowed: Iterable[Any]) -> Any:
+  """Returns `value` if it is one of `allowed`, else raises a one-line HfcError."""
+  allowed = list(allowed)
+  if value not in allowed:
+    names = ", ".join(repr(a) for a in allowed)
+    raise HfcError(f"{field}={value!r} is not allowed; choose one of: {names}.")
+  return value
+
+
+def check_range(field: str, value: float, low: float | None = None,
+                high: float | None = None, *, integer: bool = False) -> float:
+  """Returns `value` if low <= value <= high (bounds optional), else raises HfcError."""
+  if integer and (isinstance(value, bool) or int(value) != value):
+    raise HfcError(f"{field}={value!r} must be an integer.")
+  if (low is not None and value < low) or (high is not None and value > high):
+    lo = "-inf" if low is None else repr(low)
+    hi = "inf" if high is None else repr(high)
+    raise HfcError(f"{field}={value!r} is out of range; allowed: [{lo}, {hi}].")
+  return value
