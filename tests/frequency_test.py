@@ -1,0 +1,109 @@
+"""The split against a literal NumPy transcription of PAPER.md section 1."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hfc_jax import errors, frequency
+
+
+def numpy_split(images, radius, inclusive=False):
+  """PAPER.md section 1, written out as the original code does it, channel by channel."""
+  n, h, w, c = images.shape
+  mask = np.zeros((h, w))
+  for i in range(h):
+    for j in range(w):
+      d = np.sqrt((i - h // 2) ** 2 + (j - w // 2) ** 2)
+      mask[i, j] = 1.0 if (d <= radius if inclusive else d < radius) else 0.0
+  lfc = np.zeros_like(images, dtype=np.float64)
+  hfc = np.zeros_like(images, dtype=np.float64)
+  for k in range(n):
+    for ch in range(c):
+      f = np.fft.fftshift(np.fft.fft2(images[k, :, :, ch]))
+      lfc[k, :, :, ch] = np.real(np.fft.ifft2(np.fft.ifftshift(f * mask)))
+      hfc[k, :, :, ch] = np.real(np.fft.ifft2(np.fft.ifftshift(f * (1 - mask))))
+  return lfc, hfc
+
+
+@pytest.mark.parametrize("size,channels", [(32, 3), (28, 1), (16, 3), (15, 2)])
+@pytest.mark.parametrize("inclusive", [False, True])
+def test_split_matches_numpy_reference(size, channels, inclusive):
+  rng = np.random.default_rng(size + channels)
+  images = rng.uniform(size=(3, size, size, channels)).astype(np.float32)
+  for radius in (1, 4, 8.0, 12, size // 2):
+    lfc, hfc = jax.jit(frequency.split, static_argnums=1,
+                       static_argnames="inclusive")(images, radius, inclusive=inclusive)
+    ref_lfc, ref_hfc = numpy_split(images, radius, inclusive)
+    np.testing.assert_allclose(lfc, ref_lfc, atol=2e-6)
+    np.testing.assert_allclose(hfc, ref_hfc, atol=2e-6)
+
+
+def test_boundary_conventions_differ_exactly_on_the_circle():
+  strict = frequency.disc_mask(32, 32, 4, inclusive=False)
+  closed = frequency.disc_mask(32, 32, 4, inclusive=True)
+  # Lattice points at distance exactly 4 from (16, 16): (+-4, 0), (0, +-4).
+  assert closed.sum() - strict.sum() == 4
+  assert strict[16, 16] == 1 and strict[16, 20] == 0 and closed[16, 20] == 1
+
+
+def test_reconstruction_and_zero_mean_hfc():
+  images = np.random.default_rng(0).uniform(size=(4, 32, 32, 3)).astype(np.float32)
+  lfc, hfc = frequency.split(images, 8)
+  np.testing.assert_allclose(lfc + hfc, images, atol=1e-6)
+  np.testing.assert_allclose(hfc.mean(axis=(1, 2)), 0.0, atol=1e-6)
+  assert float(hfc.min()) < 0
+
+
+def _sinusoid(freq_i, freq_j, size=32):
+  i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+  wave = 0.5 + 0.4 * np.cos(2 * np.pi * (freq_i * i + freq_j * j) / size)
+  return np.repeat(wave[None, :, :, None], 3, axis=-1).astype(np.float32)
+
+
+def test_low_sinusoid_is_all_lfc_and_high_all_hfc():
+  low = _sinusoid(1, 2)     # |k| = 2.24 < 8, plus the DC term.
+  high = _sinusoid(10, 9)   # |k| = 13.5 > 8.
+  lfc, hfc = frequency.split(np.concatenate([low, high]), 8)
+  np.testing.assert_allclose(lfc[0], low[0], atol=1e-5)
+  np.testing.assert_allclose(hfc[0], 0.0, atol=1e-5)
+  np.testing.assert_allclose(lfc[1], 0.5, atol=1e-5)   # only the DC survives
+  np.testing.assert_allclose(hfc[1], high[0] - 0.5, atol=1e-5)
+
+
+def test_split_many_equals_repeated_split_and_masks_are_cached():
+  images = np.random.default_rng(1).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+  radii = (4, 8, 12, 16)
+  lfcs, hfcs = frequency.split_many(images, radii)
+  assert lfcs.shape == (4, 2, 32, 32, 3)
+  for k, r in enumerate(radii):
+    lfc, hfc = frequency.split(images, r)
+    np.testing.assert_allclose(lfcs[k], lfc, atol=1e-6)
+    np.testing.assert_allclose(hfcs[k], hfc, atol=1e-6)
+  assert frequency.disc_mask(32, 32, 4.0) is frequency.disc_mask(32, 32, 4.0)
+
+
+def test_per_image_max_rescaling():
+  images = np.random.default_rng(2).uniform(size=(3, 16, 16, 3)).astype(np.float32)
+  lfc, hfc = frequency.split(images, 4, rescale="per_image_max")
+  ref_lfc, ref_hfc = numpy_split(images, 4)
+  np.testing.assert_allclose(lfc.max(axis=(1, 2, 3)), 1.0, atol=1e-6)
+  np.testing.assert_allclose(
+      hfc, ref_hfc / ref_hfc.max(axis=(1, 2, 3), keepdims=True), atol=1e-5)
+  with pytest.raises(errors.HfcError, match="rescale"):
+    frequency.split(images, 4, rescale="max")
+
+
+def test_split_is_differentiable():
+  images = jnp.asarray(np.random.default_rng(3).uniform(size=(1, 8, 8, 1)), jnp.float32)
+  # d/dx sum(LFC * g) = lowpass(g) because the projection is self-adjoint.
+  g = jnp.asarray(np.random.default_rng(4).normal(size=(1, 8, 8, 1)), jnp.float32)
+  grad = jax.grad(lambda x: jnp.sum(frequency.lowpass(x, 2) * g))(images)
+  np.testing.assert_allclose(grad, frequency.lowpass(g, 2), atol=1e-5)
+
+
+def test_radius_validation():
+  assert frequency.check_radius(28, 32, 32) == 28
+  for bad in (0.5, 33):
+    with pytest.raises(errors.HfcError, match=r"radius.*allowed: \[1, 32\]"):
+      frequency.check_radius(bad, 32, 32)
