@@ -95,4 +95,4 @@ def classifier_head(features: jnp.ndarray, dropout: nnx.Dropout, dense: nnx.Line
                     train: bool, rngs: nnx.Rngs | None) -> jnp.ndarray:
   """Dropout then the dense layer on (N, C) features; returns float32 logits (N, classes)."""
   features = dropout(features, deterministic=not train, rngs=rngs)
-  return dense(features.astype(dense.dtype or jnp.float32)).astype(jnp.float32)
+  return dense(features).astype(jnp.float32)

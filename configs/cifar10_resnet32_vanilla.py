@@ -1,0 +1,30 @@
+r"""The paper's vanilla CIFAR-10 setup (PAPER.md section 3), as the original code ran it.
+
+  python -m hfc_jax.main --config=configs/cifar10_resnet32_vanilla.py --workdir=DIR
+
+Pre-activation ResNet-32 without BatchNorm, Adam at 1e-4, batch 100, 100 epochs,
+no augmentation, seed 100; LFC/HFC at r in {4, 8, 12, 16} on the test set and on
+the training set every epoch. Pixels in [0, 1]; the original code also divides
+training and LFC/HFC images by their own maximum (`per_image_max`), kept here.
+Needs CIFAR-10 prepared with tensorflow-datasets (see README, "Data").
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.seed = 100
+  config.data.name = "cifar10"
+  config.data.rescale = "per_image_max"
+  config.model.name = "preact_resnet32"
+  config.model.norm = "none"
+  config.optim.name = "adam"
+  config.optim.learning_rate = 1e-4
+  config.train.epochs = 100
+  config.train.batch_size = 100
+  config.train.log_every_steps = 100
+  config.eval.rescale = "per_image_max"
+  config.eval.batch_size = 1000
+  config.eval.train_subset = 10000
+  return config

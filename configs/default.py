@@ -1,0 +1,74 @@
+r"""Default experiment: the embedded data set, a small CNN, a few minutes on a CPU.
+
+  python -m hfc_jax.main --config=configs/default.py --workdir=/tmp/hfc_default
+
+The embedded set (hfc_jax/data/synthetic.py) needs no download: 32x32x3 images whose
+class shows both in smooth low-frequency shapes and in a faint high-frequency
+texture (at spectrum radius 12.5-15.5). The small CNN uses the paper's batch-statistic
+BatchNorm. Expect, after 6 epochs (about 2 minutes on 2 CPU cores): clean test
+accuracy about 0.95, HFC accuracy about 0.9 at r = 4, 8, 12 (images that look black)
+and chance at r = 16, LFC accuracy about 0.8 at r <= 12 recovering to the clean
+level at r = 16. With --config.model.norm=none the HFC accuracy stays near 0.2: the
+paper's "BatchNorm models exploit more HFC".
+Every other config imports this one and overrides what differs.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.mode = "train"              # What main runs: 'train'.
+  config.seed = 0                    # Model init, data order, dropout.
+  config.num_devices = ml_collections.config_dict.placeholder(int)  # Mesh size (None: all).
+  config.tensorboard = True          # Write TensorBoard event files.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "embedded"      # embedded | cifar10 | cifar100 | mnist | fashion_mnist | npz
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir (None: default).
+  config.data.path = ml_collections.config_dict.placeholder(str)  # .npz file for name='npz'.
+  config.data.seed = 0               # Seed of the embedded data set.
+  config.data.num_train = 10000      # Embedded set: training images.
+  config.data.num_test = 2000        # Embedded set: test images.
+  config.data.image_size = 32        # Embedded set: image side in pixels.
+  config.data.hf_prob = 0.9          # Embedded set: share of images carrying their class's texture.
+  config.data.hf_amplitude = 0.04    # Embedded set: amplitude of each texture cosine ([0, 1] units).
+  config.data.augment = False        # Pad-crop + horizontal flip of training images.
+  config.data.aug_pad = 2            # Pixels padded on each side before the random crop.
+  config.data.aug_pad_mode = "zero"  # zero | reflect
+  config.data.aug_flip = True        # Random horizontal flip when augmenting.
+  config.data.rescale = "none"       # Training images: none | per_image_max (the original code).
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "small_cnn"    # small_cnn | resnet18 | preact_resnet32
+  config.model.norm = "batch_stats"  # none | batch_stats (paper) | batchnorm (running averages)
+  config.model.dropout = 0.0         # Dropout rate before the classifier.
+  config.model.input_filter = "none"  # none | lowpass | highpass input layer.
+  config.model.filter_radius = 0.0   # Radius of that input layer.
+  config.model.dtype = "float32"     # Compute dtype: float32 | bfloat16 (params stay float32).
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "adam"         # sgd | adam | adamw | adagrad | adadelta | rmsprop
+  config.optim.learning_rate = 1e-3
+  config.optim.schedule = "constant"  # constant | cosine | step
+  config.optim.warmup_epochs = 0.0
+  config.optim.momentum = 0.9        # SGD momentum.
+  config.optim.nesterov = False
+  config.optim.weight_decay = 0.0
+  config.optim.grad_clip_norm = 0.0  # 0: no clipping.
+
+  config.train = ml_collections.ConfigDict()
+  config.train.epochs = 6
+  config.train.batch_size = 128      # Global batch, split over all devices.
+  config.train.log_every_steps = 25
+  config.train.keep_checkpoints = 3  # Orbax keeps the last few epochs.
+  config.train.prefetch = 2          # Batches placed on devices ahead of the step.
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.radii = (4, 8, 12, 16)  # LFC/HFC radii, frequency-index units.
+  config.eval.inclusive = False      # Disc boundary: dist < r (code) or <= r (paper).
+  config.eval.rescale = "none"       # LFC/HFC images: none | per_image_max (original code).
+  config.eval.batch_size = 500
+  config.eval.train_subset = 2000    # Training images scored per epoch (0: all).
+  config.eval.test_subset = 0        # Test images scored per epoch (0: all).
+  return config

@@ -1,0 +1,71 @@
+r"""Runs an hfc_jax experiment.
+
+  python -m hfc_jax.main --config=configs/default.py --workdir=/tmp/hfc_default
+  python -m hfc_jax.main --config=configs/default.py --workdir=/tmp/run \
+      --config.train.epochs=3 --config.model.name=resnet18
+
+Bad input ends the run with one line on stderr ("hfc_jax: error: ...") and exit
+status 2; nothing in the workdir is changed before the config is checked.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from hfc_jax import errors
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+flags.DEFINE_bool("jax_distributed", False,
+                  "Call jax.distributed.initialize() first (multi-host TPU pods / GPU "
+                  "clusters; coordinator and process ids come from the environment).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+MODES = ("train",)
+
+
+def check_workdir(workdir: str) -> str:
+  """Creates `workdir` if needed and checks that it is writable, or raises HfcError."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise errors.HfcError(f"workdir={workdir!r} is not writable ({e.strerror}).") from None
+  return workdir
+
+
+def run(config, workdir: str):
+  """Dispatches on `config.mode`; returns what the driver returns."""
+  errors.check_choice("mode", config.get("mode", "train"), MODES)
+  check_workdir(workdir)
+  from hfc_jax import train  # pylint: disable=g-import-not-at-top
+  return train.train_and_evaluate(config, workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  import jax  # pylint: disable=g-import-not-at-top
+  from hfc_jax import records  # pylint: disable=g-import-not-at-top
+  records.quiet_library_logs()
+  if FLAGS.jax_distributed:
+    jax.distributed.initialize()
+  logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)",
+               jax.__version__, jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind)
+  try:
+    run(FLAGS.config, FLAGS.workdir)
+  except errors.HfcError as e:
+    print(f"hfc_jax: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,47 @@
+"""A pure-function view of an NNX model, for `jax.jit`, `jax.grad` and attacks.
+
+The train state holds parameters and BatchNorm statistics as plain nested dicts of
+arrays (easy to shard, checkpoint and restore on a laptop); `apply` merges them with
+the model's graph definition inside the traced function and calls the model.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+from flax import nnx
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Functional:
+  """`graphdef` of one model architecture; hashable, so it can be a static argument."""
+  graphdef: Any
+
+  @classmethod
+  def split(cls, model: nnx.Module) -> tuple["Functional", PyTree, PyTree]:
+    """Returns (functional, params, model_state) with params/state as pure dicts."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return cls(graphdef), nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+  def apply(self, params: PyTree, model_state: PyTree, images: jax.Array, *,
+            train: bool, dropout_key: jax.Array | None = None
+            ) -> tuple[jax.Array, PyTree]:
+    """Runs the model on (N, H, W, C) float images.
+
+    Returns:
+      (logits float32 (N, classes), the updated model state: new BatchNorm
+      running averages when `train`, else the state unchanged).
+    """
+    model = nnx.merge(self.graphdef, params, model_state)
+    rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
+    logits = model(images, train=train, rngs=rngs)
+    if not train:
+      return logits, model_state
+    _, _, rest = nnx.split(model, nnx.Param, ...)
+    return logits, nnx.to_pure_dict(rest)
+
+  def logits(self, params: PyTree, model_state: PyTree, images: jax.Array) -> jax.Array:
+    """Evaluation-mode logits (BN running statistics, no dropout)."""
+    return self.apply(params, model_state, images, train=False)[0]

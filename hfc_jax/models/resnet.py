@@ -1,0 +1,83 @@
+"""CIFAR ResNet-18 (the blog post's model): post-activation basic blocks.
+
+conv3x3(64) stem, stride 1, no max pool -> 4 stages x 2 basic blocks at 64/128/256/512
+channels, stride 2 in the first block of stages 2-4 -> global average pool -> dropout ->
+dense. A block is conv3x3-norm-relu-conv3x3-norm, plus the shortcut, then ReLU; the
+shortcut is a 1x1 conv + norm where the shape changes. Convs have no bias and He-normal
+(fan-out) kernels. With norm='batchnorm' and 10 classes it has 11,173,962 parameters.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hfc_jax.models import layers
+
+STAGE_WIDTHS = (64, 128, 256, 512)
+STAGE_BLOCKS = (2, 2, 2, 2)
+_KERNEL_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(in_features: int, out_features: int, kernel: int, stride: int, *, dtype: Any,
+         rngs: nnx.Rngs) -> nnx.Conv:
+  """A bias-free SAME conv with a square kernel."""
+  return nnx.Conv(in_features, out_features, (kernel, kernel), strides=stride,
+                  padding="SAME", use_bias=False, dtype=dtype, kernel_init=_KERNEL_INIT,
+                  rngs=rngs)
+
+
+class BasicBlock(nnx.Module):
+  """Post-activation basic block with a projection shortcut when the shape changes."""
+
+  def __init__(self, in_features: int, out_features: int, stride: int, *, norm: str,
+               dtype: Any, rngs: nnx.Rngs):
+    self.conv1 = conv(in_features, out_features, 3, stride, dtype=dtype, rngs=rngs)
+    self.norm1 = layers.make_norm(norm, out_features, dtype=dtype, rngs=rngs)
+    self.conv2 = conv(out_features, out_features, 3, 1, dtype=dtype, rngs=rngs)
+    self.norm2 = layers.make_norm(norm, out_features, dtype=dtype, rngs=rngs)
+    self.projection = stride != 1 or in_features != out_features
+    if self.projection:
+      self.shortcut_conv = conv(in_features, out_features, 1, stride, dtype=dtype, rngs=rngs)
+      self.shortcut_norm = layers.make_norm(norm, out_features, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    """Maps (N, H, W, in) to (N, ceil(H / stride), ceil(W / stride), out)."""
+    y = jax.nn.relu(self.norm1(self.conv1(x), train=train))
+    y = self.norm2(self.conv2(y), train=train)
+    if self.projection:
+      x = self.shortcut_norm(self.shortcut_conv(x), train=train)
+    return jax.nn.relu(y + x)
+
+
+class ResNet18(nnx.Module):
+  """CIFAR ResNet-18; `first_conv` is the (3, 3, in_channels, 64) stem conv."""
+
+  def __init__(self, *, num_classes: int, in_channels: int, norm: str = "batchnorm",
+               dropout: float = 0.0, input_filter: str = "none", filter_radius: float = 0.0,
+               dtype: Any = jnp.float32, stage_widths: Sequence[int] = STAGE_WIDTHS,
+               stage_blocks: Sequence[int] = STAGE_BLOCKS, rngs: nnx.Rngs):
+    self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
+    self.first_conv = conv(in_channels, stage_widths[0], 3, 1, dtype=dtype, rngs=rngs)
+    self.first_norm = layers.make_norm(norm, stage_widths[0], dtype=dtype, rngs=rngs)
+    blocks, width = [], stage_widths[0]
+    for stage, (out, count) in enumerate(zip(stage_widths, stage_blocks)):
+      for i in range(count):
+        stride = 2 if stage > 0 and i == 0 else 1
+        blocks.append(BasicBlock(width, out, stride, norm=norm, dtype=dtype, rngs=rngs))
+        width = out
+    self.blocks = nnx.List(blocks)
+    self.dropout = nnx.Dropout(dropout)
+    self.head = nnx.Linear(width, num_classes, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jnp.ndarray, *, train: bool,
+               rngs: nnx.Rngs | None = None) -> jnp.ndarray:
+    """Maps (N, H, W, in_channels) images in [0, 1] to float32 logits (N, num_classes)."""
+    x = self.input_filter(x, train=train)
+    x = jax.nn.relu(self.first_norm(self.first_conv(x), train=train))
+    for block in self.blocks:
+      x = block(x, train=train)
+    return layers.classifier_head(layers.global_avg_pool(x), self.dropout, self.head,
+                                  train=train, rngs=rngs)

@@ -1,0 +1,64 @@
+"""Data parallelism over a device mesh: the jit-and-shardings replacement for pmap.
+
+One mesh axis, `data`, spans every device of every process. The global batch is
+sharded along it (`P('data')`: device k holds rows k*B/n ... (k+1)*B/n), and the
+model and optimiser state are replicated (`P()`). A `jax.jit` step written for the
+global batch then runs as pmap-style data parallelism: XLA inserts the gradient
+all-reduce that `pmap` code spelled as `lax.pmean(grads, 'batch')`.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from hfc_jax import errors
+
+DATA_AXIS = "data"
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D `data` mesh over the first `num_devices` devices (default: all, all hosts)."""
+  devices = jax.devices()
+  if num_devices is not None:
+    errors.check_range("num_devices", num_devices, 1, len(devices), integer=True)
+    devices = devices[:num_devices]
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Every device holds the whole array (parameters, optimiser state, step)."""
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """The leading (batch) axis is split over the `data` axis."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(field: str, batch_size: int, mesh: Mesh) -> int:
+  """Raises HfcError unless the global batch divides evenly over devices and processes."""
+  n = mesh.devices.size
+  if batch_size < 1 or batch_size % n or batch_size % jax.process_count():
+    raise errors.HfcError(
+        f"{field}={batch_size} must be a positive multiple of the number of devices ({n}).")
+  return batch_size
+
+
+def put_batch(mesh: Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+  """Assembles per-process host arrays into global arrays sharded along the batch.
+
+  Each process passes its own contiguous slice of the global batch (shape
+  (B / process_count, ...)); on one host this is the whole batch.
+  """
+  sharding = batch_sharding(mesh)
+  out = []
+  for a in arrays:
+    global_shape = (a.shape[0] * jax.process_count(),) + a.shape[1:]
+    out.append(jax.make_array_from_process_local_data(sharding, a, global_shape))
+  return tuple(out)
+
+
+def put_replicated(tree, mesh: Mesh):
+  """Places a pytree of host or device arrays on every device of the mesh."""
+  return jax.device_put(tree, replicated(mesh))

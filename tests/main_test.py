@@ -1,0 +1,132 @@
+"""`python -m hfc_jax.main` end to end: outputs, kill-and-resume, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from hfc_jax import checkpointing, sharding, train
+from tests.train_test import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.data.num_train=512", "--config.data.num_test=256",
+        "--config.train.epochs=2", "--config.train.batch_size=64",
+        "--config.train.log_every_steps=4", "--config.eval.batch_size=128",
+        "--config.eval.train_subset=256"]
+
+
+def _command(workdir, *extra):
+  return [sys.executable, "-m", "hfc_jax.main", "--config=configs/default.py",
+          f"--workdir={workdir}", *TINY, *extra]
+
+
+def _run(workdir, *extra, timeout=300):
+  return subprocess.run(_command(workdir, *extra), cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout, env=dict(os.environ))
+
+
+def _params(workdir):
+  ckpt = checkpointing.open_existing(str(workdir))
+  out = ckpt.manager.restore(ckpt.latest_epoch(), args=checkpointing.ocp.args.Composite(
+      state=checkpointing.ocp.args.StandardRestore()))
+  ckpt.close()
+  return out["state"]["params"]
+
+
+def test_main_end_to_end_writes_metrics_and_checkpoints(tmp_path):
+  result = _run(tmp_path / "run")
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+  records = [json.loads(line) for line in lines]
+  assert [r["epoch"] for r in records] == [1, 2]
+  expected = {"epoch", "step", "train_loss", "train_accuracy", "train_time_s",
+              "epoch_time_s", "test/loss", "train_eval/loss"}
+  for split in ("test", "train_eval"):
+    expected |= {f"{split}/clean"} | {f"{split}/{kind}_{r}" for kind in ("lfc", "hfc")
+                                      for r in (4, 8, 12, 16)}
+  assert set(records[-1]) == expected
+  for key in expected - {"epoch", "step"}:
+    assert np.isfinite(records[-1][key])
+  assert records[-1]["step"] == 2 * 512 // 64
+  assert 0.0 <= records[-1]["test/hfc_8"] <= 1.0
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["1", "2"]
+  assert os.listdir(tmp_path / "run" / "tensorboard")
+  assert "images/s" in result.stderr
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+  workdir = tmp_path / "killed"
+  proc = subprocess.Popen(_command(workdir, "--config.train.epochs=3"), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  first = workdir / "checkpoints" / "1"
+  while not first.is_dir() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert first.is_dir(), "the run never finished its first epoch"
+  done = sorted(os.listdir(workdir / "checkpoints"))
+  assert "3" not in done
+  result = _run(workdir, "--config.train.epochs=3")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resumed from epoch" in result.stderr
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records] == [1, 2, 3]
+  reference = train.train_and_evaluate(
+      tiny_config(**{"train.epochs": 3}), str(tmp_path / "reference"),
+      mesh=sharding.make_mesh(jax.device_count()))
+  assert records[-1]["test/clean"] == pytest.approx(reference[-1]["test/clean"], abs=1e-6)
+  for a, b in zip(jax.tree.leaves(_params(workdir)),
+                  jax.tree.leaves(_params(tmp_path / "reference"))):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.model.name=vgg", "model.name='vgg' is not allowed; choose one of"),
+    ("--config.data.name=imagenet", "data.name='imagenet' is not allowed; choose one of"),
+    ("--config.optim.name=lamb", "optim.name='lamb' is not allowed; choose one of"),
+    ("--config.eval.radii=(0.5,8)", "eval.radii=0.5 is out of range; allowed: [1, 32]"),
+    ("--config.eval.radii=(4,33)", "eval.radii=33 is out of range; allowed: [1, 32]"),
+    ("--config.train.batch_size=60", "train.batch_size=60 must be a positive multiple"),
+])
+def test_bad_input_gives_one_line_error(tmp_path, flag, message):
+  result = _run(tmp_path / "bad", flag, timeout=120)
+  assert result.returncode == 2
+  err_lines = [l for l in result.stderr.splitlines() if l.startswith("hfc_jax: error:")]
+  assert len(err_lines) == 1 and message in err_lines[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_unwritable_workdir_is_refused(tmp_path):
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  (locked / "keep.txt").write_text("precious")
+  os.chmod(locked, 0o500)
+  try:
+    if os.access(locked, os.W_OK):   # root ignores permission bits: use a file path
+      target = locked / "keep.txt" / "run"
+    else:
+      target = locked / "run"
+    result = _run(target, timeout=120)
+  finally:
+    os.chmod(locked, 0o700)
+  assert result.returncode == 2
+  assert "hfc_jax: error: workdir=" in result.stderr and "is not writable" in result.stderr
+  assert (locked / "keep.txt").read_text() == "precious"
+
+
+def test_cifar10_missing_offline_fails_fast_with_instructions(tmp_path):
+  start = time.time()
+  result = _run(tmp_path / "cifar", "--config.data.name=cifar10",
+                f"--config.data.data_dir={tmp_path / 'tfds'}", timeout=120)
+  assert result.returncode == 2
+  assert time.time() - start < 60
+  line = [l for l in result.stderr.splitlines() if l.startswith("hfc_jax: error:")][0]
+  assert "cifar10" in line and "data_dir" in line and "tfds build" in line

@@ -1,0 +1,219 @@
+"""Tests for hfc_jax.models: shapes, exact parameter counts, norms, dropout, dtype, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hfc_jax import errors, models
+from hfc_jax.models import layers
+
+NORMS = ("none", "batch_stats", "batchnorm")
+
+
+def _images(shape, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).uniform(size=shape), jnp.float32)
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+
+
+def _conv(k, c_in, c_out, bias=False):
+  return k * k * c_in * c_out + (c_out if bias else 0)
+
+
+def _norm(c, norm):
+  return 2 * c if norm == "batchnorm" else 0
+
+
+def small_cnn_params(c, k, norm):
+  widths = (16, 32, 64, 64)
+  total = sum(_conv(3, a, b, bias=True) + _norm(b, norm)
+              for a, b in zip((c,) + widths[:-1], widths))
+  return total + 64 * k + k
+
+
+def resnet18_params(c, k, norm):
+  total = _conv(3, c, 64) + _norm(64, norm)
+  c_in = 64
+  for stage, width in enumerate((64, 128, 256, 512)):
+    for block in range(2):
+      total += _conv(3, c_in, width) + _conv(3, width, width) + 2 * _norm(width, norm)
+      if stage > 0 and block == 0:  # 1x1 projection shortcut + its norm
+        total += _conv(1, c_in, width) + _norm(width, norm)
+      c_in = width
+  return total + 512 * k + k
+
+
+def preact_resnet32_params(c, k, norm):
+  total, c_in = _conv(3, c, 16), 16
+  for width in (16, 32, 64):
+    for _ in range(5):  # norm(c_in) conv(c_in->w) norm(w) conv(w->w); option-A shortcut
+      total += _norm(c_in, norm) + _conv(3, c_in, width) + _norm(width, norm)
+      total += _conv(3, width, width)
+      c_in = width
+  return total + _norm(64, norm) + 64 * k + k
+
+
+PARAM_FORMULAS = {"small_cnn": small_cnn_params, "resnet18": resnet18_params,
+                  "preact_resnet32": preact_resnet32_params}
+FIRST_CONV_FEATURES = {"small_cnn": 16, "resnet18": 64, "preact_resnet32": 16}
+
+
+def test_formulas_match_known_counts():
+  assert resnet18_params(3, 10, "batchnorm") == 11_173_962
+  assert preact_resnet32_params(3, 10, "none") == 461_882  # the usual "0.46M" ResNet-32
+  assert small_cnn_params(3, 10, "none") == 61_162
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_shapes_and_param_counts(name, norm):
+  for shape, classes in (((2, 32, 32, 3), 10), ((2, 28, 28, 1), 7)):
+    model = models.create(name, num_classes=classes, in_channels=shape[-1], norm=norm)
+    logits = model(_images(shape), train=False)
+    assert logits.shape == (shape[0], classes) and logits.dtype == jnp.float32
+    assert np.all(np.isfinite(logits))
+    params = nnx.state(model, nnx.Param)
+    assert _count(params) == PARAM_FORMULAS[name](shape[-1], classes, norm)
+    kernel = models.first_conv_kernel(params)
+    assert kernel.shape == (3, 3, shape[-1], FIRST_CONV_FEATURES[name])
+    assert params["first_conv"]["kernel"].shape == kernel.shape
+
+
+def test_first_conv_kernel_accepts_model_state_and_dict():
+  model = models.create("preact_resnet32", num_classes=10, in_channels=3)
+  _, params = nnx.split(model, nnx.Param)
+  expected = np.asarray(model.first_conv.kernel[...])
+  for source in (model, params, nnx.to_pure_dict(params)):
+    np.testing.assert_array_equal(models.first_conv_kernel(source), expected)
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_split_gives_only_params_and_batch_stats(name):
+  model = nnx.eval_shape(lambda: models.create(name, num_classes=10, in_channels=3,
+                                               norm="batchnorm", dropout=0.5))
+  _, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+  assert _count(rest) == 0
+  assert _count(params) == PARAM_FORMULAS[name](3, 10, "batchnorm")
+  # mean/var mirror scale/bias one to one
+  assert _count(stats) == _count(params) - PARAM_FORMULAS[name](3, 10, "none")
+
+
+def test_batch_stats_norm_matches_numpy():
+  x = np.random.default_rng(1).normal(3.0, 2.0, size=(4, 5, 5, 6)).astype(np.float32)
+  mean = x.mean(axis=(0, 1, 2))
+  expected = (x - mean) / np.sqrt(x.var(axis=(0, 1, 2)) + 1e-3)
+  norm = layers.make_norm("batch_stats", 6, rngs=nnx.Rngs(0))
+  for train in (True, False):  # the paper's BN uses batch statistics in eval too
+    y = np.asarray(norm(jnp.asarray(x), train=train))
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
+  assert _count(nnx.state(norm)) == 0
+
+
+def test_batchnorm_uses_running_stats_in_eval():
+  x = np.random.default_rng(2).normal(3.0, 2.0, size=(8, 4, 4, 5)).astype(np.float32)
+  norm = layers.make_norm("batchnorm", 5, rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(norm(jnp.asarray(x), train=False), x / np.sqrt(1 + 1e-5),
+                             rtol=1e-5)
+  norm(jnp.asarray(x), train=True)  # one step: ra = 0.9 * ra + 0.1 * batch
+  mean = 0.1 * x.mean(axis=(0, 1, 2))
+  var = 0.9 + 0.1 * x.var(axis=(0, 1, 2))
+  np.testing.assert_allclose(norm.mean[...], mean, rtol=1e-5)
+  np.testing.assert_allclose(norm.var[...], var, rtol=1e-5)
+  np.testing.assert_allclose(norm(jnp.asarray(x), train=False),
+                             (x - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm,batch_independent", [("batchnorm", True),
+                                                     ("batch_stats", False)])
+def test_model_eval_batch_dependence(norm, batch_independent):
+  model = models.create("small_cnn", num_classes=10, in_channels=3, norm=norm)
+  x = _images((4, 16, 16, 3), seed=3)
+  before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+  model(x, train=True)
+  after = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+  if norm == "batchnorm":
+    assert not np.allclose(before["first_norm"]["mean"], after["first_norm"]["mean"])
+  alone, in_batch = model(x[:1], train=False), model(x, train=False)[:1]
+  assert np.allclose(alone, in_batch, atol=1e-5) == batch_independent
+
+
+def test_dropout_only_when_training_with_rngs():
+  model = models.create("small_cnn", num_classes=10, in_channels=3, dropout=0.5)
+  x = _images((4, 16, 16, 3), seed=4)
+  evals = [model(x, train=False), model(x, train=False, rngs=nnx.Rngs(dropout=0))]
+  np.testing.assert_array_equal(evals[0], evals[1])
+  train_a = model(x, train=True, rngs=nnx.Rngs(dropout=0))
+  train_b = model(x, train=True, rngs=nnx.Rngs(dropout=1))
+  assert not np.allclose(train_a, evals[0]) and not np.allclose(train_a, train_b)
+  with pytest.raises(ValueError):
+    model(x, train=True)
+  no_dropout = models.create("small_cnn", num_classes=10, in_channels=3, dropout=0.0)
+  np.testing.assert_array_equal(no_dropout(x, train=True), no_dropout(x, train=False))
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "preact_resnet32"])
+def test_bfloat16_keeps_float32_params_and_logits(name):
+  x = _images((2, 16, 16, 3), seed=5)
+  ref = models.create(name, num_classes=10, in_channels=3, norm="batchnorm")
+  model = models.create(name, num_classes=10, in_channels=3, norm="batchnorm",
+                        dtype="bfloat16")
+  assert {a.dtype for a in jax.tree.leaves(nnx.state(model, nnx.Param))} == {np.dtype(np.float32)}
+  logits = model(x, train=True)
+  assert logits.dtype == jnp.float32
+  assert {a.dtype for a in jax.tree.leaves(nnx.state(model, nnx.BatchStat))} == {np.dtype(np.float32)}
+  expected = ref(x, train=True)
+  assert not np.array_equal(logits, expected)  # really computed in bfloat16
+  np.testing.assert_allclose(logits, expected, rtol=0.1, atol=0.1)
+  jaxpr = str(jax.make_jaxpr(lambda v: model(v, train=False))(x))
+  assert "bf16" in jaxpr
+
+
+def test_input_filter_splits_the_input():
+  x = _images((2, 32, 32, 3), seed=6)
+  low = layers.FrequencyFilter("lowpass", 8.0)(x)
+  high = layers.FrequencyFilter("highpass", 8.0)(x)
+  assert low.shape == x.shape and low.dtype == jnp.float32
+  np.testing.assert_allclose(low + high, x, atol=1e-5)
+  assert layers.FrequencyFilter("none", 8.0)(x) is x
+  kw = dict(num_classes=10, in_channels=3, input_filter="lowpass", filter_radius=8.0)
+  filtered = models.create("small_cnn", **kw)
+  plain = models.create("small_cnn", num_classes=10, in_channels=3)
+  np.testing.assert_allclose(filtered(x, train=False), plain(low, train=False), atol=1e-5)
+
+
+def test_jitted_grad_step_updates_batch_stats():
+  model = models.create("preact_resnet32", num_classes=10, in_channels=3, norm="batchnorm",
+                        dropout=0.5)
+  x, y = _images((4, 16, 16, 3), seed=7), jnp.arange(4)
+
+  @nnx.jit
+  def grads(model, x, y, rngs):
+    def loss_fn(model, rngs):  # rngs go in as an argument, not by closure
+      logits = model(x, train=True, rngs=rngs)
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+    return nnx.grad(loss_fn)(model, rngs)
+
+  g = grads(model, x, y, nnx.Rngs(dropout=0))
+  assert g["first_conv"]["kernel"].shape == (3, 3, 3, 16)
+  assert np.any(np.asarray(g["first_conv"]["kernel"][...]) != 0)
+  assert np.any(np.asarray(model.final_norm.mean[...]) != 0)
+
+
+@pytest.mark.parametrize("field,kwargs", [
+    ("model.name", dict(name="vgg")),
+    ("model.norm", dict(norm="layernorm")),
+    ("model.input_filter", dict(input_filter="bandpass")),
+    ("model.dtype", dict(dtype="float16")),
+    ("model.dropout", dict(dropout=1.5)),
+    ("model.filter_radius", dict(filter_radius=-1.0)),
+])
+def test_bad_values_raise_hfc_error(field, kwargs):
+  args = dict(name="small_cnn", num_classes=10, in_channels=3) | kwargs
+  with pytest.raises(errors.HfcError, match=field.replace(".", r"\.")):
+    models.create(args.pop("name"), **args)
