@@ -139,6 +139,38 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict:
           "seed": config.seed}
 
 
+@flax.struct.dataclass
+class Trained:
+  """A finished (or running) workdir's model, restored for analysis."""
+  functional: Functional = flax.struct.field(pytree_node=False)
+  params: PyTree
+  model_state: PyTree
+  config: ml_collections.ConfigDict = flax.struct.field(pytree_node=False)
+  history: list = flax.struct.field(pytree_node=False)
+  epoch: int = flax.struct.field(pytree_node=False)
+
+
+def restore_trained(workdir: str, epoch: int | None = None, *, device=None) -> Trained:
+  """Restores a workdir's model onto one device (default: the first CPU device).
+
+  Works on a laptop CPU for checkpoints written on a GPU or TPU mesh: the arrays are
+  re-laid out onto `device`. The config and data shape come from the checkpoint.
+  """
+  ckpt = checkpointing.open_existing(workdir)
+  epoch = ckpt.latest_epoch() if epoch is None else epoch
+  meta = ckpt.restore_meta(epoch)
+  config = ml_collections.ConfigDict(meta["config"])
+  device = device or jax.devices("cpu")[0]
+  mesh = jax.sharding.Mesh(np.array([device]), (sharding.DATA_AXIS,))
+  model = create_model(config, meta["num_classes"], meta["channels"])
+  tx = optimizers.make_optimizer(config.optim, 1, config.train.epochs)
+  functional, state = create_train_state(model, tx, config.seed, mesh)
+  state, meta = ckpt.restore(checkpointing.abstract_like(state), epoch)
+  ckpt.close()
+  return Trained(functional, state.params, state.model_state, config,
+                 meta["history"], epoch)
+
+
 # ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
@@ -208,8 +240,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     record["epoch_time_s"] = time.perf_counter() - t0
     record = {k: records.json_scalar(v) for k, v in record.items()}
     history.append(record)
-    ckpt.save(epoch + 1, state, {"config": config.to_dict(), "history": history,
-                                 "fingerprint": _fingerprint(config)})
+    ckpt.save(epoch + 1, state, {
+        "config": config.to_dict(), "history": history,
+        "fingerprint": _fingerprint(config), "num_classes": dataset.num_classes,
+        "channels": dataset.channels, "image_size": dataset.image_size})
     recorder.write_epoch(record)
     recorder.restart_clock()
   ckpt.close()

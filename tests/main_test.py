@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hfc_jax import checkpointing, sharding, train
+from hfc_jax import data as data_lib
 from tests.train_test import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +59,19 @@ def test_main_end_to_end_writes_metrics_and_checkpoints(tmp_path):
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["1", "2"]
   assert os.listdir(tmp_path / "run" / "tensorboard")
   assert "images/s" in result.stderr
+  # A laptop-style restore onto the CPU reproduces the recorded test accuracy.
+  trained = train.restore_trained(str(tmp_path / "run"))
+  assert trained.epoch == 2 and trained.history == records
+  assert trained.params["first_conv"]["kernel"].shape == (3, 3, 3, 16)
+  assert trained.params["first_conv"]["kernel"].devices() == {jax.devices("cpu")[0]}
+  dataset = data_lib.load(trained.config.data)
+  # The default model normalises with batch statistics: score in eval-size batches.
+  logits_fn = jax.jit(trained.functional.logits)
+  x = dataset.x_test.astype(np.float32) / 255
+  logits = np.concatenate([logits_fn(trained.params, trained.model_state, x[i:i + 128])
+                           for i in range(0, len(x), 128)])
+  accuracy = np.mean(np.argmax(logits, -1) == dataset.y_test)
+  assert accuracy == pytest.approx(records[-1]["test/clean"], abs=1e-6)
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):

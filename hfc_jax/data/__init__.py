@@ -61,7 +61,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   """Returns the `data` section of the config, with every field and its default."""
   c = ml_collections.ConfigDict()
   c.name = "embedded"  # one of NAMES
-  c.data_dir = config_dict.placeholder(str)  # tfds data dir; None: tfds default (~/tensorflow_datasets)
+  c.data_dir = config_dict.placeholder(str)  # tfds data dir; None: ~/tensorflow_datasets
   c.path = config_dict.placeholder(str)  # the .npz file for name='npz'
   # The embedded set (see synthetic.py).
   c.seed = 0  # the embedded set is a function of this seed
@@ -69,7 +69,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.num_test = 2_000
   c.image_size = 32
   c.hf_prob = 0.9  # share of images whose texture is their own class's
-  c.hf_amplitude = 0.04  # amplitude of each texture cosine, [0, 1] pixel units
+  c.hf_amplitude = 0.04  # amplitude of each of the 2 texture cosines, [0, 1] pixel units
   # Training augmentation (pipeline.train_batches); the paper uses it only for adversarial training.
   c.augment = False
   c.aug_pad = 2  # pixels padded on each side before the random crop back to H x W

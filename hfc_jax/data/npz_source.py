@@ -73,7 +73,7 @@ def load_npz(path: str) -> dict:
     A dict with x_train (N, S, S, C) uint8, y_train (N,) int32, x_test, y_test, num_classes.
   """
   if not path or not os.path.isfile(path):
-    raise _fail(path, "no such file; set --config.data.path to an .npz with " + ", ".join(KEYS) + ".")
+    raise _fail(path, f"no such file; set --config.data.path to an .npz with {', '.join(KEYS)}.")
   arrays = _read(path)
   out = {}
   for split in ("train", "test"):
