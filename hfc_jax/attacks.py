@@ -85,9 +85,9 @@ def _repeat(body: Callable, start: int, stop: int, init, unroll: bool):
   return init
 
 
-def _per_image(value, x: jax.Array) -> jax.Array:
-  """A float or (N,) value as float32, broadcastable against (N, H, W, C) `x`."""
-  value = jnp.asarray(value, jnp.float32)
+def _per_image(value, x: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """A scalar or (N,) value as `dtype`, broadcastable against (N, H, W, C) `x`."""
+  value = jnp.asarray(value, dtype)
   return value.reshape(value.shape + (1,) * (x.ndim - value.ndim))
 
 
@@ -205,7 +205,7 @@ def _best_of_restarts(run: Callable, logits_fn, labels, key, restarts: int,
     adv = run(jax.random.fold_in(key, r))
     loss, fooled = _loss_and_fooled(logits_fn, adv, labels)
     take = ~best_fooled & (fooled | (loss > best_loss))
-    return (jnp.where(_per_image(take, adv), adv, best_adv),
+    return (jnp.where(_per_image(take, adv, bool), adv, best_adv),
             jnp.where(take, loss, best_loss), best_fooled | fooled)
   return _repeat(body, 1, restarts, (adv, loss, fooled), unroll)[0]
 

@@ -21,8 +21,12 @@ config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 flags.DEFINE_bool("jax_distributed", False,
-                  "Call jax.distributed.initialize() first (multi-host TPU pods / GPU "
-                  "clusters; coordinator and process ids come from the environment).")
+                  "Call jax.distributed.initialize() first: multi-host TPU pods and GPU "
+                  "clusters. With no address flags JAX detects the cluster itself "
+                  "(TPU metadata, SLURM, Open MPI, ...).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (manual set-up).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (manual set-up).")
+flags.DEFINE_integer("process_id", None, "This process's id (manual set-up).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 MODES = ("train",)
@@ -56,7 +60,8 @@ def main(argv):
   from hfc_jax import records  # pylint: disable=g-import-not-at-top
   records.quiet_library_logs()
   if FLAGS.jax_distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id)
   logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)",
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from hfc_jax import checkpointing, evaluate, frequency, models, optimizers, sharding, train
+from hfc_jax import evaluate, frequency, models, optimizers, sharding, train
 from hfc_jax.models.functional import Functional
 
 
@@ -117,13 +117,9 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
 
 
 def _restore_params(workdir):
-  ckpt = checkpointing.open_existing(str(workdir))
-  meta = ckpt.restore_meta()
-  restored = ckpt.manager.restore(ckpt.latest_epoch(), args=checkpointing.ocp.args.Composite(
-      state=checkpointing.ocp.args.StandardRestore()))
-  ckpt.close()
-  assert meta["history"][-1]["epoch"] == 2
-  return restored["state"]["params"]
+  trained = train.restore_trained(str(workdir))
+  assert trained.history[-1]["epoch"] == 2
+  return trained.params
 
 
 def test_bad_values_raise_one_line_errors():

@@ -42,12 +42,13 @@ What to expect, with the paper's disc mask of radius r (`dist < r` in the fftshi
 - LFC images at r = 4..12 lose the texture (and at r = 4 some blob detail), so a model trained on
   clean images scores lower there than on clean images; at r = 16 the texture returns and the
   accuracy recovers to the clean level.
-- Measured once (seed 0, defaults; 3-layer CNN 32-64-128 with global average pooling, Adam 1e-3,
-  batch 128, 8 epochs, no augmentation, 2 CPU cores): clean test accuracy 0.90; LFC 0.19 at
-  r = 4, 8 and 12 and 0.90 at r = 16; HFC rescaled by its maximum 0.55 at r = 4..12 and 0.10 at
-  r = 16; HFC not rescaled 0.10 (that model gives the near-zero images one class). With
-  hf_amplitude = 0 the same model reaches 0.51 (still rising): the shapes are learnable but slower
-  to learn than the texture, which is the paper's story.
+- Measured once (seed 0, defaults; 3-layer CNN 32-64-128 with global average pooling, no
+  normalisation layers, Adam 1e-3, batch 128, 8 epochs, no augmentation, 2 CPU cores): clean test
+  accuracy 0.91 (the model follows the texture on 99.9% of test images); LFC 0.18 at r = 4, 8 and
+  12 and 0.91 at r = 16; HFC 0.46 at r = 4..12 as is, 0.59-0.64 when rescaled by its maximum, and
+  0.10 at r = 16. With hf_amplitude = 0 the same model reaches 0.51 (still rising): the shapes are
+  learnable but slower to learn than the texture, which is the paper's story. A model that also
+  learns the shapes keeps more of its accuracy on LFC images at r <= 12.
 """
 
 import dataclasses

@@ -1,0 +1,307 @@
+"""Attacks: closed-form optima on linear models, exact constraints, keys, loops, jit."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hfc_jax import attacks, errors, models
+from hfc_jax.models.functional import Functional
+
+SHAPE = (4, 4, 3)  # linear-model images
+DIM = int(np.prod(SHAPE))
+
+
+def _linear(w, b):
+  """logits = x.reshape(N, -1) @ w + b, as a logits_fn."""
+  w, b = jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32)
+  return lambda x: x.reshape(x.shape[0], -1) @ w + b
+
+
+def _linear_problem(n, classes, low, high, seed=0):
+  """Random images uniform in [low, high], weights, zero bias and random labels."""
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(low, high, (n,) + SHAPE).astype(np.float32)
+  w = rng.normal(size=(DIM, classes)).astype(np.float32)
+  y = rng.integers(0, classes, n).astype(np.int32)
+  return x, w, np.zeros(classes, np.float32), y
+
+
+def _two_class_optimum(x, w, y, eps):
+  """argmax of the other-minus-true margin over the eps-ball and the box: a corner."""
+  direction = w[:, 1 - y] - w[:, y]  # (D, N): d(margin)/dx
+  step = eps * np.sign(direction.T).reshape(x.shape)
+  return np.clip(x + step, 0, 1).astype(np.float32)
+
+
+def _assert_linf_feasible(adv, x, eps):
+  adv, x = np.asarray(adv), np.asarray(x)
+  assert adv.dtype == np.float32
+  assert (adv >= 0).all() and (adv <= 1).all()
+  assert (np.abs(adv - x) <= np.float32(eps)).all(), np.abs(adv - x).max() - np.float32(eps)
+
+
+# ---------------------------------------------------------------------------
+# (1) Closed-form optima of linear classifiers
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("low,high,eps", [(0.3, 0.7, 0.05), (0.0, 1.0, 0.2)])
+def test_fgsm_and_pgd_reach_the_two_class_linear_optimum(low, high, eps):
+  x, w, b, y = _linear_problem(32, 2, low, high)
+  if low == 0.0:  # the box binds: put exact bounds and near-bound values in
+    x.reshape(-1)[:40] = np.tile([0.0, 1.0, 0.05, 0.97], 10)
+  expected = _two_class_optimum(x, w, y, eps)
+  fn = _linear(w, b)
+  adv_fgsm = jax.jit(functools.partial(attacks.fgsm, fn, eps=eps))(x, y)
+  adv_pgd = attacks.pgd_linf(fn, x, y, eps=eps, step_size=eps / 4, steps=8)
+  for adv in (adv_fgsm, adv_pgd):
+    _assert_linf_feasible(adv, x, eps)
+    np.testing.assert_allclose(adv, expected, atol=1e-6)
+
+
+def test_fgsm_takes_the_sign_of_the_multiclass_cross_entropy_gradient():
+  x, w, b, y = _linear_problem(16, 5, 0.2, 0.8, seed=1)
+  logits = x.reshape(16, -1) @ w
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  grad = (p - np.eye(5)[y]) @ w.T  # d CE / dx, (N, D)
+  expected = x + 0.05 * np.sign(grad).reshape(x.shape)
+  adv = attacks.fgsm(_linear(w, b), x, y, eps=0.05)
+  _assert_linf_feasible(adv, x, 0.05)
+  np.testing.assert_allclose(adv, expected, atol=1e-6)
+
+
+def test_pgd_l2_reaches_the_two_class_linear_optimum():
+  x, w, b, y = _linear_problem(16, 2, 0.3, 0.7, seed=2)
+  direction = (w[:, 1 - y] - w[:, y]).T
+  direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+  expected = x + 0.5 * direction.reshape(x.shape)
+  adv = attacks.pgd_l2(_linear(w, b), x, y, eps=0.5, step_size=0.2, steps=6)
+  np.testing.assert_allclose(adv, expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# (2) Exact constraints on small conv nets
+# ---------------------------------------------------------------------------
+def test_project_linf_is_exact_in_float32_where_plain_clipping_is_not():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 1, (64, 8, 8, 3)).astype(np.float32)
+  eps = rng.uniform(0, 0.2, 64).astype(np.float32)
+  adv = x + rng.choice([-1.0, 1.0], x.shape).astype(np.float32)
+  out = np.asarray(jax.jit(attacks.project_linf)(adv, x, eps))
+  _assert_linf_feasible(out, x, 1)  # box only
+  e = eps[:, None, None, None]
+  assert (np.abs(out - x) <= e).all()
+  naive = np.clip(adv, np.maximum(x - e, 0), np.minimum(x + e, 1))
+  assert (np.abs(naive - x) > e).sum() > 100  # the repair is needed
+  assert (out != naive).sum() == (np.abs(naive - x) > e).sum()  # and only there
+
+
+def _random_cnn(norm, seed=0):
+  model = models.create("small_cnn", num_classes=10, in_channels=3, norm=norm, seed=seed)
+  return Functional.split(model)
+
+
+@pytest.mark.parametrize("norm", ["none", "batchnorm", "batch_stats"])
+def test_constraints_hold_to_the_last_bit_on_random_cnns(norm):
+  functional, params, state = _random_cnn(norm)
+  rng = np.random.default_rng(1)
+  x = rng.uniform(0, 1, (16, 8, 8, 3)).astype(np.float32)
+  x.reshape(-1)[::7] = 0.0
+  x.reshape(-1)[3::7] = 1.0
+  y = rng.integers(0, 10, 16).astype(np.int32)
+  eps_inf, eps_l2 = np.float32(8 / 255), np.float32(0.3)
+
+  @jax.jit
+  def run(params, state, x, y, key):
+    fn = functools.partial(functional.logits, params, state)
+    common = dict(steps=3, key=key, unroll=False)  # fori_loop: compiles faster
+    return (attacks.fgsm(fn, x, y, eps=eps_inf),
+            attacks.pgd_linf(fn, x, y, eps=eps_inf, step_size=0.01, **common),
+            attacks.pgd_linf(fn, x, y, eps=eps_inf, step_size=0.01, random_start=True,
+                             restarts=2, **common),
+            attacks.pgd_l2(fn, x, y, eps=eps_l2, step_size=0.2, **common),
+            attacks.pgd_l2(fn, x, y, eps=eps_l2, step_size=0.2, random_start=True, **common))
+
+  fgsm, pgd, pgd_rs, l2, l2_rs = run(params, state, x, y, jax.random.key(0))
+  for adv in (fgsm, pgd, pgd_rs):
+    _assert_linf_feasible(adv, x, eps_inf)
+  for adv in (l2, l2_rs):
+    _assert_linf_feasible(adv, x, 1.0)
+    norms = np.linalg.norm((np.asarray(adv) - x).reshape(16, -1), axis=1)
+    assert (norms <= eps_l2 * (1 + 1e-5)).all(), norms.max()
+  assert np.abs(np.asarray(pgd) - x).max() > 0.5 * eps_inf  # it moved
+
+
+# ---------------------------------------------------------------------------
+# (3) Randomness only from the key
+# ---------------------------------------------------------------------------
+def test_same_key_same_examples_other_key_other_examples():
+  x, w, b, y = _linear_problem(8, 10, 0.2, 0.8, seed=3)
+  for fn in (attacks.pgd_linf, attacks.pgd_l2):
+    run = jax.jit(lambda x, y, key, fn=fn: fn(
+        _linear(w, b), x, y, eps=0.1, step_size=0.01, steps=2, key=key,
+        random_start=True, restarts=2))
+    a, a2, c = (np.asarray(run(x, y, jax.random.key(k))) for k in (0, 0, 1))
+    np.testing.assert_array_equal(a, a2)
+    assert np.abs(a - c).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------
+# (4) A trained model: PGD >= FGSM >= clean, accuracy falls with eps
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained():
+  """A small CNN trained for 40 Adam steps on 4 classes of noisy random patterns."""
+  rng = np.random.default_rng(0)
+  patterns = rng.uniform(0.25, 0.75, (4, 8, 8, 3))
+  y = rng.integers(0, 4, 256).astype(np.int32)
+  x = np.clip(patterns[y] + rng.normal(0, 0.1, (256, 8, 8, 3)), 0, 1).astype(np.float32)
+  model = models.create("small_cnn", num_classes=4, in_channels=3, norm="batchnorm")
+  functional, params, state = Functional.split(model)
+  tx = optax.adam(3e-3)
+
+  @jax.jit
+  def step(params, state, opt_state):
+    def loss_fn(params):
+      logits, new_state = functional.apply(params, state, x, train=True)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_state
+    (_, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(params, updates), state, opt_state
+
+  opt_state = tx.init(params)
+  for _ in range(40):
+    params, state, opt_state = step(params, state, opt_state)
+  return functools.partial(functional.logits, params, state), x[:64], y[:64]
+
+
+def _loss_and_accuracy(fn, x, y):
+  logits = fn(x)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  return float(loss), float(jnp.mean(jnp.argmax(logits, -1) == y))
+
+
+def test_pgd_beats_fgsm_beats_clean_and_accuracy_falls_with_eps(trained):
+  fn, x, y = trained
+  clean_loss, clean_acc = _loss_and_accuracy(fn, x, y)
+  assert clean_acc >= 0.9
+  fgsm_loss, _ = _loss_and_accuracy(fn, attacks.fgsm(fn, x, y, eps=0.03), y)
+  run = jax.jit(lambda eps: attacks.pgd_linf(fn, x, y, eps=eps, step_size=eps / 4, steps=10,
+                                             unroll=False))
+  accuracies, pgd_losses = [], []
+  for eps in (0.0, 0.01, 0.03, 0.06):
+    loss, acc = _loss_and_accuracy(fn, run(eps), y)
+    accuracies.append(acc)
+    pgd_losses.append(loss)
+  assert pgd_losses[2] >= fgsm_loss >= clean_loss, (pgd_losses, fgsm_loss, clean_loss)
+  assert accuracies[0] == clean_acc
+  assert all(a >= b for a, b in zip(accuracies, accuracies[1:])), accuracies
+  assert accuracies[-1] < clean_acc, accuracies
+
+
+# ---------------------------------------------------------------------------
+# (5) Minimal eps
+# ---------------------------------------------------------------------------
+def test_minimal_eps_of_a_linear_model_is_margin_over_l1_norm():
+  x, w, b, y = _linear_problem(64, 2, 0.4, 0.6, seed=4)
+  fn = _linear(w, b)
+  logits = np.asarray(fn(x))
+  margin = logits[np.arange(64), y] - logits[np.arange(64), 1 - y]
+  closed = margin / np.abs(w[:, 1] - w[:, 0]).sum()  # the box binds only past eps 0.4
+  eps_max = float(np.quantile(closed[closed > 0], 0.7))
+  found = np.asarray(jax.jit(functools.partial(
+      attacks.minimal_linf_eps, fn, eps_max=eps_max, search_steps=16, pgd_steps=5,
+      key=jax.random.key(0)))(x, y))
+  assert found.dtype == np.float32 and found.shape == (64,)
+  assert (closed < 0).sum() >= 8 and (closed > eps_max).sum() >= 4
+  np.testing.assert_array_equal(found[closed < 0], 0.0)
+  assert np.isinf(found[closed > eps_max]).all()
+  mid = (closed > 0) & (closed < 0.99 * eps_max)
+  assert mid.sum() >= 8
+  assert (found[mid] >= closed[mid] - 1e-6).all()
+  np.testing.assert_allclose(found[mid], closed[mid], atol=eps_max / 2**16 + 1e-6)
+
+
+def test_minimal_eps_breaks_the_cnn_and_a_tenth_less_mostly_does_not(trained):
+  fn, x, y = trained
+  found = np.asarray(attacks.minimal_linf_eps(
+      fn, x, y, eps_max=0.2, search_steps=8, pgd_steps=8, key=jax.random.key(0)))
+  ok = np.isfinite(found) & (found > 0)
+  assert ok.mean() > 0.8, found
+
+  def fooled(eps):
+    adv = attacks.pgd_linf(fn, x, y, eps=eps, step_size=0.25 * eps, steps=8)
+    return np.asarray(jnp.argmax(fn(adv), -1) != y)
+
+  eps = np.where(ok, found, 0.0).astype(np.float32)
+  assert fooled(eps)[ok].mean() >= 0.95
+  assert fooled(0.9 * eps)[ok].mean() <= 0.3
+
+
+# ---------------------------------------------------------------------------
+# (6) Loops, (7) compile once, config and dispatch
+# ---------------------------------------------------------------------------
+def test_unrolled_and_fori_loop_agree(trained):
+  fn, x, y = trained
+  key = jax.random.key(3)
+  for attack in (attacks.pgd_linf, attacks.pgd_l2):
+    run = jax.jit(lambda unroll, attack=attack: attack(
+        fn, x, y, eps=0.03, step_size=0.01, steps=4, key=key, random_start=True,
+        restarts=2, unroll=unroll), static_argnums=0)
+    np.testing.assert_allclose(run(True), run(False), atol=1e-6)
+
+
+def test_jitted_attack_traces_once_for_repeated_calls():
+  functional, params, state = _random_cnn("batchnorm")
+  traces = []
+
+  @jax.jit
+  def run(params, state, x, y, key):
+    traces.append(1)
+    fn = functools.partial(functional.logits, params, state)
+    return attacks.pgd_linf(fn, x, y, eps=0.03, step_size=0.01, steps=2, key=key,
+                            random_start=True)
+
+  rng = np.random.default_rng(0)
+  for k in range(3):
+    x = rng.uniform(0, 1, (8, 8, 8, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 8).astype(np.int32)
+    run(params, state, x, y, jax.random.key(k)).block_until_ready()
+  assert len(traces) == 1 and run._cache_size() == 1
+
+
+def test_check_attack_config():
+  attacks.check_attack_config("pgd", 0.03, 0.003, 10, 1)
+  attacks.check_attack_config("fgsm", 0.0, 0.0, 0, 5, random_start=True)
+  bad = [(("pgd_linf", 0.03, 0.003, 10, 1), "attack.name"),
+         (("pgd", 1.5, 0.003, 10, 1), "attack.eps"),
+         (("pgd", 0.03, -0.1, 10, 1), "attack.step_size"),
+         (("pgd", 0.03, 0.003, 2.5, 1), "attack.steps"),
+         (("pgd", 0.03, 0.003, -1, 1), "attack.steps"),
+         (("pgd", 0.03, 0.003, 10, 0), "attack.restarts")]
+  for args, field in bad:
+    with pytest.raises(errors.HfcError, match=field):
+      attacks.check_attack_config(*args)
+  with pytest.raises(errors.HfcError, match="attack.restarts"):
+    attacks.check_attack_config("pgd", 0.03, 0.003, 10, 3, random_start=False)
+
+
+def test_dispatcher_matches_the_named_attacks():
+  x, w, b, y = _linear_problem(8, 3, 0.2, 0.8, seed=5)
+  fn, key = _linear(w, b), jax.random.key(0)
+  kwargs = dict(eps=0.05, step_size=0.01, steps=3, key=key, random_start=True, restarts=1)
+  np.testing.assert_array_equal(attacks.attack("fgsm", fn, x, y, **kwargs),
+                                attacks.fgsm(fn, x, y, eps=0.05))
+  np.testing.assert_array_equal(attacks.attack("pgd", fn, x, y, **kwargs),
+                                attacks.pgd_linf(fn, x, y, **kwargs))
+  np.testing.assert_array_equal(attacks.attack("pgd_l2", fn, x, y, **kwargs),
+                                attacks.pgd_l2(fn, x, y, **kwargs))
+  np.testing.assert_array_equal(attacks.pgd_linf(fn, x, y, eps=0.05, step_size=0.01,
+                                                 steps=0), x)
+  with pytest.raises(errors.HfcError, match="attack.name"):
+    attacks.attack("cw", fn, x, y, **kwargs)
+  with pytest.raises(errors.HfcError, match="attack.restarts"):
+    attacks.pgd_linf(fn, x, y, eps=0.05, step_size=0.01, steps=1, restarts=2)
