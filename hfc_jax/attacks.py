@@ -22,13 +22,14 @@ per-image (N,) arrays, and are used in float32.
 Loops: `unroll=True` writes the steps out in Python (one long program, compile time
 grows with `steps`); `unroll=False` uses `jax.lax.fori_loop` (compile time flat in
 `steps`). `unroll=None` picks per backend: unrolled on CPU, where XLA ran a rolled PGD
-loop several times slower (FACTS.md: 3.4x for ResNet-18 PGD-7; for the small CNN see
-`choose_unroll`), and `fori_loop` on GPU/TPU.
+loop several times slower (FACTS.md: 3.4x for ResNet-18 PGD-7; 2.2x for the small CNN,
+see `choose_unroll`), and `fori_loop` on GPU/TPU.
 
 Constraints hold exactly in float32: every returned L-inf image satisfies
 0 <= adv <= 1 and |adv - x| <= eps as evaluated elementwise in float32 (see
-`project_linf`); L2 images satisfy the box exactly and ||adv - x||_2 <= eps up to float
-rounding (a relative 1e-6). The only randomness is the explicit `key`.
+`project_linf`); L2 images satisfy the box exactly and ||adv - x||_2 <= eps up to the
+float32 rounding of x + delta (at most 6e-8 per element: measured 3e-8 absolute for
+32x32x3 images). The only randomness is the explicit `key`.
 """
 
 import functools
@@ -70,7 +71,13 @@ def check_attack_config(name: str, eps: float, step_size: float, steps: int,
 # Small pieces
 # ---------------------------------------------------------------------------
 def choose_unroll(unroll: bool | None) -> bool:
-  """`unroll`, or for None: True on the CPU backend, False on GPU/TPU."""
+  """`unroll`, or for None: True on the CPU backend, False on GPU/TPU.
+
+  Measured on XLA:CPU (2 cores), small_cnn, batch 128 of 32x32x3, L-inf PGD:
+  10 steps ran in 1.5 s unrolled and 3.3 s as a fori_loop (2.2x; 1.9x with the
+  'batch_stats' norm), 30 steps in 4.5 s and 6.6-8.7 s. Compiling took 4.1 s
+  unrolled and 3.5 s rolled at 10 steps, 6.8 s and 3.5 s at 30 steps.
+  """
   if unroll is None:
     return jax.default_backend() == "cpu"
   return bool(unroll)
@@ -193,11 +200,9 @@ def _pgd_run(logits_fn, x, labels, key, *, eps, step_size, steps, random_start,
 
 def _best_of_restarts(run: Callable, logits_fn, labels, key, restarts: int,
                       unroll: bool) -> jax.Array:
-  """Runs `run(key_r)` for r < restarts; keeps per example the first image that is
-  misclassified, else the one of highest loss."""
-  adv = run(jax.random.fold_in(key, 0))
-  if restarts == 1:
-    return adv
+  """Runs `run(key)` and `run(fold_in(key, r))` for 0 < r < restarts; keeps per example
+  the first image that is misclassified, else the one of highest loss."""
+  adv = run(key)
   loss, fooled = _loss_and_fooled(logits_fn, adv, labels)
 
   def body(r, best):
@@ -224,7 +229,7 @@ def _pgd(logits_fn, images, labels, *, eps, step_size, steps, key, random_start,
       random_start=random_start, unroll=unroll, step_fn=step_fn, start_fn=start_fn,
       project_fn=project_fn)
   if restarts == 1:
-    return run(key)
+    return run(key)  # no extra forward pass to score the one run
   return _best_of_restarts(run, logits_fn, labels, key, restarts, unroll)
 
 
@@ -244,7 +249,7 @@ def pgd_linf(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array, *, eps,
     random_start: start from uniform noise in the eps-ball instead of the image.
     restarts: independent random starts (Python int; > 1 needs random_start); keeps per
       example the first adversarial image that misclassifies, else the one of highest
-      loss.
+      loss. Run 0 uses `key` (so it is the restarts=1 attack), run r fold_in(key, r).
     unroll: Python loop (True), `lax.fori_loop` (False), or per backend (None).
 
   Returns:
@@ -294,9 +299,10 @@ def minimal_linf_eps(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array, 
 
   All images are bisected in parallel on [0, eps_max]: each of `search_steps` rounds
   runs one batched PGD (`pgd_steps` steps of rel_step * eps, no random start by
-  default) at every image's own midpoint. The result is the smallest eps at which the
-  attack was seen to succeed, within eps_max / 2**search_steps of the bisection's
-  boundary (PGD success need not be monotone in eps; bisection assumes it is).
+  default) at every image's own midpoint. The result is the smallest eps tried at which
+  the attack succeeded, within eps_max / 2**search_steps of the bisection's boundary
+  (PGD success need not be monotone in eps; bisection assumes it is). Running
+  `pgd_linf` at the result, with the same steps, succeeds again (it is deterministic).
 
   Args:
     eps_max: upper end of the search, [0, 1] units.

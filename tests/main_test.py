@@ -169,3 +169,27 @@ def test_two_processes_match_one_process(tmp_path):
   for a, b in zip(jax.tree.leaves(_params(tmp_path / "multi")),
                   jax.tree.leaves(_params(tmp_path / "single"))):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_npz_grey_images_of_another_size_train_end_to_end(tmp_path):
+  """Bring-your-own data: 20x20 grey NHW images; model and split adapt to them."""
+  rng = np.random.default_rng(0)
+  y_train, y_test = rng.integers(0, 3, 192), rng.integers(0, 3, 64)
+  def images(labels):   # class = brightness band, so the model can learn something
+    base = 60 + 60 * labels[:, None, None] + rng.integers(0, 30, (len(labels), 20, 20))
+    return base.astype(np.uint8)
+  path = tmp_path / "mine.npz"
+  np.savez(path, x_train=images(y_train), y_train=y_train, x_test=images(y_test),
+           y_test=y_test)
+  result = _run(tmp_path / "npz", "--config.data.name=npz", f"--config.data.path={path}",
+                "--config.eval.radii=(2,5,10)", "--config.train.epochs=1",
+                "--config.eval.batch_size=64", "--config.eval.train_subset=0")
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((tmp_path / "npz" / "metrics.jsonl").read_text().splitlines()[-1])
+  assert {"test/lfc_2", "test/hfc_10", "train_eval/lfc_5"} <= set(record)
+  trained = train.restore_trained(str(tmp_path / "npz"))
+  assert trained.params["first_conv"]["kernel"].shape == (3, 3, 1, 16)
+  assert trained.params["head"]["kernel"].shape[-1] == 3
+  bad = _run(tmp_path / "npz_bad", "--config.data.name=npz", f"--config.data.path={path}",
+             "--config.eval.radii=(4,21)", timeout=120)
+  assert bad.returncode == 2 and "eval.radii=21 is out of range; allowed: [1, 20]" in bad.stderr
