@@ -18,7 +18,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.mode = "train"              # What main runs: 'train'.
+  config.mode = "train"              # What main runs: train | robust_eval.
   config.seed = 0                    # Model init, data order, dropout.
   config.num_devices = ml_collections.config_dict.placeholder(int)  # Mesh size (None: all).
   config.tensorboard = True          # Write TensorBoard event files.
@@ -71,4 +71,32 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 500
   config.eval.train_subset = 2000    # Training images scored per epoch (0: all).
   config.eval.test_subset = 0        # Test images scored per epoch (0: all).
+  config.eval.robust_subset = 0      # Test images attacked per epoch (0: only with adv).
+  config.eval.robust_steps = 10      # PGD steps of that per-epoch check (step eps/4).
+  config.eval.robust_eps = 8 / 255   # Its eps when not adversarially training.
+
+  # PGD adversarial training (Madry): each step trains on attacked images only.
+  config.adv = ml_collections.ConfigDict()
+  config.adv.enabled = False
+  config.adv.name = "pgd"            # fgsm | pgd (L-inf) | pgd_l2
+  config.adv.eps = 0.03              # L-inf radius, [0, 1] pixel units.
+  config.adv.step_size = 0.003
+  config.adv.steps = 10
+  config.adv.random_start = False
+  config.adv.restarts = 1
+  config.adv.train_mode = False      # Attack the model in training mode (default: eval mode).
+
+  # `--config.mode=robust_eval` on a trained workdir (hfc_jax/robustness.py).
+  config.robust = ml_collections.ConfigDict()
+  config.robust.eps = (0.03, 0.06, 0.09, 8 / 255)  # L-inf radii of the fixed-eps attacks.
+  config.robust.attacks = ("fgsm", "pgd")
+  config.robust.pgd_steps = 20       # PGD-20, step size eps/4, random start.
+  config.robust.restarts = 1
+  config.robust.num_images = 1000    # Test images evaluated (0: all).
+  config.robust.batch_size = 250
+  config.robust.min_eps_max = 0.1    # Minimal-eps bisection range [0, min_eps_max].
+  config.robust.min_eps_search_steps = 8
+  config.robust.min_eps_pgd_steps = 10
+  config.robust.defence_radii = (4, 8, 12, 16)  # Input low-pass defence radii.
+  config.robust.seed = 0
   return config

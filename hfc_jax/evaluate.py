@@ -92,3 +92,39 @@ def eval_subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int
     return x, y
   idx = np.sort(np.random.default_rng(seed).permutation(len(x))[:size])
   return x[idx], y[idx]
+
+
+def attack_eval_step(params, model_state, images, labels, mask, key, *, logits_fn,
+                     attack) -> dict[str, jax.Array]:
+  """Accuracy under attack of one (padded) batch.
+
+  `attack(logits_fn, x, labels, key) -> adversarial x` runs entirely on device
+  (e.g. `functools.partial(attacks.attack, 'pgd', eps=..., step_size=..., steps=...)`).
+  Returns {'correct': count of images still classified right, 'count': real images}.
+  """
+  x = to_float(images)
+  model = functools.partial(logits_fn, params, model_state)
+  adv = attack(model, x, labels, key=key)
+  hits = (jnp.argmax(model(adv), axis=-1) == labels).astype(jnp.float32)
+  return {"correct": jnp.sum(hits * mask), "count": jnp.sum(mask)}
+
+
+def make_attack_eval_fn(logits_fn, mesh, attack):
+  """Jits `attack_eval_step` for a mesh (replicated variables, sharded batch)."""
+  step = functools.partial(attack_eval_step, logits_fn=logits_fn, attack=attack)
+  return jax.jit(step, out_shardings=sharding.replicated(mesh))
+
+
+def attack_accuracy(attack_eval_fn, params, model_state, x: np.ndarray, y: np.ndarray,
+                    key: jax.Array, *, mesh, batch_size: int) -> float:
+  """Accuracy of the model on (x, y) under the attack of `attack_eval_fn`; each batch
+  gets its own key, fold_in(key, batch index), so the result is reproducible."""
+  totals = None
+  for i, (images, labels, mask) in enumerate(pipeline.eval_batches(
+      x, y, batch_size=batch_size, process_index=jax.process_index(),
+      process_count=jax.process_count())):
+    batch = sharding.put_batch(mesh, images, labels.astype(np.int32), mask)
+    out = attack_eval_fn(params, model_state, *batch, jax.random.fold_in(key, i))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  return float(totals["correct"]) / max(float(totals["count"]), 1.0)

@@ -4,8 +4,8 @@ Read top to bottom: the train state, the loss, the jitted train step, then the
 driver `train_and_evaluate`, split by banner comments as in big_vision's trainer.
 """
 
+import dataclasses
 import functools
-import os
 import time
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from hfc_jax import checkpointing, errors, evaluate, frequency, models, optimizers
+from hfc_jax import attacks, checkpointing, errors, evaluate, frequency, models, optimizers
 from hfc_jax import records, sharding
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
@@ -76,20 +76,65 @@ def preprocess(images: jax.Array, rescale: str) -> jax.Array:
   return frequency.rescale_per_image_max(x) if rescale == "per_image_max" else x
 
 
+@dataclasses.dataclass(frozen=True)
+class Adversary:
+  """PGD adversarial training (Madry et al.): the step trains on attacked images only.
+
+  `train_mode` attacks the model as it is being trained (batch statistics, dropout on);
+  by default the attack sees the model in evaluation mode.
+  """
+  name: str = "pgd"
+  eps: float = 0.03
+  step_size: float = 0.003
+  steps: int = 10
+  random_start: bool = False
+  restarts: int = 1
+  train_mode: bool = False
+
+  @classmethod
+  def from_config(cls, adv: ml_collections.ConfigDict | None) -> "Adversary | None":
+    """The adversary that `config.adv` describes, or None when it is disabled."""
+    if adv is None or not adv.get("enabled", False):
+      return None
+    attacks.check_attack_config(adv.name, adv.eps, adv.step_size, adv.steps, adv.restarts,
+                                random_start=adv.random_start)
+    return cls(adv.name, float(adv.eps), float(adv.step_size), int(adv.steps),
+               bool(adv.random_start), int(adv.restarts), bool(adv.get("train_mode", False)))
+
+  def perturb(self, functional: Functional, state: "TrainState", x: jax.Array,
+              labels: jax.Array, key: jax.Array, dropout_key: jax.Array) -> jax.Array:
+    """Adversarial versions of `x` (no gradient flows back into the parameters)."""
+    if self.train_mode:
+      logits_fn = lambda z: functional.apply(state.params, state.model_state, z,
+                                             train=True, dropout_key=dropout_key)[0]
+    else:
+      logits_fn = functools.partial(functional.logits, state.params, state.model_state)
+    adv = attacks.attack(self.name, logits_fn, x, labels, eps=self.eps,
+                         step_size=self.step_size, steps=self.steps, key=key,
+                         random_start=self.random_start, restarts=self.restarts)
+    return jax.lax.stop_gradient(adv)
+
+
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
                functional: Functional, tx: optax.GradientTransformation,
-               rescale: str) -> tuple[TrainState, dict[str, jax.Array]]:
+               rescale: str, adversary: Adversary | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a (sharded) global batch.
 
   Args:
     state: the replicated train state.
     images: (B, H, W, C) uint8; labels: (B,) int32.
+    adversary: when given, the step trains on the adversary's images instead.
 
   Returns:
-    The new state and {'loss', 'accuracy'} batch means (device scalars).
+    The new state and {'loss', 'accuracy'} batch means (device scalars); with an
+    adversary they are the loss and accuracy on the adversarial images.
   """
   x = preprocess(images, rescale)
-  dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  dropout_key, attack_key = jax.random.split(step_key)
+  if adversary is not None:
+    x = adversary.perturb(functional, state, x, labels, attack_key, dropout_key)
 
   def loss_fn(params):
     logits, model_state = functional.apply(
@@ -106,9 +151,11 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
   return new_state, {"loss": loss, "accuracy": accuracy}
 
 
-def make_train_step(functional: Functional, tx, mesh, *, rescale: str):
+def make_train_step(functional: Functional, tx, mesh, *, rescale: str,
+                    adversary: Adversary | None = None):
   """Jits `train_step` with replicated state (donated) and batch-sharded inputs."""
-  step = functools.partial(train_step, functional=functional, tx=tx, rescale=rescale)
+  step = functools.partial(train_step, functional=functional, tx=tx, rescale=rescale,
+                           adversary=adversary)
   rep = sharding.replicated(mesh)
   return jax.jit(step, out_shardings=(rep, rep), donate_argnums=0)
 
@@ -203,7 +250,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ----- Resume ------------------------------------------------------------
   ckpt = checkpointing.Checkpointer(workdir, keep=tc.keep_checkpoints)
-  recorder = records.Recorder(workdir, tensorboard=config.get("tensorboard", True))
   history: list[dict] = []
   start_epoch = ckpt.latest_epoch() or 0
   if start_epoch:
@@ -215,14 +261,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state, meta = ckpt.restore(checkpointing.abstract_like(state), start_epoch)
     history = meta["history"]
     logging.info("resumed from epoch %d (step %d)", start_epoch, int(state.step))
+  recorder = records.Recorder(workdir, tensorboard=config.get("tensorboard", True))
   recorder.reset(history)
 
   # ----- Update and evaluation functions -----------------------------------
-  step_fn = make_train_step(functional, tx, mesh, rescale=config.data.rescale)
+  adversary = Adversary.from_config(config.get("adv"))
+  step_fn = make_train_step(functional, tx, mesh, rescale=config.data.rescale,
+                            adversary=adversary)
   eval_fn = evaluate.make_eval_fn(functional.logits, mesh, radii=radii,
                                   inclusive=ec.inclusive, rescale=ec.rescale)
   evaluate_on = functools.partial(evaluate.evaluate, eval_fn, mesh=mesh,
                                   batch_size=ec.batch_size, radii=radii)
+  robust_on = _robust_evaluator(config, adversary, functional, mesh, test_x, test_y)
 
   # ----- Train loop --------------------------------------------------------
   recorder.restart_clock()
@@ -237,6 +287,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                            ("train_eval", (train_eval_x, train_eval_y))):
       scores = evaluate_on(state.params, state.model_state, x, y)
       record.update({f"{prefix}/{k}": v for k, v in scores.items()})
+    if robust_on is not None:
+      record["test/pgd"] = robust_on(state.params, state.model_state)
     record["epoch_time_s"] = time.perf_counter() - t0
     record = {k: records.json_scalar(v) for k, v in record.items()}
     history.append(record)
@@ -249,6 +301,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt.close()
   recorder.close()
   return history
+
+
+def _robust_evaluator(config, adversary: Adversary | None, functional: Functional,
+                      mesh, test_x: np.ndarray, test_y: np.ndarray):
+  """Per-epoch robust accuracy: PGD (`eval.robust_steps` steps of eps/4, the training
+  adversary's eps, random start) on the first `eval.robust_subset` test images; None
+  when neither adversarial training nor `eval.robust_subset` asks for it."""
+  ec = config.eval
+  subset = ec.get("robust_subset", 0)
+  if adversary is None and not subset:
+    return None
+  eps = adversary.eps if adversary is not None else ec.get("robust_eps", 8 / 255)
+  attack = functools.partial(attacks.attack, "pgd", eps=eps, step_size=eps / 4,
+                             steps=ec.get("robust_steps", 10), random_start=True)
+  fn = evaluate.make_attack_eval_fn(functional.logits, mesh, attack)
+  x, y = test_x[:subset or 500], test_y[:subset or 500]
+  key = jax.random.key(config.seed + 2)
+  return lambda params, model_state: evaluate.attack_accuracy(
+      fn, params, model_state, x, y, key, mesh=mesh, batch_size=ec.batch_size)
 
 
 def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int,

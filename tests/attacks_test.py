@@ -126,14 +126,15 @@ def test_constraints_hold_to_the_last_bit_on_random_cnns(norm, random_start):
     fn = functools.partial(functional.logits, params, state)
     common = dict(steps=2, key=key, random_start=random_start, unroll=False)
     return (attacks.fgsm(fn, x, y, eps=eps_inf) if not random_start else x,
-            attacks.pgd_linf(fn, x, y, eps=eps_inf, step_size=0.01, **common),
+            attacks.pgd_linf(fn, x, y, eps=eps_inf, step_size=0.02, **common),
             attacks.pgd_l2(fn, x, y, eps=eps_l2, step_size=0.2, **common))
 
   fgsm, pgd, l2 = run(params, state, x, y, jax.random.key(0))
   _assert_linf_feasible(fgsm, x, eps_inf)
   _assert_linf_feasible(pgd, x, eps_inf)
   _assert_l2_feasible(l2, x, eps_l2)
-  assert np.abs(np.asarray(pgd) - x).max() > 0.5 * eps_inf  # it moved
+  on_ball = np.abs(np.asarray(pgd) - x) >= eps_inf * (1 - 1e-5)
+  assert on_ball.mean() > 0.3  # the eps-ball binds often
 
 
 # ---------------------------------------------------------------------------
@@ -277,8 +278,6 @@ def test_unrolled_and_fori_loop_agree(trained):
   @functools.partial(jax.jit, static_argnums=0)
   def run(unroll):
     return (attacks.pgd_linf(cnn, x, y, eps=0.03, unroll=unroll, **common),
-            attacks.pgd_linf(_linear(w, b), x_lin, y_lin, eps=0.1, unroll=unroll,
-                             restarts=3, **common),
             attacks.pgd_l2(_linear(w, b), x_lin, y_lin, eps=0.3, unroll=unroll,
                            restarts=3, **common))
 

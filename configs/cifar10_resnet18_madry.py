@@ -1,0 +1,26 @@
+r"""Madry et al.'s CIFAR-10 PGD adversarial training, on the CIFAR ResNet-18.
+
+  python -m hfc_jax.main --config=configs/cifar10_resnet18_madry.py --workdir=DIR
+  python -m hfc_jax.main --config=configs/cifar10_resnet18_madry.py --workdir=DIR \
+      --config.mode=robust_eval
+
+eps 8/255, 7 steps of 2/255 with random start, adversarial examples only; evaluated
+with PGD-20. Reference (PAPER.md section 5): 87.3% clean, 45.8% PGD-20 for Madry's
+wide ResNet. About 8x the cost of a plain epoch.
+"""
+
+from configs import cifar10_resnet18
+
+
+def get_config():
+  config = cifar10_resnet18.get_config()
+  config.data.aug_pad = 4
+  config.adv.enabled = True
+  config.adv.name = "pgd"
+  config.adv.eps = 8 / 255
+  config.adv.step_size = 2 / 255
+  config.adv.steps = 7
+  config.adv.random_start = True
+  config.eval.robust_subset = 1000
+  config.robust.eps = (8 / 255, 0.03, 0.06, 0.09)
+  return config

@@ -1,0 +1,26 @@
+r"""The paper's adversarial training on CIFAR-10 (PAPER.md section 4, as the code ran it).
+
+  python -m hfc_jax.main --config=configs/cifar10_resnet32_adv.py --workdir=DIR
+  python -m hfc_jax.main --config=configs/cifar10_resnet32_adv.py --workdir=DIR \
+      --config.mode=robust_eval
+
+The vanilla pre-activation ResNet-32 (no BN, Adam 1e-4, batch 100, 100 epochs) trained
+on L-inf PGD examples only: eps 0.03, 10 steps of eps/10, no random start, with
+pad-2 crop + flip augmentation (used in this mode only).
+"""
+
+from configs import cifar10_resnet32_vanilla
+
+
+def get_config():
+  config = cifar10_resnet32_vanilla.get_config()
+  config.data.augment = True
+  config.data.aug_pad = 2
+  config.adv.enabled = True
+  config.adv.name = "pgd"
+  config.adv.eps = 0.03
+  config.adv.step_size = 0.003
+  config.adv.steps = 10
+  config.adv.random_start = False
+  config.eval.robust_subset = 1000
+  return config
