@@ -29,7 +29,7 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (manual set-up)
 flags.DEFINE_integer("process_id", None, "This process's id (manual set-up).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-MODES = ("train",)
+MODES = ("train", "robust_eval")
 
 
 def check_workdir(workdir: str) -> str:
@@ -47,10 +47,15 @@ def check_workdir(workdir: str) -> str:
 
 def run(config, workdir: str):
   """Dispatches on `config.mode`; returns what the driver returns."""
-  errors.check_choice("mode", config.get("mode", "train"), MODES)
+  mode = errors.check_choice("mode", config.get("mode", "train"), MODES)
+  if mode == "train":
+    check_workdir(workdir)
+    from hfc_jax import train  # pylint: disable=g-import-not-at-top
+    return train.train_and_evaluate(config, workdir)
+  from hfc_jax import checkpointing, robustness  # pylint: disable=g-import-not-at-top
+  checkpointing.open_existing(workdir).close()   # fails at once on an empty workdir
   check_workdir(workdir)
-  from hfc_jax import train  # pylint: disable=g-import-not-at-top
-  return train.train_and_evaluate(config, workdir)
+  return robustness.run(config, workdir)
 
 
 def main(argv):

@@ -195,27 +195,29 @@ class Trained:
   config: ml_collections.ConfigDict = flax.struct.field(pytree_node=False)
   history: list = flax.struct.field(pytree_node=False)
   epoch: int = flax.struct.field(pytree_node=False)
+  num_classes: int = flax.struct.field(pytree_node=False)
+  channels: int = flax.struct.field(pytree_node=False)
 
 
-def restore_trained(workdir: str, epoch: int | None = None, *, device=None) -> Trained:
-  """Restores a workdir's model onto one device (default: the first CPU device).
+def restore_trained(workdir: str, epoch: int | None = None, *, mesh=None) -> Trained:
+  """Restores a workdir's model, replicated over `mesh` (default: the first CPU device).
 
   Works on a laptop CPU for checkpoints written on a GPU or TPU mesh: the arrays are
-  re-laid out onto `device`. The config and data shape come from the checkpoint.
+  re-laid out onto the mesh. The config and data shape come from the checkpoint.
   """
   ckpt = checkpointing.open_existing(workdir)
   epoch = ckpt.latest_epoch() if epoch is None else epoch
   meta = ckpt.restore_meta(epoch)
   config = ml_collections.ConfigDict(meta["config"])
-  device = device or jax.devices("cpu")[0]
-  mesh = jax.sharding.Mesh(np.array([device]), (sharding.DATA_AXIS,))
+  if mesh is None:
+    mesh = jax.sharding.Mesh(np.array(jax.devices("cpu")[:1]), (sharding.DATA_AXIS,))
   model = create_model(config, meta["num_classes"], meta["channels"])
   tx = optimizers.make_optimizer(config.optim, 1, config.train.epochs)
   functional, state = create_train_state(model, tx, config.seed, mesh)
   state, meta = ckpt.restore(checkpointing.abstract_like(state), epoch)
   ckpt.close()
   return Trained(functional, state.params, state.model_state, config,
-                 meta["history"], epoch)
+                 meta["history"], epoch, meta["num_classes"], meta["channels"])
 
 
 # ---------------------------------------------------------------------------
