@@ -23,4 +23,5 @@ def get_config():
   config.adv.steps = 10
   config.adv.random_start = False
   config.eval.robust_subset = 1000
+  config.eval.robust_eps = 0.03
   return config

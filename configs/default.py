@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.test_subset = 0        # Test images scored per epoch (0: all).
   config.eval.robust_subset = 0      # Test images attacked per epoch (0: only with adv).
   config.eval.robust_steps = 10      # PGD steps of that per-epoch check (step eps/4).
-  config.eval.robust_eps = 8 / 255   # Its eps when not adversarially training.
+  config.eval.robust_eps = 8 / 255   # Its L-inf eps.
 
   # PGD adversarial training (Madry): each step trains on attacked images only.
   config.adv = ml_collections.ConfigDict()

@@ -77,6 +77,9 @@ def choose_unroll(unroll: bool | None) -> bool:
   10 steps ran in 1.5 s unrolled and 3.3 s as a fori_loop (2.2x; 1.9x with the
   'batch_stats' norm), 30 steps in 4.5 s and 6.6-8.7 s. Compiling took 4.1 s
   unrolled and 3.5 s rolled at 10 steps, 6.8 s and 3.5 s at 30 steps.
+  On one H200 (same model and batch, random start): 10 steps ran in 2.4 ms unrolled
+  and 2.6 ms rolled, 30 steps in 6.5 and 7.0 ms (9.8 and 9.5 ms with 'batch_stats'),
+  but compiling took 2.3-7.8 s unrolled against 0.4-0.9 s rolled.
   """
   if unroll is None:
     return jax.default_backend() == "cpu"

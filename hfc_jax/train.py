@@ -307,14 +307,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _robust_evaluator(config, adversary: Adversary | None, functional: Functional,
                       mesh, test_x: np.ndarray, test_y: np.ndarray):
-  """Per-epoch robust accuracy: PGD (`eval.robust_steps` steps of eps/4, the training
-  adversary's eps, random start) on the first `eval.robust_subset` test images; None
-  when neither adversarial training nor `eval.robust_subset` asks for it."""
+  """Per-epoch robust accuracy: PGD (`eval.robust_steps` steps of eps/4 at
+  eps = `eval.robust_eps`, random start) on the first `eval.robust_subset` test images
+  (500 when adversarially training and unset); None when nothing asks for it."""
   ec = config.eval
   subset = ec.get("robust_subset", 0)
   if adversary is None and not subset:
     return None
-  eps = adversary.eps if adversary is not None else ec.get("robust_eps", 8 / 255)
+  eps = errors.check_range("eval.robust_eps", ec.get("robust_eps", 8 / 255), 0.0, 1.0)
   attack = functools.partial(attacks.attack, "pgd", eps=eps, step_size=eps / 4,
                              steps=ec.get("robust_steps", 10), random_start=True)
   fn = evaluate.make_attack_eval_fn(functional.logits, mesh, attack)
