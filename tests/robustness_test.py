@@ -1,0 +1,143 @@
+"""Adversarial training and the robust evaluation of a workdir."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from hfc_jax import errors, frequency, main, optimizers, robustness, sharding, train
+from hfc_jax import data as data_lib
+from tests.main_test import _run
+from tests.train_test import _batch, tiny_config
+
+
+def _adv_config(enabled: bool, **overrides):
+  config = tiny_config(**{
+      "data.num_train": 1024, "data.num_test": 256, "train.epochs": 3,
+      "model.norm": "batchnorm", "adv.enabled": enabled, "adv.eps": 2 / 255,
+      "adv.step_size": 0.5 / 255, "adv.steps": 3, "adv.random_start": True,
+      "eval.robust_subset": 256, "eval.robust_eps": 2 / 255, "eval.train_subset": 128})
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
+def test_adversarial_training_raises_pgd_accuracy(tmp_path):
+  mesh = sharding.make_mesh(8)
+  robust = train.train_and_evaluate(_adv_config(True), str(tmp_path / "adv"), mesh=mesh)
+  plain = train.train_and_evaluate(_adv_config(False), str(tmp_path / "plain"), mesh=mesh)
+  print("pgd accuracy: adversarial", robust[-1]["test/pgd"], "plain", plain[-1]["test/pgd"])
+  assert robust[-1]["test/pgd"] > plain[-1]["test/pgd"] + 0.05, (robust[-1], plain[-1])
+  assert plain[-1]["test/pgd"] < plain[-1]["test/clean"]
+
+
+def _adv_steps(mesh, n=2):
+  """n SGD adversarial-training steps on a fixed batch; returns params, loss and the
+  adversarial images of the first step."""
+  config = _adv_config(True, **{"optim.name": "sgd", "optim.learning_rate": 0.05})
+  model = train.create_model(config, 10, 3)
+  tx = optimizers.make_optimizer(config.optim, 10, 1)
+  functional, state = train.create_train_state(model, tx, 0, mesh)
+  adversary = train.Adversary.from_config(config.adv)
+  images, labels = sharding.put_batch(mesh, *_batch(32))
+  key = jax.random.key(7)
+  adv = jax.jit(lambda st, x, y: adversary.perturb(
+      functional, st, train.preprocess(x, "none"), y, key, key))(state, images, labels)
+  step = train.make_train_step(functional, tx, mesh, rescale="none", adversary=adversary)
+  for _ in range(n):
+    state, metrics = step(state, images, labels)
+  return jax.device_get(state.params), float(metrics["loss"]), np.asarray(adv)
+
+
+def test_adversarial_step_is_the_same_on_one_and_eight_devices():
+  p1, loss1, adv1 = _adv_steps(sharding.make_mesh(1))
+  p8, loss8, adv8 = _adv_steps(sharding.make_mesh(8))
+  # Sign steps can flip where an input gradient is float noise around 0, and the two
+  # layouts round differently: nearly every pixel must still agree exactly.
+  assert np.mean(adv1 == adv8) > 0.999
+  assert loss1 == pytest.approx(loss8, rel=1e-4)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_adversary_config_errors():
+  for field, value, message in (
+      ("adv.eps", 1.5, "attack.eps=1.5 is out of range; allowed: [0.0, 1.0]"),
+      ("adv.step_size", -0.1, "attack.step_size=-0.1 is out of range"),
+      ("adv.steps", -1, "attack.steps=-1 is out of range"),
+      ("adv.name", "cw", "attack.name='cw' is not allowed; choose one of: 'fgsm', 'pgd'")):
+    with pytest.raises(errors.HfcError, match=message.replace("[", r"\[").replace("]", r"\]")
+                       .replace("(", r"\(").replace(")", r"\)")):
+      train.Adversary.from_config(_adv_config(True, **{field: value}).adv)
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("robust") / "run")
+  config = tiny_config(**{"model.norm": "batchnorm", "train.epochs": 2})
+  train.train_and_evaluate(config, workdir, mesh=sharding.make_mesh(8))
+  return workdir, config
+
+
+def _robust_config(config):
+  config.mode = "robust_eval"
+  config.robust.num_images = 128
+  config.robust.batch_size = 64
+  config.robust.pgd_steps = 4
+  config.robust.eps = (0.01, 0.03)
+  config.robust.defence_radii = (4, 12)
+  config.robust.min_eps_search_steps = 5
+  config.robust.min_eps_pgd_steps = 4
+  return config
+
+
+def test_robust_eval_writes_consistent_tables(trained_workdir):
+  workdir, config = trained_workdir
+  results = main.run(_robust_config(config), workdir)
+  files = sorted(os.listdir(os.path.join(workdir, robustness.OUT_DIR)))
+  assert files == ["min_eps.npy", "robust_eval.json", "robust_eval.md",
+                   "robustness_curve.png"]
+  on_disk = json.load(open(os.path.join(workdir, robustness.OUT_DIR, "robust_eval.json")))
+  assert on_disk["attacks"] == results["attacks"]
+  assert set(results["attacks"]) == {"fgsm", "pgd"}
+  for name in ("fgsm", "pgd"):
+    for acc in results["attacks"][name].values():
+      assert 0.0 <= acc <= results["clean"]
+  # The minimal-eps curve starts at the clean accuracy: exactly the images already
+  # misclassified have minimal eps 0.
+  assert results["min_eps"]["curve_accuracy"][0] == pytest.approx(results["clean"])
+  min_eps = np.load(os.path.join(workdir, robustness.OUT_DIR, "min_eps.npy"))
+  assert min_eps.shape == (128,)
+  # The defended model's clean accuracy equals the plain model on low-passed images.
+  trained = train.restore_trained(workdir)
+  dataset = data_lib.load(trained.config.data)
+  x = dataset.x_test[:128].astype(np.float32) / 255
+  for row in results["defence"]:
+    filtered = frequency.lowpass(x, row["radius"])
+    logits = trained.functional.logits(trained.params, trained.model_state, filtered)
+    expected = np.mean(np.argmax(logits, -1) == dataset.y_test[:128])
+    assert row["clean"] == pytest.approx(expected, abs=1e-6)
+    for eps in ("0.0100", "0.0300"):
+      assert row["adaptive"][eps] <= row["clean"]
+  table = open(os.path.join(workdir, robustness.OUT_DIR, "robust_eval.md")).read()
+  assert "| PGD-4 |" in table and "| 12 |" in table
+
+
+def test_robust_eval_bad_input(tmp_path, trained_workdir):
+  workdir, config = trained_workdir
+  config = _robust_config(config)
+  config.robust.eps = (0.03, 2.0)
+  with pytest.raises(errors.HfcError, match=r"robust.eps=2.0 is out of range"):
+    main.run(config, workdir)
+  config.robust.eps = (0.03,)
+  config.robust.attacks = ("fgsm", "deepfool")
+  with pytest.raises(errors.HfcError, match=r"robust.attacks='deepfool' is not allowed"):
+    main.run(config, workdir)
+  empty = tmp_path / "empty"
+  result = _run(empty, "--config.mode=robust_eval", timeout=120)
+  assert result.returncode == 2
+  assert "hfc_jax: error: workdir=" in result.stderr and "holds no checkpoint" in result.stderr
+  assert not empty.exists()
