@@ -233,6 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = mesh or sharding.make_mesh(config.get("num_devices"))
   dataset = data_lib.load(config.data)
   check_config(config, dataset, mesh)
+  adversary = Adversary.from_config(config.get("adv"))
   tc, ec = config.train, config.eval
   steps_per_epoch = pipeline.num_train_steps(len(dataset.x_train), tc.batch_size)
   radii = tuple(float(r) for r in ec.radii)
@@ -267,7 +268,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   recorder.reset(history)
 
   # ----- Update and evaluation functions -----------------------------------
-  adversary = Adversary.from_config(config.get("adv"))
   step_fn = make_train_step(functional, tx, mesh, rescale=config.data.rescale,
                             adversary=adversary)
   eval_fn = evaluate.make_eval_fn(functional.logits, mesh, radii=radii,

@@ -105,9 +105,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     ("--config.eval.radii=(0.5,8)", "eval.radii=0.5 is out of range; allowed: [1, 32]"),
     ("--config.eval.radii=(4,33)", "eval.radii=33 is out of range; allowed: [1, 32]"),
     ("--config.train.batch_size=60", "train.batch_size=60 must be a positive multiple"),
+    ("--config.adv.enabled=True --config.adv.eps=1.5",
+     "attack.eps=1.5 is out of range; allowed: [0.0, 1.0]"),
+    ("--config.adv.enabled=True --config.adv.steps=-2", "attack.steps=-2 is out of range"),
+    ("--config.adv.enabled=True --config.adv.name=cw", "attack.name='cw' is not allowed"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path, flag, message):
-  result = _run(tmp_path / "bad", flag, timeout=120)
+  result = _run(tmp_path / "bad", *flag.split(), timeout=120)
   assert result.returncode == 2
   err_lines = [l for l in result.stderr.splitlines() if l.startswith("hfc_jax: error:")]
   assert len(err_lines) == 1 and message in err_lines[0], result.stderr[-2000:]
