@@ -1,0 +1,196 @@
+r"""Times every hot path of hfc_jax in one command; see docs/performance.md.
+
+  python -m hfc_jax.bench                       # everything, a few minutes on a CPU
+  python -m hfc_jax.bench --sections=train,pgd --models=resnet18 --json=/tmp/bench.json
+  python -m hfc_jax.bench --tiny                # a smoke run of every section, under a minute
+
+Sections (`--sections`, default all): train (the jitted train step of each model, its
+FLOP rate against a measured matmul peak, and PyTorch's ResNet-18 when torch imports),
+pgd (PGD-7/10 adversarial steps against the plain step), eval (clean + 8 LFC/HFC
+variants against clean only), split (jitted split_many against NumPy), input (the host
+pipeline against the small_cnn step), scaling (1, 2, 4, 8 devices) and checkpoint (Orbax
+save/restore of a ResNet-18 + Adam state). The pgd and eval sections use small_cnn
+unless `--models` is given. Output: a fixed-width table on stdout and, with `--json`,
+every number in a nested dict {'meta': ..., '<section>': ...}.
+
+On a CPU the bench sets XLA_FLAGS=--xla_force_host_platform_device_count=8 (unless that
+flag is already in XLA_FLAGS) before JAX starts, so the mesh and scaling paths run on 8
+simulated devices; they share the machine's cores, so the scaling section measures
+overhead, not speed-up. Set JAX_PLATFORMS or XLA_FLAGS yourself to change this.
+"""
+
+import importlib.util
+import os
+
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "libtpu")
+
+
+def _backend_will_be_cpu() -> bool:
+  """Guesses, without importing JAX, whether its default backend will be the CPU."""
+  platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+  if platforms:
+    return platforms.split(",")[0] == "cpu"
+  return not any(importlib.util.find_spec(p) for p in _ACCELERATOR_PLUGINS)
+
+
+def simulate_cpu_devices(count: int = 8) -> None:
+  """Adds `--xla_force_host_platform_device_count=count` to XLA_FLAGS on a CPU backend
+  unless it is there already; it must run before JAX initialises its backends."""
+  flags_now = os.environ.get("XLA_FLAGS", "")
+  if _backend_will_be_cpu() and _DEVICE_FLAG not in flags_now:
+    os.environ["XLA_FLAGS"] = f"{flags_now} {_DEVICE_FLAG}={count}".strip()
+
+
+simulate_cpu_devices()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position  (after XLA_FLAGS is set)
+import datetime
+import json
+import math
+import platform
+import resource
+import sys
+import time
+from collections.abc import Sequence
+
+import jax
+from absl import app, flags
+
+from hfc_jax import bench_sections, errors, records
+from hfc_jax.bench_sections import Options, Row
+
+SECTION_NAMES = tuple(bench_sections.SECTIONS)
+MODEL_NAMES = tuple(bench_sections.CONFIGS)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("sections", list(SECTION_NAMES), f"Sections to run: {SECTION_NAMES}.")
+flags.DEFINE_list("models", ["small_cnn", "preact_resnet32", "resnet18"],
+                  "Models of the train section; given, also of the pgd and eval sections.")
+flags.DEFINE_integer("batch_size", 0, "Global train batch; 0: each model's config "
+                     "(128 small_cnn and resnet18, 100 preact_resnet32).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model compute dtype.")
+flags.DEFINE_integer("steps", None, "Timed calls per repeat (default 5; 2 with --tiny).")
+flags.DEFINE_integer("repeats", None, "Timed repeats; median and min/max over them "
+                     "(default 3; 2 with --tiny).")
+flags.DEFINE_string("json", None, "Write every number to this JSON file.")
+flags.DEFINE_bool("tiny", False, "Shrink everything for a smoke run: batch 16, 2 steps.")
+flags.DEFINE_string("tfds_data_dir", None, "Where tfds CIFAR-10 may be prepared (input section).")
+
+
+def make_options(*, models: Sequence[str] = Options.models,
+                 pgd_eval_models: Sequence[str] | None = None, batch_size: int = 0,
+                 dtype: str = "float32", steps: int | None = None, repeats: int | None = None,
+                 tiny: bool = False, tfds_data_dir: str | None = None) -> Options:
+  """Checks the values (HfcError) and fills in the defaults of `--tiny`."""
+  for name in list(models) + list(pgd_eval_models or ()):
+    errors.check_choice("--models", name, MODEL_NAMES)
+  errors.check_choice("--dtype", dtype, ("float32", "bfloat16"))
+  errors.check_range("--batch_size", batch_size, 0, integer=True)
+  steps = errors.check_range("--steps", steps or (2 if tiny else 5), 1, integer=True)
+  repeats = errors.check_range("--repeats", repeats or (2 if tiny else 3), 1, integer=True)
+  return Options(models=tuple(models),
+                 pgd_eval_models=tuple(pgd_eval_models or ("small_cnn",)),
+                 batch_size=batch_size, dtype=dtype, steps=steps, repeats=repeats,
+                 tiny=tiny, tfds_data_dir=tfds_data_dir)
+
+
+def _cpu_model() -> str:
+  """The CPU's model name from /proc/cpuinfo, else platform.processor()."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    return names[0] if names else platform.processor()
+  except OSError:
+    return platform.processor()
+
+
+def peak_memory_mb() -> float:
+  """Peak resident memory of this process so far (ru_maxrss, KiB on Linux), MB."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+
+
+def meta(opts: Options) -> dict:
+  """The machine, the software and the options of this run."""
+  device = jax.devices()[0]
+  return {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "jax_version": jax.__version__, "backend": jax.default_backend(),
+          "device_kind": device.device_kind, "device_count": jax.device_count(),
+          "process_count": jax.process_count(), "cpu_count": os.cpu_count(),
+          "cpu_model": _cpu_model(), "python": platform.python_version(),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "load_average_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+          "options": {k: list(v) if isinstance(v, tuple) else v
+                      for k, v in vars(opts).items()},
+          "sizes": opts.sizes._asdict()}
+
+
+def _fmt(value) -> str:
+  """A number in 4 significant figures without exponent for everyday magnitudes."""
+  if not isinstance(value, (int, float)):
+    return str(value)
+  if value == 0 or 1e-3 <= abs(value) < 1e6:
+    return f"{value:,.{max(0, 3 - int(math.floor(math.log10(abs(value) or 1))))}f}"
+  return f"{value:.3e}"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+  """Fixed-width columns: section, item, median (or value), min-max, unit, target."""
+  lines = [("section", "item", "value", "min - max", "unit", "target")]
+  for r in rows:
+    if isinstance(r.value, dict):
+      value, spread = _fmt(r.value["median"]), f"{_fmt(r.value['min'])} - {_fmt(r.value['max'])}"
+    else:
+      value, spread = _fmt(r.value), ""
+    lines.append((r.section, r.item, value, spread, r.unit, r.target))
+  widths = [max(len(line[i]) for line in lines) for i in range(6)]
+  out = [" ".join(c.ljust(w) if i in (0, 1, 4, 5) else c.rjust(w)
+                  for i, (c, w) in enumerate(zip(line, widths))).rstrip() for line in lines]
+  out.insert(1, "-" * len(out[0]))
+  return "\n".join(out)
+
+
+def run(sections: Sequence[str] = SECTION_NAMES, *, json_path: str | None = None,
+        print_table: bool = True, **options) -> dict:
+  """Runs `sections` and returns {'meta': ..., section: results}; see make_options for
+  `options`. Prints the table unless `print_table` is False; writes `json_path` if given."""
+  for s in sections:
+    errors.check_choice("--sections", s, SECTION_NAMES)
+  opts = make_options(**options)
+  results, rows, cache, t0 = {"meta": meta(opts)}, [], {}, time.perf_counter()
+  for name in sections:
+    t1 = time.perf_counter()
+    results[name], section_rows = bench_sections.SECTIONS[name](opts, cache)
+    results[name]["section_s"] = time.perf_counter() - t1
+    rows += section_rows
+  rows.append(Row("meta", "peak host memory (ru_maxrss)", peak_memory_mb(), "MB"))
+  results["meta"].update(total_s=time.perf_counter() - t0, peak_host_memory_mb=peak_memory_mb(),
+                         load_average_end=" ".join(f"{x:.2f}" for x in os.getloadavg()))
+  if print_table:
+    m = results["meta"]
+    print(f"hfc_jax.bench: jax {m['jax_version']}, {m['backend']} ({m['device_kind']}, "
+          f"{m['cpu_model']}), {m['device_count']} devices, {m['cpu_count']} CPUs, "
+          f"load {m['load_average_start']} -> {m['load_average_end']}")
+    print(format_table(rows))
+  if json_path:
+    with open(json_path, "w") as f:
+      json.dump(results, f, indent=1)
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  records.quiet_library_logs()
+  try:
+    run(FLAGS.sections, json_path=FLAGS.json, models=FLAGS.models,
+        pgd_eval_models=FLAGS.models if FLAGS["models"].present else None,
+        batch_size=FLAGS.batch_size, dtype=FLAGS.dtype, steps=FLAGS.steps,
+        repeats=FLAGS.repeats, tiny=FLAGS.tiny, tfds_data_dir=FLAGS.tfds_data_dir)
+  except errors.HfcError as e:
+    print(f"hfc_jax.bench: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,549 @@
+"""The sections of `python -m hfc_jax.bench`: each one times one hot path.
+
+A section is `fn(opts, cache) -> (result dict, table rows)`. Units: times in seconds
+(`*_s`), throughput in images per second (`images_per_s`), work in GFLOP, sizes in MB
+(10^6 bytes). Every timed thing is compiled (or called once) first and that time is
+reported on its own (`compile_s`); then one untimed warm-up call, then `repeats` rounds
+of `steps` calls, each call ended by `jax.block_until_ready`. A timed value is
+{'median', 'min', 'max'} over the rounds of the per-call mean.
+
+`cache` maps (model, batch, devices, adversary) to a measured train step, so that the
+train, pgd, input and scaling sections share one measurement of the same step.
+"""
+
+import dataclasses
+import functools
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from configs import cifar10_resnet18, cifar10_resnet32_vanilla, default
+from hfc_jax import checkpointing, errors, evaluate, frequency, optimizers, sharding, train
+from hfc_jax.data import pipeline, synthetic, tfds_source
+from hfc_jax.models.functional import Functional
+
+CONFIGS = {"small_cnn": default.get_config, "resnet18": cifar10_resnet18.get_config,
+           "preact_resnet32": cifar10_resnet32_vanilla.get_config}
+RADII = (4, 8, 12, 16)        # LFC/HFC radii of the eval and split sections
+PGD_STEPS = (7, 10)
+MESH_SIZES = (1, 2, 4, 8)
+TARGETS = {"pgd_7": 6.5, "eval": 9.5, "split": 3.0, "input": 5.0}  # see docs/performance.md
+
+
+class Sizes(NamedTuple):
+  """Problem sizes of the sections that do not follow the model configs."""
+  eval_batch: int
+  split_images: int
+  split_batch: int
+  input_images: int
+  checkpoint_model: str
+  matmul_size: int          # CPU; accelerators use 8192
+
+
+FULL = Sizes(500, 10_000, 128, 10_000, "resnet18", 4096)
+TINY = Sizes(32, 256, 64, 512, "small_cnn", 512)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What to run; see the flags of bench.py."""
+  models: tuple[str, ...] = ("small_cnn", "preact_resnet32", "resnet18")
+  pgd_eval_models: tuple[str, ...] = ("small_cnn",)   # of the pgd and eval sections
+  batch_size: int = 0       # 0: each model's config
+  dtype: str = "float32"
+  steps: int = 5
+  repeats: int = 3
+  tiny: bool = False
+  tfds_data_dir: str | None = None
+
+  @property
+  def sizes(self) -> Sizes:
+    return TINY if self.tiny else FULL
+
+  def batch(self, model: str) -> int:
+    """The global train batch of `model`: the flag, 16 when tiny, else its config's."""
+    if self.batch_size:
+      return self.batch_size
+    return 16 if self.tiny else CONFIGS[model]().train.batch_size
+
+
+class Row(NamedTuple):
+  """One line of the printed table; `value` is a stats dict, a number or a string."""
+  section: str
+  item: str
+  value: Any
+  unit: str
+  target: str = ""
+
+
+# ---------------------------------------------------------------------------
+# Timing helpers
+# ---------------------------------------------------------------------------
+def stats(values) -> dict[str, float]:
+  """{'median', 'min', 'max'} of a list of numbers."""
+  return {"median": float(np.median(values)), "min": float(np.min(values)),
+          "max": float(np.max(values))}
+
+
+def timed(call: Callable[[], Any], images: int, opts: Options, steps: int | None = None
+          ) -> dict:
+  """Times `call()` (which must return what to block on) after one warm-up call.
+
+  Returns {'step_s', 'images_per_s'} stats over `opts.repeats` rounds of `steps`
+  calls (default `opts.steps`); `images` is how many images one call processes.
+  """
+  steps = steps or opts.steps
+  jax.block_until_ready(call())
+  per_call = []
+  for _ in range(opts.repeats):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      jax.block_until_ready(call())
+    per_call.append((time.perf_counter() - t0) / steps)
+  return {"step_s": stats(per_call), "images_per_s": stats([images / t for t in per_call])}
+
+
+def compile_timed(jitted, *args):
+  """(compiled executable, seconds spent lowering and compiling it)."""
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def compiled_flops(compiled, devices: int) -> float:
+  """FLOPs of one call of a compiled SPMD program on all `devices` (XLA counts one
+  device's share; loops would be counted once, so use it only for loop-free code)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"]) * devices
+
+
+def mesh_size(batch: int, limit: int | None = None) -> int:
+  """The most devices (<= limit) that split `batch` evenly."""
+  top = min(limit or jax.device_count(), jax.device_count())
+  return max(n for n in range(1, top + 1) if batch % n == 0)
+
+
+def random_batch(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(batch, 32, 32, 3) uint8 images and (batch,) int32 labels in [0, 10)."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+  return images, rng.integers(0, 10, batch).astype(np.int32)
+
+
+def ratio_row(section: str, item: str, value: float, target: float, above: bool) -> Row:
+  """A row for a ratio with its target (`above`: the ratio must reach the target)."""
+  ok = value >= target if above else value <= target
+  sign = ">=" if above else "<="
+  return Row(section, item, value, "x", f"{sign} {target:g}: {'ok' if ok else 'MISSED'}")
+
+
+# ---------------------------------------------------------------------------
+# Train steps (plain and adversarial)
+# ---------------------------------------------------------------------------
+def model_config(name: str, dtype: str):
+  """The config that trains `name` (default.py, cifar10_resnet18.py or
+  cifar10_resnet32_vanilla.py) with the compute dtype set."""
+  config = CONFIGS[name]()
+  config.model.dtype = dtype
+  return config
+
+
+class _Stepper:
+  """Calls a compiled, state-donating train step on one fixed batch."""
+
+  def __init__(self, compiled, state, images, labels):
+    self.compiled, self.state, self.images, self.labels = compiled, state, images, labels
+
+  def __call__(self):
+    self.state, _ = self.compiled(self.state, self.images, self.labels)
+    return self.state
+
+
+def _measure_train(name: str, batch: int, devices: int, adversary, opts: Options) -> dict:
+  """Compiles and times train.make_train_step for `name` on a `devices` mesh."""
+  config = model_config(name, opts.dtype)
+  mesh = sharding.make_mesh(devices)
+  tx = optimizers.make_optimizer(config.optim, 100, config.train.epochs)
+  functional, state = train.create_train_state(
+      train.create_model(config, 10, 3), tx, config.seed, mesh)
+  step = train.make_train_step(functional, tx, mesh, rescale=config.data.rescale,
+                               adversary=adversary)
+  images, labels = sharding.put_batch(mesh, *random_batch(batch))
+  compiled, compile_s = compile_timed(step, state, images, labels)
+  out = {"batch_size": batch, "devices": devices, "compile_s": compile_s}
+  if adversary is None:
+    out["gflop_per_image"] = compiled_flops(compiled, devices) / batch / 1e9
+  out.update(timed(_Stepper(compiled, state, images, labels), batch, opts))
+  return out
+
+
+def measure_train(opts: Options, cache: dict, name: str, batch: int,
+                  devices: int | None = None, adversary=None) -> dict:
+  """The train step of `name` (cached): on all devices that split `batch` by default."""
+  devices = devices or mesh_size(batch)
+  key = (name, batch, devices, adversary)
+  if key not in cache:
+    cache[key] = _measure_train(name, batch, devices, adversary, opts)
+  return cache[key]
+
+
+def _step_rows(section: str, item: str, r: dict) -> list[Row]:
+  return [Row(section, f"{item} compile", r["compile_s"], "s"),
+          Row(section, f"{item} step", r["step_s"], "s"),
+          Row(section, f"{item} throughput", r["images_per_s"], "img/s")]
+
+
+# ---------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------
+def matmul_peak(opts: Options) -> dict:
+  """GFLOP/s of one jitted square matmul: float32 4096 on CPU, bfloat16 8192 elsewhere."""
+  on_cpu = jax.default_backend() == "cpu"
+  n = opts.sizes.matmul_size if on_cpu else 8192
+  dtype = jnp.float32 if on_cpu else jnp.bfloat16
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  compiled, compile_s = compile_timed(jax.jit(jnp.matmul), a, a)
+  r = timed(lambda: compiled(a, a), 1, opts, steps=2)
+  gflop = 2 * n ** 3 / 1e9
+  return {"size": n, "dtype": jnp.dtype(dtype).name, "compile_s": compile_s,
+          "step_s": r["step_s"],
+          "gflop_per_s": stats([gflop / r["step_s"][k] for k in ("min", "median", "max")])}
+
+
+def train_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
+  """The plain train step of every model, its FLOP rate, and PyTorch's ResNet-18."""
+  peak = matmul_peak(opts)
+  rows = [Row("train", f"matmul peak {peak['size']} {peak['dtype']}", peak["gflop_per_s"],
+              "GFLOP/s")]
+  out = {"matmul_peak": peak, "models": {}}
+  for name in opts.models:
+    r = dict(measure_train(opts, cache, name, opts.batch(name)))
+    r["gflop_per_s"] = r["gflop_per_image"] * r["images_per_s"]["median"]
+    r["peak_fraction"] = r["gflop_per_s"] / peak["gflop_per_s"]["median"]
+    out["models"][name] = r
+    item = f"{name} b{r['batch_size']} d{r['devices']}"
+    rows += _step_rows("train", item, r)
+    rows += [Row("train", f"{name} work", r["gflop_per_image"], "GFLOP/img"),
+             Row("train", f"{name} achieved", r["gflop_per_s"], "GFLOP/s"),
+             Row("train", f"{name} share of peak", 100 * r["peak_fraction"], "%")]
+  out["torch_resnet18"], out["torch_status"], torch_rows = torch_section(opts)
+  return out, rows + torch_rows
+
+
+# ---------------------------------------------------------------------------
+# train: the PyTorch ResNet-18 side by side
+# ---------------------------------------------------------------------------
+def _torch_resnet18(torch):
+  """CIFAR ResNet-18 (hfc_jax.models.resnet's layout) in PyTorch, 10 classes."""
+  nn = torch.nn
+
+  def conv_bn(cin, cout, kernel, stride):
+    return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout)]
+
+  class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.body = nn.Sequential(*conv_bn(cin, cout, 3, stride), nn.ReLU(),
+                                *conv_bn(cout, cout, 3, 1))
+      self.shortcut = (nn.Sequential(*conv_bn(cin, cout, 1, stride))
+                       if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+      return torch.relu(self.body(x) + self.shortcut(x))
+
+  layers, cin = [*conv_bn(3, 64, 3, 1), nn.ReLU()], 64
+  for stage, width in enumerate((64, 128, 256, 512)):
+    for i in range(2):
+      layers.append(Block(cin, width, 2 if stage and not i else 1))
+      cin = width
+  layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)]
+  return nn.Sequential(*layers)
+
+
+def _torch_step(torch, layout: str, batch: int) -> Callable[[], None]:
+  """One SGD (momentum 0.9, Nesterov, weight decay 5e-4) step on a fixed uint8 batch."""
+  fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+  model = _torch_resnet18(torch).to(memory_format=fmt).train()
+  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
+                        weight_decay=5e-4)
+  images, labels = random_batch(batch)
+  x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+  y = torch.from_numpy(labels).long()
+
+  def step():
+    loss = torch.nn.functional.cross_entropy(model(x.float() / 255), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+  return step
+
+
+def torch_section(opts: Options) -> tuple[dict | None, str, list[Row]]:
+  """PyTorch ResNet-18 train steps (channels_last and NCHW) when torch imports and
+  resnet18 is benchmarked: (result or None, status, rows)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top  (optional)
+  except ImportError:
+    return None, "torch is not installed", [
+        Row("train", "torch resnet18", "torch is not installed", "")]
+  if "resnet18" not in opts.models:
+    return None, "resnet18 is not in --models", []
+  torch.set_num_threads(os.cpu_count())
+  batch, out, rows = opts.batch("resnet18"), {"version": torch.__version__}, []
+  for layout in ("channels_last", "nchw"):
+    step = _torch_step(torch, layout, batch)
+    t0 = time.perf_counter()
+    step()
+    r = {"batch_size": batch, "first_call_s": time.perf_counter() - t0, **timed(step, batch, opts)}
+    out[layout] = r
+    rows += [Row("train", f"torch resnet18 {layout} b{batch} step", r["step_s"], "s"),
+             Row("train", f"torch resnet18 {layout} throughput", r["images_per_s"], "img/s")]
+  return out, f"measured with torch {torch.__version__}", rows
+
+
+# ---------------------------------------------------------------------------
+# pgd
+# ---------------------------------------------------------------------------
+def pgd_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
+  """PGD-k adversarial train steps (eps 8/255, step 2/255, random start) against the
+  plain step of the same model, batch and mesh."""
+  out, rows = {}, []
+  for name in opts.pgd_eval_models:
+    batch = opts.batch(name)
+    plain = measure_train(opts, cache, name, batch)
+    out[name] = {"plain_step_s": plain["step_s"]}
+    for k in PGD_STEPS:
+      adversary = train.Adversary("pgd", eps=8 / 255, step_size=2 / 255, steps=k,
+                                  random_start=True)
+      r = dict(measure_train(opts, cache, name, batch, adversary=adversary))
+      r["ratio"] = r["step_s"]["median"] / plain["step_s"]["median"]
+      out[name][f"pgd_{k}"] = r
+      rows += _step_rows("pgd", f"{name} pgd-{k} b{batch}", r)
+      target = TARGETS.get(f"pgd_{k}")
+      rows.append(ratio_row("pgd", f"{name} pgd-{k} / plain step", r["ratio"], target, False)
+                  if target else Row("pgd", f"{name} pgd-{k} / plain step", r["ratio"], "x"))
+  return out, rows
+
+
+# ---------------------------------------------------------------------------
+# eval
+# ---------------------------------------------------------------------------
+def _clean_eval_step(params, model_state, images, labels, mask, *, logits_fn):
+  """evaluate.eval_step with no LFC/HFC variants (what radii=() means)."""
+  logits = logits_fn(params, model_state, evaluate.to_float(images))
+  hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return {"correct": jnp.sum(hits * mask)[None], "loss": jnp.sum(loss * mask),
+          "count": jnp.sum(mask)}
+
+
+def _clean_eval(functional, mesh, rescale: str, args) -> tuple[Any, float, str]:
+  """Compiles make_eval_fn(radii=()); while frequency.split_many rejects an empty radius
+  list (ValueError), the same computation without the split instead."""
+  try:
+    fn = evaluate.make_eval_fn(functional.logits, mesh, radii=(), inclusive=False,
+                               rescale=rescale)
+    return (*compile_timed(fn, *args), "evaluate.make_eval_fn(radii=())")
+  except ValueError:
+    fn = jax.jit(functools.partial(_clean_eval_step, logits_fn=functional.logits),
+                 out_shardings=sharding.replicated(mesh))
+    return (*compile_timed(fn, *args), "bench._clean_eval_step (radii=() unsupported)")
+
+
+def _eval_args(name: str, dtype: str, batch: int, mesh):
+  """(functional, config, eval_fn arguments) for a fresh `name` model and a random batch."""
+  config = model_config(name, dtype)
+  functional, params, model_state = Functional.split(train.create_model(config, 10, 3))
+  variables = sharding.put_replicated((params, model_state), mesh)
+  images, labels = random_batch(batch)
+  batch_arrays = sharding.put_batch(mesh, images, labels, np.ones(batch, np.float32))
+  return functional, config, (*variables, *batch_arrays)
+
+
+def eval_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
+  """evaluate.make_eval_fn with radii (4, 8, 12, 16) against a clean-only evaluation."""
+  del cache
+  batch, out, rows = opts.sizes.eval_batch, {}, []
+  mesh = sharding.make_mesh(mesh_size(batch))
+  for name in opts.pgd_eval_models:
+    functional, config, args = _eval_args(name, opts.dtype, batch, mesh)
+    fn = evaluate.make_eval_fn(functional.logits, mesh, radii=RADII,
+                               inclusive=config.eval.inclusive, rescale=config.eval.rescale)
+    full_fn, full_compile = compile_timed(fn, *args)
+    clean_fn, clean_compile, baseline = _clean_eval(functional, mesh, config.eval.rescale, args)
+    full = {"compile_s": full_compile, **timed(lambda: full_fn(*args), batch, opts)}
+    clean = {"compile_s": clean_compile, **timed(lambda: clean_fn(*args), batch, opts)}
+    ratio = full["step_s"]["median"] / clean["step_s"]["median"]
+    out[name] = {"batch_size": batch, "devices": mesh.size, "radii": list(RADII),
+                 "variants": len(evaluate.variant_names(RADII)), "all_variants": full,
+                 "clean_only": clean, "clean_only_baseline": baseline, "ratio": ratio}
+    rows += _step_rows("eval", f"{name} 9 variants b{batch}", full)
+    rows += _step_rows("eval", f"{name} clean only b{batch}", clean)
+    rows.append(ratio_row("eval", f"{name} 9 variants / clean", ratio, TARGETS["eval"], False))
+  return out, rows
+
+
+# ---------------------------------------------------------------------------
+# split
+# ---------------------------------------------------------------------------
+def numpy_split(x: np.ndarray, radii) -> tuple[np.ndarray, np.ndarray]:
+  """The paper's recipe in plain NumPy: fft2 over (H, W), fftshift, disc mask, ifftshift,
+  ifft2, real part; one inverse FFT per component. (R, N, H, W, C) float32 each."""
+  axes = (1, 2)
+  spectrum = np.fft.fftshift(np.fft.fft2(x, axes=axes), axes=axes)
+  lfc, hfc = [], []
+  for r in radii:
+    mask = frequency.disc_mask(x.shape[1], x.shape[2], r)[None, :, :, None]
+    for parts, m in ((lfc, mask), (hfc, 1 - mask)):
+      parts.append(np.fft.ifft2(np.fft.ifftshift(spectrum * m, axes=axes), axes=axes).real)
+  return np.stack(lfc).astype(np.float32), np.stack(hfc).astype(np.float32)
+
+
+def split_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
+  """Jitted frequency.split_many against `numpy_split`, one pass over the images a call."""
+  del cache
+  n, size = opts.sizes.split_images, opts.sizes.split_batch
+  images = np.random.default_rng(0).uniform(size=(n, 32, 32, 3)).astype(np.float32)
+  batches = [images[i:i + size] for i in range(0, n, size)]
+  split = jax.jit(functools.partial(frequency.split_many, radii=RADII))
+  t0 = time.perf_counter()
+  jax.block_until_ready(split(batches[0]))
+  compile_s = time.perf_counter() - t0
+  jitted = {"compile_s": compile_s, **timed(lambda: [split(b) for b in batches], n, opts, 1)}
+  reference = timed(lambda: [numpy_split(b, RADII) for b in batches], n, opts, 1)
+  diff = max(float(np.max(np.abs(np.asarray(a) - b)))
+             for a, b in zip(split(batches[0]), numpy_split(batches[0], RADII)))
+  ratio = jitted["images_per_s"]["median"] / reference["images_per_s"]["median"]
+  rows = [Row("split", f"jnp split_many {n} img b{size}", jitted["images_per_s"], "img/s"),
+          Row("split", "jnp split_many first call", compile_s, "s"),
+          Row("split", f"numpy reference {n} img b{size}", reference["images_per_s"], "img/s"),
+          ratio_row("split", "jnp / numpy", ratio, TARGETS["split"], True),
+          Row("split", "max |jnp - numpy|", diff, "")]
+  return {"images": n, "batch_size": size, "radii": list(RADII), "jnp": jitted,
+          "numpy": reference, "ratio": ratio, "max_abs_diff": diff}, rows
+
+
+# ---------------------------------------------------------------------------
+# input
+# ---------------------------------------------------------------------------
+def tfds_read(data_dir: str | None) -> dict:
+  """Seconds to read CIFAR-10's training split from `data_dir`, if it is prepared there."""
+  if not data_dir:
+    return {"status": "not prepared", "detail": "no --tfds_data_dir given"}
+  try:
+    builder = tfds_source.prepared_builder("cifar10", data_dir)
+  except errors.HfcError as e:
+    return {"status": "not prepared", "detail": str(e)}
+  t0 = time.perf_counter()
+  x, _ = tfds_source.read_split(builder, "train")
+  seconds = time.perf_counter() - t0
+  return {"status": "read", "images": len(x), "read_s": seconds, "images_per_s": len(x) / seconds}
+
+
+def input_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
+  """pipeline.train_batches over the embedded set against the small_cnn train step."""
+  n, batch = opts.sizes.input_images, opts.batch("small_cnn")
+  data = synthetic.generate(num_train=n, num_test=10)
+  step_rate = measure_train(opts, cache, "small_cnn", batch)["images_per_s"]["median"]
+  out, rows = {"images": n, "batch_size": batch, "small_cnn_train_images_per_s": step_rate}, []
+  used = pipeline.num_train_steps(n, batch) * batch
+  for augment in (False, True):
+    def one_epoch(augment=augment):
+      for _ in pipeline.train_batches(data["x_train"], data["y_train"], batch_size=batch,
+                                      seed=0, epoch=0, augment=augment):
+        pass
+    r = timed(one_epoch, used, opts, 1)
+    r["ratio"] = r["images_per_s"]["median"] / step_rate
+    key = "augment" if augment else "plain"
+    out[key] = r
+    rows += [Row("input", f"train_batches {key} b{batch}", r["images_per_s"], "img/s"),
+             ratio_row("input", f"{key} / small_cnn step", r["ratio"], TARGETS["input"], True)]
+  out["tfds_cifar10"] = tfds_read(opts.tfds_data_dir)
+  tfds_value = out["tfds_cifar10"].get("images_per_s", out["tfds_cifar10"]["status"])
+  rows.append(Row("input", "tfds cifar10 read", tfds_value, "img/s"))
+  return out, rows
+
+
+# ---------------------------------------------------------------------------
+# scaling
+# ---------------------------------------------------------------------------
+def scaling_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
+  """The small_cnn train step at one global batch on meshes of 1, 2, 4 and 8 devices."""
+  batch = opts.batch("small_cnn")
+  counts = [n for n in MESH_SIZES if n <= jax.device_count() and batch % n == 0]
+  out, rows, base = {"batch_size": batch, "meshes": {}}, [], None
+  for n in counts:
+    r = measure_train(opts, cache, "small_cnn", batch, devices=n)
+    base = base or r["images_per_s"]["median"]
+    speedup = r["images_per_s"]["median"] / base
+    out["meshes"][str(n)] = {"compile_s": r["compile_s"], "step_s": r["step_s"],
+                             "images_per_s": r["images_per_s"], "speedup": speedup}
+    rows += [Row("scaling", f"small_cnn b{batch} on {n} dev", r["images_per_s"], "img/s"),
+             Row("scaling", f"speed-up {n} dev vs 1", speedup, "x")]
+  return out, rows
+
+
+# ---------------------------------------------------------------------------
+# checkpoint
+# ---------------------------------------------------------------------------
+def _dir_mb(path: str) -> float:
+  """Total size of the files under `path`, MB."""
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
+             for f in files) / 1e6
+
+
+def _adam_state(name: str, dtype: str):
+  """A replicated train state of `name` with Adam's optimiser state."""
+  config = model_config(name, dtype)
+  config.optim.name = "adam"
+  tx = optimizers.make_optimizer(config.optim, 100, 1)
+  return train.create_train_state(train.create_model(config, 10, 3), tx, config.seed,
+                                  sharding.make_mesh())[1]
+
+
+def _save_restore(ckpt, state, epoch: int) -> tuple[float, float]:
+  """Seconds to save `state` (until written) and to restore it onto the devices."""
+  t0 = time.perf_counter()
+  ckpt.save(epoch, state, {"epoch": epoch})
+  ckpt.wait()
+  t1 = time.perf_counter()
+  restored, _ = ckpt.restore(checkpointing.abstract_like(state), epoch)
+  jax.block_until_ready(restored)
+  return t1 - t0, time.perf_counter() - t1
+
+
+def checkpoint_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
+  """Orbax save and restore of a train state with Adam moments (first round reported
+  apart as the warm-up)."""
+  del cache
+  name = opts.sizes.checkpoint_model
+  state = _adam_state(name, opts.dtype)
+  with tempfile.TemporaryDirectory() as workdir:
+    ckpt = checkpointing.Checkpointer(workdir, keep=opts.repeats + 1)
+    times = [_save_restore(ckpt, state, epoch) for epoch in range(1, opts.repeats + 2)]
+    size = _dir_mb(os.path.join(checkpointing.checkpoint_dir(workdir), str(opts.repeats + 1)))
+    ckpt.close()
+  saves, restores = zip(*times[1:])
+  out = {"model": name, "optimizer": "adam", "size_mb": size,
+         "state_mb": sum(x.nbytes for x in jax.tree.leaves(state)) / 1e6,
+         "first_save_s": times[0][0], "first_restore_s": times[0][1],
+         "save_s": stats(saves), "restore_s": stats(restores)}
+  rows = [Row("checkpoint", f"{name}+adam size on disk", size, "MB"),
+          Row("checkpoint", "first save / restore", f"{times[0][0]:.2f} / {times[0][1]:.2f}",
+              "s"),
+          Row("checkpoint", "save (until written)", out["save_s"], "s"),
+          Row("checkpoint", "restore", out["restore_s"], "s")]
+  return out, rows
+
+
+SECTIONS = {"train": train_section, "pgd": pgd_section, "eval": eval_section,
+            "split": split_section, "input": input_section, "scaling": scaling_section,
+            "checkpoint": checkpoint_section}
