@@ -328,8 +328,10 @@ def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int,
                  steps_per_epoch: int, recorder: records.Recorder):
   """Runs one epoch of steps; returns the state and the epoch's mean loss/accuracy.
 
-  Batches are assembled and placed on the devices by a background thread two steps
-  ahead; step metrics stay on device and are fetched only at log points.
+  The host never waits for the device inside the epoch: batches are assembled and
+  placed on the devices by a background thread `train.prefetch` steps ahead, and step
+  metrics stay on device until the *next* log point, when they are long computed, so
+  fetching them does not drain the queue of dispatched steps.
   """
   tc = config.train
   batches = pipeline.train_batches(
@@ -340,19 +342,31 @@ def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int,
   placed = pipeline.prefetch(
       (sharding.put_batch(mesh, x, y.astype(np.int32)) for x, y in batches),
       size=tc.get("prefetch", 2))
-  pending, sums, last_log = [], {"loss": 0.0, "accuracy": 0.0}, 0
+  sums = {"loss": 0.0, "accuracy": 0.0}
+  total = tc.epochs * steps_per_epoch
+
+  def log(interval):
+    """Fetches and logs one finished interval: (last step, metrics list, images)."""
+    step, metrics, images = interval
+    fetched = jax.device_get(metrics)
+    losses = [float(m["loss"]) for m in fetched]
+    accs = [float(m["accuracy"]) for m in fetched]
+    sums["loss"] += sum(losses)
+    sums["accuracy"] += sum(accs)
+    recorder.progress(step, total, float(np.mean(losses)), float(np.mean(accs)), images)
+
+  pending, previous, last_log = [], None, 0
   for i, (images, labels) in enumerate(placed):
     state, metrics = step_fn(state, images, labels)
     pending.append(metrics)
-    if (i + 1) % tc.log_every_steps == 0 or i + 1 == steps_per_epoch:
-      fetched = jax.device_get(pending)
-      loss = float(np.mean([m["loss"] for m in fetched]))
-      acc = float(np.mean([m["accuracy"] for m in fetched]))
-      for m in fetched:
-        sums["loss"] += float(m["loss"])
-        sums["accuracy"] += float(m["accuracy"])
-      recorder.progress(epoch * steps_per_epoch + i + 1, tc.epochs * steps_per_epoch,
-                        loss, acc, (i + 1 - last_log) * tc.batch_size)
+    if (i + 1) % tc.log_every_steps == 0:
+      if previous is not None:
+        log(previous)
+      previous = (epoch * steps_per_epoch + i + 1, pending, (i + 1 - last_log) * tc.batch_size)
       pending, last_log = [], i + 1
+  for interval in (previous, (epoch * steps_per_epoch + steps_per_epoch, pending,
+                              (steps_per_epoch - last_log) * tc.batch_size)):
+    if interval is not None and interval[1]:
+      log(interval)
   n = max(steps_per_epoch, 1)
   return state, {"train_loss": sums["loss"] / n, "train_accuracy": sums["accuracy"] / n}
