@@ -55,7 +55,7 @@ import time
 from collections.abc import Sequence
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 
 from hfc_jax import bench_sections, errors, records
 from hfc_jax.bench_sections import Options, Row
@@ -65,7 +65,7 @@ MODEL_NAMES = tuple(bench_sections.CONFIGS)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sections", list(SECTION_NAMES), f"Sections to run: {SECTION_NAMES}.")
-flags.DEFINE_list("models", ["small_cnn", "preact_resnet32", "resnet18"],
+flags.DEFINE_list("models", list(Options.models),
                   "Models of the train section; given, also of the pgd and eval sections.")
 flags.DEFINE_integer("batch_size", 0, "Global train batch; 0: each model's config "
                      "(128 small_cnn and resnet18, 100 preact_resnet32).")
@@ -87,8 +87,10 @@ def make_options(*, models: Sequence[str] = Options.models,
     errors.check_choice("--models", name, MODEL_NAMES)
   errors.check_choice("--dtype", dtype, ("float32", "bfloat16"))
   errors.check_range("--batch_size", batch_size, 0, integer=True)
-  steps = errors.check_range("--steps", steps or (2 if tiny else 5), 1, integer=True)
-  repeats = errors.check_range("--repeats", repeats or (2 if tiny else 3), 1, integer=True)
+  steps = errors.check_range("--steps", (2 if tiny else 5) if steps is None else steps, 1,
+                             integer=True)
+  repeats = errors.check_range("--repeats", (2 if tiny else 3) if repeats is None else repeats,
+                               1, integer=True)
   return Options(models=tuple(models),
                  pgd_eval_models=tuple(pgd_eval_models or ("small_cnn",)),
                  batch_size=batch_size, dtype=dtype, steps=steps, repeats=repeats,
@@ -110,6 +112,11 @@ def peak_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
+def _load_average() -> str:
+  """The 1, 5 and 15 minute load averages: other work on the machine skews timings."""
+  return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def meta(opts: Options) -> dict:
   """The machine, the software and the options of this run."""
   device = jax.devices()[0]
@@ -119,7 +126,7 @@ def meta(opts: Options) -> dict:
           "process_count": jax.process_count(), "cpu_count": os.cpu_count(),
           "cpu_model": _cpu_model(), "python": platform.python_version(),
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "load_average_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+          "load_average_start": _load_average(),
           "options": {k: list(v) if isinstance(v, tuple) else v
                       for k, v in vars(opts).items()},
           "sizes": opts.sizes._asdict()}
@@ -129,7 +136,7 @@ def _fmt(value) -> str:
   """A number in 4 significant figures without exponent for everyday magnitudes."""
   if not isinstance(value, (int, float)):
     return str(value)
-  if value == 0 or 1e-3 <= abs(value) < 1e6:
+  if value == 0 or 1e-3 <= abs(value) < 1e9:
     return f"{value:,.{max(0, 3 - int(math.floor(math.log10(abs(value) or 1))))}f}"
   return f"{value:.3e}"
 
@@ -160,12 +167,15 @@ def run(sections: Sequence[str] = SECTION_NAMES, *, json_path: str | None = None
   results, rows, cache, t0 = {"meta": meta(opts)}, [], {}, time.perf_counter()
   for name in sections:
     t1 = time.perf_counter()
+    logging.info("bench: section %s ...", name)
     results[name], section_rows = bench_sections.SECTIONS[name](opts, cache)
     results[name]["section_s"] = time.perf_counter() - t1
+    results[name]["load_average_after"] = _load_average()
+    logging.info("bench: section %s took %.1f s", name, results[name]["section_s"])
     rows += section_rows
   rows.append(Row("meta", "peak host memory (ru_maxrss)", peak_memory_mb(), "MB"))
   results["meta"].update(total_s=time.perf_counter() - t0, peak_host_memory_mb=peak_memory_mb(),
-                         load_average_end=" ".join(f"{x:.2f}" for x in os.getloadavg()))
+                         load_average_end=_load_average())
   if print_table:
     m = results["meta"]
     print(f"hfc_jax.bench: jax {m['jax_version']}, {m['backend']} ({m['device_kind']}, "

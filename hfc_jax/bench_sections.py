@@ -3,12 +3,15 @@
 A section is `fn(opts, cache) -> (result dict, table rows)`. Units: times in seconds
 (`*_s`), throughput in images per second (`images_per_s`), work in GFLOP, sizes in MB
 (10^6 bytes). Every timed thing is compiled (or called once) first and that time is
-reported on its own (`compile_s`); then one untimed warm-up call, then `repeats` rounds
-of `steps` calls, each call ended by `jax.block_until_ready`. A timed value is
-{'median', 'min', 'max'} over the rounds of the per-call mean.
+reported on its own (`compile_s`); then one untimed warm-up call (`warmup_s`), then
+`repeats` rounds of `steps` calls, each call ended by `jax.block_until_ready`. A timed
+value is {'median', 'min', 'max'} over the rounds of the per-call mean.
 
-`cache` maps (model, batch, devices, adversary) to a measured train step, so that the
-train, pgd, input and scaling sections share one measurement of the same step.
+Things that are compared are timed in turns (`time_together`): each round runs the
+`steps` calls of every contender, one contender after another, so a ratio sees the
+same machine load on both sides. `cache` maps
+(model, batch, devices, adversary) to a compiled train step, so the train, pgd, input
+and scaling sections compile each step once.
 """
 
 import dataclasses
@@ -22,7 +25,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from configs import cifar10_resnet18, cifar10_resnet32_vanilla, default
 from hfc_jax import checkpointing, errors, evaluate, frequency, optimizers, sharding, train
@@ -32,8 +34,6 @@ from hfc_jax.models.functional import Functional
 CONFIGS = {"small_cnn": default.get_config, "resnet18": cifar10_resnet18.get_config,
            "preact_resnet32": cifar10_resnet32_vanilla.get_config}
 RADII = (4, 8, 12, 16)        # LFC/HFC radii of the eval and split sections
-PGD_STEPS = (7, 10)
-MESH_SIZES = (1, 2, 4, 8)
 TARGETS = {"pgd_7": 6.5, "eval": 9.5, "split": 3.0, "input": 5.0}  # see docs/performance.md
 
 
@@ -45,10 +45,12 @@ class Sizes(NamedTuple):
   input_images: int
   checkpoint_model: str
   matmul_size: int          # CPU; accelerators use 8192
+  pgd_steps: tuple[int, ...]
+  mesh_sizes: tuple[int, ...]
 
 
-FULL = Sizes(500, 10_000, 128, 10_000, "resnet18", 4096)
-TINY = Sizes(32, 256, 64, 512, "small_cnn", 512)
+FULL = Sizes(500, 10_000, 128, 10_000, "resnet18", 4096, (7, 10), (1, 2, 4, 8))
+TINY = Sizes(32, 256, 64, 512, "small_cnn", 512, (7,), (1, 8))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,22 +94,37 @@ def stats(values) -> dict[str, float]:
           "max": float(np.max(values))}
 
 
-def timed(call: Callable[[], Any], images: int, opts: Options, steps: int | None = None
-          ) -> dict:
-  """Times `call()` (which must return what to block on) after one warm-up call.
+class Timing(NamedTuple):
+  """One contender of `time_together`."""
+  call: Callable[[], Any]   # runs once; returns what to block on
+  images: int               # images one call processes
+  steps: int                # calls per repeat
 
-  Returns {'step_s', 'images_per_s'} stats over `opts.repeats` rounds of `steps`
-  calls (default `opts.steps`); `images` is how many images one call processes.
+
+def time_together(timings: dict[str, Timing], repeats: int) -> dict[str, dict]:
+  """Times several calls in turns, so that their ratios see the same machine load
+  (other work on a shared machine comes and goes).
+
+  Each call first runs once untimed (`warmup_s`; for a first jitted call, its compile
+  time). Then each of `repeats` rounds runs every call `steps` times in a row, each
+  ended by `jax.block_until_ready`. Returns name -> {'warmup_s', 'step_s',
+  'images_per_s'}, the last two stats over the rounds of the per-call mean.
   """
-  steps = steps or opts.steps
-  jax.block_until_ready(call())
-  per_call = []
-  for _ in range(opts.repeats):
+  out, seconds = {}, {name: [] for name in timings}
+  for name, t in timings.items():
     t0 = time.perf_counter()
-    for _ in range(steps):
-      jax.block_until_ready(call())
-    per_call.append((time.perf_counter() - t0) / steps)
-  return {"step_s": stats(per_call), "images_per_s": stats([images / t for t in per_call])}
+    jax.block_until_ready(t.call())
+    out[name] = {"warmup_s": time.perf_counter() - t0}
+  for _ in range(repeats):
+    for name, t in timings.items():
+      t0 = time.perf_counter()
+      for _ in range(t.steps):
+        jax.block_until_ready(t.call())
+      seconds[name].append((time.perf_counter() - t0) / t.steps)
+  for name, t in timings.items():
+    out[name].update(step_s=stats(seconds[name]),
+                     images_per_s=stats([t.images / x for x in seconds[name]]))
+  return out
 
 
 def compile_timed(jitted, *args):
@@ -125,10 +142,9 @@ def compiled_flops(compiled, devices: int) -> float:
   return float(cost["flops"]) * devices
 
 
-def mesh_size(batch: int, limit: int | None = None) -> int:
-  """The most devices (<= limit) that split `batch` evenly."""
-  top = min(limit or jax.device_count(), jax.device_count())
-  return max(n for n in range(1, top + 1) if batch % n == 0)
+def mesh_size(batch: int) -> int:
+  """The most devices that split `batch` evenly."""
+  return max(n for n in range(1, jax.device_count() + 1) if batch % n == 0)
 
 
 def random_batch(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +161,13 @@ def ratio_row(section: str, item: str, value: float, target: float, above: bool)
   return Row(section, item, value, "x", f"{sign} {target:g}: {'ok' if ok else 'MISSED'}")
 
 
+def step_rows(section: str, item: str, r: dict) -> list[Row]:
+  """Compile (when known), time per call and throughput of one timed thing."""
+  rows = [Row(section, f"{item} compile", r["compile_s"], "s")] if "compile_s" in r else []
+  return rows + [Row(section, f"{item} step", r["step_s"], "s"),
+                 Row(section, f"{item} throughput", r["images_per_s"], "img/s")]
+
+
 # ---------------------------------------------------------------------------
 # Train steps (plain and adversarial)
 # ---------------------------------------------------------------------------
@@ -156,20 +179,27 @@ def model_config(name: str, dtype: str):
   return config
 
 
-class _Stepper:
-  """Calls a compiled, state-donating train step on one fixed batch."""
-
-  def __init__(self, compiled, state, images, labels):
-    self.compiled, self.state, self.images, self.labels = compiled, state, images, labels
+@dataclasses.dataclass
+class TrainStep:
+  """A compiled, state-donating train step bound to one fixed on-device batch;
+  calling it runs one step."""
+  compiled: Any
+  state: Any
+  images: jax.Array
+  labels: jax.Array
+  info: dict                # batch_size, devices, compile_s (+ gflop_per_image)
 
   def __call__(self):
     self.state, _ = self.compiled(self.state, self.images, self.labels)
     return self.state
 
+  def timing(self, opts: Options) -> Timing:
+    return Timing(self, self.info["batch_size"], opts.steps)
 
-def _measure_train(name: str, batch: int, devices: int, adversary, opts: Options) -> dict:
-  """Compiles and times train.make_train_step for `name` on a `devices` mesh."""
-  config = model_config(name, opts.dtype)
+
+def _build_train_step(name: str, batch: int, devices: int, adversary, dtype: str) -> TrainStep:
+  """Compiles train.make_train_step for `name` (its config's optimiser) on `devices`."""
+  config = model_config(name, dtype)
   mesh = sharding.make_mesh(devices)
   tx = optimizers.make_optimizer(config.optim, 100, config.train.epochs)
   functional, state = train.create_train_state(
@@ -178,27 +208,21 @@ def _measure_train(name: str, batch: int, devices: int, adversary, opts: Options
                                adversary=adversary)
   images, labels = sharding.put_batch(mesh, *random_batch(batch))
   compiled, compile_s = compile_timed(step, state, images, labels)
-  out = {"batch_size": batch, "devices": devices, "compile_s": compile_s}
+  info = {"batch_size": batch, "devices": devices, "compile_s": compile_s}
   if adversary is None:
-    out["gflop_per_image"] = compiled_flops(compiled, devices) / batch / 1e9
-  out.update(timed(_Stepper(compiled, state, images, labels), batch, opts))
-  return out
+    info["gflop_per_image"] = compiled_flops(compiled, devices) / batch / 1e9
+  return TrainStep(compiled, state, images, labels, info)
 
 
-def measure_train(opts: Options, cache: dict, name: str, batch: int,
-                  devices: int | None = None, adversary=None) -> dict:
-  """The train step of `name` (cached): on all devices that split `batch` by default."""
+def train_step(opts: Options, cache: dict, name: str, batch: int, devices: int | None = None,
+               adversary=None) -> TrainStep:
+  """The compiled train step of `name` (built once per cache): by default on the most
+  devices that split `batch`."""
   devices = devices or mesh_size(batch)
   key = (name, batch, devices, adversary)
   if key not in cache:
-    cache[key] = _measure_train(name, batch, devices, adversary, opts)
+    cache[key] = _build_train_step(name, batch, devices, adversary, opts.dtype)
   return cache[key]
-
-
-def _step_rows(section: str, item: str, r: dict) -> list[Row]:
-  return [Row(section, f"{item} compile", r["compile_s"], "s"),
-          Row(section, f"{item} step", r["step_s"], "s"),
-          Row(section, f"{item} throughput", r["images_per_s"], "img/s")]
 
 
 # ---------------------------------------------------------------------------
@@ -211,36 +235,63 @@ def matmul_peak(opts: Options) -> dict:
   dtype = jnp.float32 if on_cpu else jnp.bfloat16
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   compiled, compile_s = compile_timed(jax.jit(jnp.matmul), a, a)
-  r = timed(lambda: compiled(a, a), 1, opts, steps=2)
+  r = time_together({"matmul": Timing(lambda: compiled(a, a), 1, 2)}, opts.repeats)["matmul"]
   gflop = 2 * n ** 3 / 1e9
   return {"size": n, "dtype": jnp.dtype(dtype).name, "compile_s": compile_s,
           "step_s": r["step_s"],
-          "gflop_per_s": stats([gflop / r["step_s"][k] for k in ("min", "median", "max")])}
+          "gflop_per_s": {k: gflop / r["step_s"][j]
+                          for k, j in (("median", "median"), ("min", "max"), ("max", "min"))}}
+
+
+def _flop_rows(name: str, r: dict) -> list[Row]:
+  return [Row("train", f"{name} work", r["gflop_per_image"], "GFLOP/img"),
+          Row("train", f"{name} achieved", r["gflop_per_s"], "GFLOP/s"),
+          Row("train", f"{name} share of peak", 100 * r["peak_fraction"], "%")]
 
 
 def train_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
-  """The plain train step of every model, its FLOP rate, and PyTorch's ResNet-18."""
+  """The plain train step of every model and its FLOP rate; PyTorch's ResNet-18 step is
+  timed in turns with ours."""
   peak = matmul_peak(opts)
+  out, torch_results = {"matmul_peak": peak, "models": {}}, {}
   rows = [Row("train", f"matmul peak {peak['size']} {peak['dtype']}", peak["gflop_per_s"],
               "GFLOP/s")]
-  out = {"matmul_peak": peak, "models": {}}
+  torch, out["torch_status"] = _import_torch(opts)
   for name in opts.models:
-    r = dict(measure_train(opts, cache, name, opts.batch(name)))
+    step = train_step(opts, cache, name, opts.batch(name))
+    timings = {name: step.timing(opts)}
+    if name == "resnet18" and torch is not None:
+      timings.update(torch_timings(torch, step.info["batch_size"], opts))
+    measured = time_together(timings, opts.repeats)
+    r = {**step.info, **measured.pop(name)}
     r["gflop_per_s"] = r["gflop_per_image"] * r["images_per_s"]["median"]
     r["peak_fraction"] = r["gflop_per_s"] / peak["gflop_per_s"]["median"]
     out["models"][name] = r
-    item = f"{name} b{r['batch_size']} d{r['devices']}"
-    rows += _step_rows("train", item, r)
-    rows += [Row("train", f"{name} work", r["gflop_per_image"], "GFLOP/img"),
-             Row("train", f"{name} achieved", r["gflop_per_s"], "GFLOP/s"),
-             Row("train", f"{name} share of peak", 100 * r["peak_fraction"], "%")]
-  out["torch_resnet18"], out["torch_status"], torch_rows = torch_section(opts)
-  return out, rows + torch_rows
+    rows += step_rows("train", f"{name} b{r['batch_size']} d{r['devices']}", r)
+    rows += _flop_rows(name, r)
+    for layout, t in measured.items():
+      rows += step_rows("train", f"{layout} b{r['batch_size']}", t)
+    torch_results.update(measured)
+  out["torch_resnet18"] = torch_results or None
+  if not torch_results:
+    rows.append(Row("train", f"torch resnet18: {out['torch_status']}", "null", ""))
+  return out, rows
 
 
 # ---------------------------------------------------------------------------
 # train: the PyTorch ResNet-18 side by side
 # ---------------------------------------------------------------------------
+def _import_torch(opts: Options):
+  """(torch or None, a sentence saying whether and why the comparison runs)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top  (optional)
+  except ImportError:
+    return None, "torch is not installed"
+  if "resnet18" not in opts.models:
+    return torch, "not run: resnet18 is not in --models"
+  return torch, f"torch {torch.__version__}, timed in turns with the JAX resnet18 step"
+
+
 def _torch_resnet18(torch):
   """CIFAR ResNet-18 (hfc_jax.models.resnet's layout) in PyTorch, 10 classes."""
   nn = torch.nn
@@ -286,47 +337,35 @@ def _torch_step(torch, layout: str, batch: int) -> Callable[[], None]:
   return step
 
 
-def torch_section(opts: Options) -> tuple[dict | None, str, list[Row]]:
-  """PyTorch ResNet-18 train steps (channels_last and NCHW) when torch imports and
-  resnet18 is benchmarked: (result or None, status, rows)."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top  (optional)
-  except ImportError:
-    return None, "torch is not installed", [
-        Row("train", "torch resnet18", "torch is not installed", "")]
-  if "resnet18" not in opts.models:
-    return None, "resnet18 is not in --models", []
+def torch_timings(torch, batch: int, opts: Options) -> dict[str, Timing]:
+  """PyTorch ResNet-18 train steps in channels_last and NCHW layouts, on every core."""
   torch.set_num_threads(os.cpu_count())
-  batch, out, rows = opts.batch("resnet18"), {"version": torch.__version__}, []
-  for layout in ("channels_last", "nchw"):
-    step = _torch_step(torch, layout, batch)
-    t0 = time.perf_counter()
-    step()
-    r = {"batch_size": batch, "first_call_s": time.perf_counter() - t0, **timed(step, batch, opts)}
-    out[layout] = r
-    rows += [Row("train", f"torch resnet18 {layout} b{batch} step", r["step_s"], "s"),
-             Row("train", f"torch resnet18 {layout} throughput", r["images_per_s"], "img/s")]
-  return out, f"measured with torch {torch.__version__}", rows
+  return {f"torch_{layout}": Timing(_torch_step(torch, layout, batch), batch, opts.steps)
+          for layout in ("channels_last", "nchw")}
 
 
 # ---------------------------------------------------------------------------
 # pgd
 # ---------------------------------------------------------------------------
 def pgd_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
-  """PGD-k adversarial train steps (eps 8/255, step 2/255, random start) against the
-  plain step of the same model, batch and mesh."""
+  """PGD-k adversarial train steps (eps 8/255, step 2/255, random start), timed in
+  turns with the plain step of the same model, batch and mesh."""
   out, rows = {}, []
   for name in opts.pgd_eval_models:
     batch = opts.batch(name)
-    plain = measure_train(opts, cache, name, batch)
-    out[name] = {"plain_step_s": plain["step_s"]}
-    for k in PGD_STEPS:
+    steps = {"plain": train_step(opts, cache, name, batch)}
+    for k in opts.sizes.pgd_steps:
       adversary = train.Adversary("pgd", eps=8 / 255, step_size=2 / 255, steps=k,
                                   random_start=True)
-      r = dict(measure_train(opts, cache, name, batch, adversary=adversary))
-      r["ratio"] = r["step_s"]["median"] / plain["step_s"]["median"]
-      out[name][f"pgd_{k}"] = r
-      rows += _step_rows("pgd", f"{name} pgd-{k} b{batch}", r)
+      steps[f"pgd_{k}"] = train_step(opts, cache, name, batch, adversary=adversary)
+    measured = time_together({key: s.timing(opts) for key, s in steps.items()}, opts.repeats)
+    out[name] = {key: {**s.info, **measured[key]} for key, s in steps.items()}
+    plain_s = measured["plain"]["step_s"]["median"]
+    rows += step_rows("pgd", f"{name} plain b{batch}", measured["plain"])
+    for k in opts.sizes.pgd_steps:
+      r = out[name][f"pgd_{k}"]
+      r["ratio"] = r["step_s"]["median"] / plain_s
+      rows += step_rows("pgd", f"{name} pgd-{k} b{batch}", r)
       target = TARGETS.get(f"pgd_{k}")
       rows.append(ratio_row("pgd", f"{name} pgd-{k} / plain step", r["ratio"], target, False)
                   if target else Row("pgd", f"{name} pgd-{k} / plain step", r["ratio"], "x"))
@@ -336,28 +375,6 @@ def pgd_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
 # ---------------------------------------------------------------------------
 # eval
 # ---------------------------------------------------------------------------
-def _clean_eval_step(params, model_state, images, labels, mask, *, logits_fn):
-  """evaluate.eval_step with no LFC/HFC variants (what radii=() means)."""
-  logits = logits_fn(params, model_state, evaluate.to_float(images))
-  hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return {"correct": jnp.sum(hits * mask)[None], "loss": jnp.sum(loss * mask),
-          "count": jnp.sum(mask)}
-
-
-def _clean_eval(functional, mesh, rescale: str, args) -> tuple[Any, float, str]:
-  """Compiles make_eval_fn(radii=()); while frequency.split_many rejects an empty radius
-  list (ValueError), the same computation without the split instead."""
-  try:
-    fn = evaluate.make_eval_fn(functional.logits, mesh, radii=(), inclusive=False,
-                               rescale=rescale)
-    return (*compile_timed(fn, *args), "evaluate.make_eval_fn(radii=())")
-  except ValueError:
-    fn = jax.jit(functools.partial(_clean_eval_step, logits_fn=functional.logits),
-                 out_shardings=sharding.replicated(mesh))
-    return (*compile_timed(fn, *args), "bench._clean_eval_step (radii=() unsupported)")
-
-
 def _eval_args(name: str, dtype: str, batch: int, mesh):
   """(functional, config, eval_fn arguments) for a fresh `name` model and a random batch."""
   config = model_config(name, dtype)
@@ -368,25 +385,31 @@ def _eval_args(name: str, dtype: str, batch: int, mesh):
   return functional, config, (*variables, *batch_arrays)
 
 
+def _compile_eval(functional, mesh, config, radii, args) -> tuple[Any, float]:
+  """evaluate.make_eval_fn at `radii` (() scores the clean images only), compiled."""
+  fn = evaluate.make_eval_fn(functional.logits, mesh, radii=radii,
+                             inclusive=config.eval.inclusive, rescale=config.eval.rescale)
+  return compile_timed(fn, *args)
+
+
 def eval_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
-  """evaluate.make_eval_fn with radii (4, 8, 12, 16) against a clean-only evaluation."""
+  """evaluate.make_eval_fn with radii (4, 8, 12, 16) in turns with radii=()."""
   del cache
   batch, out, rows = opts.sizes.eval_batch, {}, []
   mesh = sharding.make_mesh(mesh_size(batch))
   for name in opts.pgd_eval_models:
     functional, config, args = _eval_args(name, opts.dtype, batch, mesh)
-    fn = evaluate.make_eval_fn(functional.logits, mesh, radii=RADII,
-                               inclusive=config.eval.inclusive, rescale=config.eval.rescale)
-    full_fn, full_compile = compile_timed(fn, *args)
-    clean_fn, clean_compile, baseline = _clean_eval(functional, mesh, config.eval.rescale, args)
-    full = {"compile_s": full_compile, **timed(lambda: full_fn(*args), batch, opts)}
-    clean = {"compile_s": clean_compile, **timed(lambda: clean_fn(*args), batch, opts)}
-    ratio = full["step_s"]["median"] / clean["step_s"]["median"]
+    compiled = {"all_variants": _compile_eval(functional, mesh, config, RADII, args),
+                "clean_only": _compile_eval(functional, mesh, config, (), args)}
+    r = time_together({key: Timing(functools.partial(fn, *args), batch, opts.steps)
+                       for key, (fn, _) in compiled.items()}, opts.repeats)
+    for key, (_, compile_s) in compiled.items():
+      r[key]["compile_s"] = compile_s
+    ratio = r["all_variants"]["step_s"]["median"] / r["clean_only"]["step_s"]["median"]
     out[name] = {"batch_size": batch, "devices": mesh.size, "radii": list(RADII),
-                 "variants": len(evaluate.variant_names(RADII)), "all_variants": full,
-                 "clean_only": clean, "clean_only_baseline": baseline, "ratio": ratio}
-    rows += _step_rows("eval", f"{name} 9 variants b{batch}", full)
-    rows += _step_rows("eval", f"{name} clean only b{batch}", clean)
+                 "variants": len(evaluate.variant_names(RADII)), **r, "ratio": ratio}
+    rows += step_rows("eval", f"{name} 9 variants b{batch} d{mesh.size}", r["all_variants"])
+    rows += step_rows("eval", f"{name} clean only b{batch} d{mesh.size}", r["clean_only"])
     rows.append(ratio_row("eval", f"{name} 9 variants / clean", ratio, TARGETS["eval"], False))
   return out, rows
 
@@ -408,7 +431,8 @@ def numpy_split(x: np.ndarray, radii) -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
-  """Jitted frequency.split_many against `numpy_split`, one pass over the images a call."""
+  """Jitted frequency.split_many in turns with `numpy_split`; a call is one pass over
+  all the images, batch by batch."""
   del cache
   n, size = opts.sizes.split_images, opts.sizes.split_batch
   images = np.random.default_rng(0).uniform(size=(n, 32, 32, 3)).astype(np.float32)
@@ -417,18 +441,21 @@ def split_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
   t0 = time.perf_counter()
   jax.block_until_ready(split(batches[0]))
   compile_s = time.perf_counter() - t0
-  jitted = {"compile_s": compile_s, **timed(lambda: [split(b) for b in batches], n, opts, 1)}
-  reference = timed(lambda: [numpy_split(b, RADII) for b in batches], n, opts, 1)
+  measured = time_together({
+      "jnp": Timing(lambda: [split(b) for b in batches], n, 1),
+      "numpy": Timing(lambda: [numpy_split(b, RADII) for b in batches], n, 1)}, opts.repeats)
   diff = max(float(np.max(np.abs(np.asarray(a) - b)))
              for a, b in zip(split(batches[0]), numpy_split(batches[0], RADII)))
-  ratio = jitted["images_per_s"]["median"] / reference["images_per_s"]["median"]
-  rows = [Row("split", f"jnp split_many {n} img b{size}", jitted["images_per_s"], "img/s"),
+  ratio = measured["jnp"]["images_per_s"]["median"] / measured["numpy"]["images_per_s"]["median"]
+  rows = [Row("split", f"jnp split_many {n} img b{size}", measured["jnp"]["images_per_s"],
+              "img/s"),
           Row("split", "jnp split_many first call", compile_s, "s"),
-          Row("split", f"numpy reference {n} img b{size}", reference["images_per_s"], "img/s"),
+          Row("split", f"numpy reference {n} img b{size}", measured["numpy"]["images_per_s"],
+              "img/s"),
           ratio_row("split", "jnp / numpy", ratio, TARGETS["split"], True),
           Row("split", "max |jnp - numpy|", diff, "")]
-  return {"images": n, "batch_size": size, "radii": list(RADII), "jnp": jitted,
-          "numpy": reference, "ratio": ratio, "max_abs_diff": diff}, rows
+  return {"images": n, "batch_size": size, "radii": list(RADII), "compile_s": compile_s,
+          **measured, "ratio": ratio, "max_abs_diff": diff}, rows
 
 
 # ---------------------------------------------------------------------------
@@ -448,24 +475,32 @@ def tfds_read(data_dir: str | None) -> dict:
   return {"status": "read", "images": len(x), "read_s": seconds, "images_per_s": len(x) / seconds}
 
 
+def _epoch_call(data: dict, batch: int, augment: bool) -> Callable[[], None]:
+  """One epoch of pipeline.train_batches over `data`, batches discarded."""
+  def epoch():
+    for _ in pipeline.train_batches(data["x_train"], data["y_train"], batch_size=batch,
+                                    seed=0, epoch=0, augment=augment):
+      pass
+  return epoch
+
+
 def input_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
-  """pipeline.train_batches over the embedded set against the small_cnn train step."""
+  """pipeline.train_batches over the embedded set, in turns with the small_cnn step."""
   n, batch = opts.sizes.input_images, opts.batch("small_cnn")
   data = synthetic.generate(num_train=n, num_test=10)
-  step_rate = measure_train(opts, cache, "small_cnn", batch)["images_per_s"]["median"]
-  out, rows = {"images": n, "batch_size": batch, "small_cnn_train_images_per_s": step_rate}, []
   used = pipeline.num_train_steps(n, batch) * batch
-  for augment in (False, True):
-    def one_epoch(augment=augment):
-      for _ in pipeline.train_batches(data["x_train"], data["y_train"], batch_size=batch,
-                                      seed=0, epoch=0, augment=augment):
-        pass
-    r = timed(one_epoch, used, opts, 1)
-    r["ratio"] = r["images_per_s"]["median"] / step_rate
-    key = "augment" if augment else "plain"
-    out[key] = r
-    rows += [Row("input", f"train_batches {key} b{batch}", r["images_per_s"], "img/s"),
-             ratio_row("input", f"{key} / small_cnn step", r["ratio"], TARGETS["input"], True)]
+  step = train_step(opts, cache, "small_cnn", batch)
+  measured = time_together({"plain": Timing(_epoch_call(data, batch, False), used, 1),
+                            "augment": Timing(_epoch_call(data, batch, True), used, 1),
+                            "small_cnn_step": step.timing(opts)}, opts.repeats)
+  step_rate = measured["small_cnn_step"]["images_per_s"]["median"]
+  out, rows = {"images": n, "batch_size": batch, **measured}, []
+  rows += step_rows("input", f"small_cnn step b{batch}", measured["small_cnn_step"])[1:]
+  for key in ("plain", "augment"):
+    out[key]["ratio"] = out[key]["images_per_s"]["median"] / step_rate
+    rows += [Row("input", f"train_batches {key} b{batch}", out[key]["images_per_s"], "img/s"),
+             ratio_row("input", f"{key} / small_cnn step", out[key]["ratio"], TARGETS["input"],
+                       True)]
   out["tfds_cifar10"] = tfds_read(opts.tfds_data_dir)
   tfds_value = out["tfds_cifar10"].get("images_per_s", out["tfds_cifar10"]["status"])
   rows.append(Row("input", "tfds cifar10 read", tfds_value, "img/s"))
@@ -476,18 +511,20 @@ def input_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
 # scaling
 # ---------------------------------------------------------------------------
 def scaling_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
-  """The small_cnn train step at one global batch on meshes of 1, 2, 4 and 8 devices."""
+  """The small_cnn train step at one global batch on meshes of 1, 2, 4 and 8 devices,
+  timed in turns."""
   batch = opts.batch("small_cnn")
-  counts = [n for n in MESH_SIZES if n <= jax.device_count() and batch % n == 0]
-  out, rows, base = {"batch_size": batch, "meshes": {}}, [], None
-  for n in counts:
-    r = measure_train(opts, cache, "small_cnn", batch, devices=n)
-    base = base or r["images_per_s"]["median"]
-    speedup = r["images_per_s"]["median"] / base
-    out["meshes"][str(n)] = {"compile_s": r["compile_s"], "step_s": r["step_s"],
-                             "images_per_s": r["images_per_s"], "speedup": speedup}
+  counts = [n for n in opts.sizes.mesh_sizes if n <= jax.device_count() and batch % n == 0]
+  steps = {str(n): train_step(opts, cache, "small_cnn", batch, devices=n) for n in counts}
+  measured = time_together({n: s.timing(opts) for n, s in steps.items()}, opts.repeats)
+  base = measured[str(counts[0])]["images_per_s"]["median"]
+  out, rows = {"batch_size": batch, "meshes": {}}, []
+  for n, s in steps.items():
+    r = {**s.info, **measured[n]}
+    r["speedup"] = r["images_per_s"]["median"] / base
+    out["meshes"][n] = r
     rows += [Row("scaling", f"small_cnn b{batch} on {n} dev", r["images_per_s"], "img/s"),
-             Row("scaling", f"speed-up {n} dev vs 1", speedup, "x")]
+             Row("scaling", f"speed-up {n} dev vs {counts[0]}", r["speedup"], "x")]
   return out, rows
 
 
@@ -501,12 +538,18 @@ def _dir_mb(path: str) -> float:
 
 
 def _adam_state(name: str, dtype: str):
-  """A replicated train state of `name` with Adam's optimiser state."""
+  """A replicated train state of `name` with Adam's optimiser state, every float
+  perturbed by noise so that, like a trained state's, it does not compress (fresh
+  Adam moments are zeros, which Orbax stores in almost no space)."""
   config = model_config(name, dtype)
   config.optim.name = "adam"
   tx = optimizers.make_optimizer(config.optim, 100, 1)
-  return train.create_train_state(train.create_model(config, 10, 3), tx, config.seed,
-                                  sharding.make_mesh())[1]
+  mesh = sharding.make_mesh()
+  state = train.create_train_state(train.create_model(config, 10, 3), tx, config.seed, mesh)[1]
+  rng = np.random.default_rng(0)
+  noisy = lambda x: (np.asarray(x) + rng.normal(0, 1e-3, x.shape).astype(x.dtype)
+                     if jnp.issubdtype(x.dtype, jnp.floating) else x)
+  return sharding.put_replicated(jax.tree.map(noisy, state), mesh)
 
 
 def _save_restore(ckpt, state, epoch: int) -> tuple[float, float]:

@@ -1,0 +1,112 @@
+"""`python -m hfc_jax.bench --tiny`: every section runs and reports sane numbers."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hfc_jax import bench, errors
+from hfc_jax.bench_sections import Row
+
+# One path per number the docs and the issue ask for.
+EXPECTED = [
+    ("meta", "peak_host_memory_mb"), ("meta", "device_count"), ("meta", "total_s"),
+    ("train", "matmul_peak", "gflop_per_s", "median"),
+    ("train", "models", "small_cnn", "compile_s"),
+    ("train", "models", "small_cnn", "step_s", "max"),
+    ("train", "models", "small_cnn", "images_per_s", "min"),
+    ("train", "models", "small_cnn", "gflop_per_image"),
+    ("train", "models", "small_cnn", "peak_fraction"),
+    ("pgd", "small_cnn", "pgd_7", "ratio"), ("pgd", "small_cnn", "pgd_7", "compile_s"),
+    ("eval", "small_cnn", "ratio"), ("eval", "small_cnn", "all_variants", "compile_s"),
+    ("eval", "small_cnn", "clean_only", "images_per_s", "median"),
+    ("split", "ratio"), ("split", "max_abs_diff"), ("split", "compile_s"),
+    ("split", "numpy", "images_per_s", "median"),
+    ("input", "plain", "ratio"), ("input", "augment", "images_per_s", "median"),
+    ("input", "small_cnn_step", "images_per_s", "median"),
+    ("pgd", "small_cnn", "plain", "step_s", "median"), ("pgd", "small_cnn", "pgd_7", "warmup_s"),
+    ("scaling", "meshes", "1", "speedup"), ("scaling", "meshes", "8", "images_per_s", "median"),
+    ("checkpoint", "size_mb"), ("checkpoint", "save_s", "median"),
+    ("checkpoint", "restore_s", "max"), ("checkpoint", "first_save_s"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("bench") / "bench.json")
+  return bench.run(tiny=True, models=("small_cnn",), json_path=path), path
+
+
+def _numbers(tree, path=()):
+  """Yields (path, value) for every int or float leaf (bools excluded)."""
+  if isinstance(tree, dict):
+    for key, value in tree.items():
+      yield from _numbers(value, path + (key,))
+  elif isinstance(tree, (list, tuple)):
+    for i, value in enumerate(tree):
+      yield from _numbers(value, path + (i,))
+  elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+    yield path, tree
+
+
+def test_every_expected_number_is_reported(tiny_run):
+  results, _ = tiny_run
+  assert set(results) == {"meta", *bench.SECTION_NAMES}
+  for path in EXPECTED:
+    node = results
+    for key in path:
+      assert key in node, path
+      node = node[key]
+    assert isinstance(node, (int, float)), path
+
+
+def test_every_number_is_positive_and_finite(tiny_run):
+  results, _ = tiny_run
+  measured = {k: v for k, v in results.items() if k != "meta"}
+  measured["meta"] = {k: v for k, v in results["meta"].items() if k != "options"}
+  bad = [(p, v) for p, v in _numbers(measured) if not (math.isfinite(v) and v > 0)]
+  assert not bad
+  assert results["split"]["max_abs_diff"] < 1e-4
+  assert results["input"]["tfds_cifar10"]["status"] == "not prepared"
+  assert results["train"]["torch_resnet18"] is None  # resnet18 was not benchmarked
+
+
+def test_json_file_holds_every_number(tiny_run):
+  results, path = tiny_run
+  with open(path) as f:
+    assert json.load(f) == json.loads(json.dumps(results))
+
+
+def test_command_line_sets_eight_cpu_devices_and_writes_json(tmp_path):
+  path = tmp_path / "split.json"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  subprocess.run([sys.executable, "-m", "hfc_jax.bench", "--tiny", "--sections=split",
+                  f"--json={path}"], check=True, env=env, capture_output=True,
+                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  results = json.loads(path.read_text())
+  assert set(results) == {"meta", "split"}
+  assert results["meta"]["device_count"] == 8
+  assert results["split"]["ratio"] > 0
+
+
+def test_bad_values_fail_before_any_work():
+  with pytest.raises(errors.HfcError, match="--sections"):
+    bench.run(["train", "nope"])
+  with pytest.raises(errors.HfcError, match="--models"):
+    bench.run(["split"], models=("vgg",))
+  with pytest.raises(errors.HfcError, match="--steps"):
+    bench.run(["split"], steps=0)
+
+
+def test_table_has_fixed_width_columns():
+  rows = [Row("train", "step", {"median": 0.5, "min": 0.25, "max": 1.0}, "s"),
+          Row("pgd", "ratio", 6.1, "x", "<= 6.5: ok")]
+  lines = bench.format_table(rows).splitlines()
+  assert lines[0].split() == ["section", "item", "value", "min", "-", "max", "unit", "target"]
+  assert "0.2500 - 1.000" in lines[2] and lines[3].endswith("<= 6.5: ok")
+  unit = lines[0].index("unit")
+  assert lines[2][unit] == "s" and lines[3][unit] == "x"
