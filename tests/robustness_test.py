@@ -118,7 +118,7 @@ def test_robust_eval_writes_consistent_tables(trained_workdir):
   for row in results["defence"]:
     filtered = frequency.lowpass(x, row["radius"])
     logits = trained.functional.logits(trained.params, trained.model_state, filtered)
-    expected = np.mean(np.argmax(logits, -1) == dataset.y_test[:128])
+    expected = float(np.mean(np.asarray(np.argmax(logits, -1)) == dataset.y_test[:128]))
     assert row["clean"] == pytest.approx(expected, abs=1e-6)
     for eps in ("0.0100", "0.0300"):
       assert row["adaptive"][eps] <= row["clean"]
