@@ -72,6 +72,7 @@ def test_every_number_is_positive_and_finite(tiny_run):
   assert results["split"]["max_abs_diff"] < 1e-4
   assert results["input"]["tfds_cifar10"]["status"] == "not prepared"
   assert results["train"]["torch_resnet18"] is None  # resnet18 was not benchmarked
+  assert results["train"]["models"]["small_cnn"]["flops_source"] == "lowered HLO"
 
 
 def test_json_file_holds_every_number(tiny_run):
