@@ -307,7 +307,13 @@ def _import_torch(opts: Options):
     return None, "torch is not installed"
   if "resnet18" not in opts.models:
     return torch, "not run: resnet18 is not in --models"
-  return torch, f"torch {torch.__version__}, timed in turns with the JAX resnet18 step"
+  return torch, (f"torch {torch.__version__} on {_torch_device(torch)}, timed in turns "
+                 "with the JAX resnet18 step")
+
+
+def _torch_device(torch) -> str:
+  """'cuda' when JAX runs on a GPU and torch sees one (compare like with like), else 'cpu'."""
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
 def _torch_resnet18(torch):
@@ -337,28 +343,34 @@ def _torch_resnet18(torch):
   return nn.Sequential(*layers)
 
 
-def _torch_step(torch, layout: str, batch: int) -> Callable[[], None]:
-  """One SGD (momentum 0.9, Nesterov, weight decay 5e-4) step on a fixed uint8 batch."""
+def _torch_step(torch, layout: str, batch: int, device: str) -> Callable[[], None]:
+  """One SGD (momentum 0.9, Nesterov, weight decay 5e-4) step on a fixed uint8 batch
+  already on `device`; it returns once the device has finished."""
   fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-  model = _torch_resnet18(torch).to(memory_format=fmt).train()
+  model = _torch_resnet18(torch).to(device=device, memory_format=fmt).train()
   opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
                         weight_decay=5e-4)
   images, labels = random_batch(batch)
-  x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
-  y = torch.from_numpy(labels).long()
+  x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device).contiguous(memory_format=fmt)
+  y = torch.from_numpy(labels).long().to(device)
 
   def step():
     loss = torch.nn.functional.cross_entropy(model(x.float() / 255), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    if device == "cuda":
+      torch.cuda.synchronize()
   return step
 
 
 def torch_timings(torch, batch: int, opts: Options) -> dict[str, Timing]:
-  """PyTorch ResNet-18 train steps in channels_last and NCHW layouts, on every core."""
+  """PyTorch ResNet-18 train steps in channels_last and NCHW layouts, on the GPU when
+  JAX uses one, else on every CPU core."""
   torch.set_num_threads(os.cpu_count())
-  return {f"torch_{layout}": Timing(_torch_step(torch, layout, batch), batch, opts.steps)
+  device = _torch_device(torch)
+  return {f"torch_{layout}": Timing(_torch_step(torch, layout, batch, device), batch,
+                                    opts.steps)
           for layout in ("channels_last", "nchw")}
 
 
