@@ -7,7 +7,7 @@ models that normalise with batch statistics see each variant separately.
 """
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
