@@ -25,8 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "embedded"      # embedded | cifar10 | cifar100 | mnist | fashion_mnist | npz
+                                     # | idx (MNIST-format files at data.path)
   config.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir (None: default).
-  config.data.path = ml_collections.config_dict.placeholder(str)  # .npz file for name='npz'.
+  config.data.path = ml_collections.config_dict.placeholder(str)  # npz: file; idx: dir.
   config.data.seed = 0               # Seed of the embedded data set.
   config.data.num_train = 10000      # Embedded set: training images.
   config.data.num_test = 2000        # Embedded set: test images.
@@ -38,6 +39,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.aug_pad_mode = "zero"  # zero | reflect
   config.data.aug_flip = True        # Random horizontal flip when augmenting.
   config.data.rescale = "none"       # Training images: none | per_image_max (the original code).
+  config.data.train_limit = 0        # Keep a fixed subset of the training set (0: all).
+  config.data.test_limit = 0         # Keep a fixed subset of the test set (0: all).
+  config.data.subset_seed = 0        # Seed of the permutation picking those subsets.
+  config.data.shuffle_labels = False  # Permute training labels once (figure 3).
+  config.data.label_seed = 0         # Seed of that label permutation.
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "small_cnn"    # small_cnn | resnet18 | preact_resnet32

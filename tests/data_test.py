@@ -1,12 +1,17 @@
 """Tests for hfc_jax.data: the embedded set, .npz and tfds sources, and the host pipeline."""
 
+import gzip
+import importlib.util
+import os
+import struct
 import time
 
+import ml_collections
 import numpy as np
 import pytest
 
 from hfc_jax import data
-from hfc_jax.data import npz_source, pipeline, synthetic, tfds_source
+from hfc_jax.data import idx_source, npz_source, pipeline, synthetic, tfds_source
 from hfc_jax.errors import HfcError
 
 
@@ -340,3 +345,227 @@ def test_prefetch_yields_everything_in_order_and_reraises():
   assert next(stream) == 1
   with pytest.raises(RuntimeError, match="boom"):
     next(stream)
+
+
+# ---------------------------------------------------------------- idx source
+
+
+def _idx_bytes(array: np.ndarray, magic: int) -> bytes:
+  """An IDX file: big-endian magic, big-endian int32 sizes, then the uint8 values."""
+  header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}i", *array.shape)
+  return header + array.astype(np.uint8).tobytes()
+
+
+def _idx_arrays(n_train=7, n_test=3, size=6):
+  rng = np.random.default_rng(1)
+  return {"x_train": rng.integers(0, 256, (n_train, size, size), dtype=np.uint8),
+          "y_train": np.array([0, 4, 1, 1, 2, 0, 3][:n_train], np.uint8),
+          "x_test": rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
+          "y_test": np.array([5, 0, 2][:n_test], np.uint8)}
+
+
+def _write_idx_dir(directory, arrays, compression="gz"):
+  """Writes the four IDX files; compression: 'gz', 'plain', 'mixed' or 'multi-member'."""
+  directory.mkdir(exist_ok=True)
+  for i, (key, name) in enumerate(idx_source.FILES.items()):
+    magic = idx_source.IMAGES_MAGIC if key.startswith("x") else idx_source.LABELS_MAGIC
+    raw = _idx_bytes(arrays[key], magic)
+    if compression == "plain" or (compression == "mixed" and i % 2):
+      (directory / name).write_bytes(raw)
+    elif compression == "multi-member":  # as `cat a.gz b.gz` makes
+      (directory / (name + ".gz")).write_bytes(gzip.compress(raw[:10]) + gzip.compress(raw[10:]))
+    else:
+      (directory / (name + ".gz")).write_bytes(gzip.compress(raw))
+  return str(directory)
+
+
+@pytest.mark.parametrize("compression", ["gz", "plain", "mixed", "multi-member"])
+def test_idx_round_trip(tmp_path, compression):
+  arrays = _idx_arrays()
+  path = _write_idx_dir(tmp_path / "mnist", arrays, compression)
+  ds = data.load(_config(name="idx", path=path))
+  assert ds.x_train.shape == (7, 6, 6, 1) and ds.x_test.shape == (3, 6, 6, 1)
+  assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32
+  np.testing.assert_array_equal(ds.x_train[..., 0], arrays["x_train"])
+  np.testing.assert_array_equal(ds.x_test[..., 0], arrays["x_test"])
+  np.testing.assert_array_equal(ds.y_train, [0, 4, 1, 1, 2, 0, 3])
+  np.testing.assert_array_equal(ds.y_test, [5, 0, 2])
+  assert (ds.num_classes, ds.image_size, ds.channels, ds.name) == (6, 6, 1, "idx")
+
+
+def test_idx_parses_a_hand_written_header():
+  raw = bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 3, 9, 8, 7, 6, 5, 4])
+  x = idx_source.parse_idx(raw, idx_source.IMAGES_MAGIC, "f")
+  np.testing.assert_array_equal(x, [[[9, 8, 7]], [[6, 5, 4]]])
+
+
+def _break_idx(directory, case):
+  """Damages the idx directory written by _write_idx_dir (gzipped) in one way."""
+  images = directory / "train-images-idx3-ubyte.gz"
+  labels = directory / "train-labels-idx1-ubyte.gz"
+  raw = gzip.decompress(images.read_bytes())
+  if case == "missing file":
+    labels.unlink()
+  elif case == "bad magic":
+    images.write_bytes(gzip.compress(struct.pack(">I", idx_source.LABELS_MAGIC) + raw[4:]))
+  elif case == "truncated":
+    images.write_bytes(gzip.compress(raw[:-1]))
+  elif case == "truncated header":
+    images.write_bytes(gzip.compress(raw[:10]))
+  elif case == "truncated gzip":
+    images.write_bytes(images.read_bytes()[:-20])
+  elif case == "not gzip":
+    images.write_bytes(raw)  # a plain file named .gz
+  elif case == "too long":
+    images.write_bytes(gzip.compress(raw + b"\0"))
+  elif case == "count mismatch":
+    labels.write_bytes(gzip.compress(_idx_bytes(np.zeros(6), idx_source.LABELS_MAGIC)))
+  elif case == "non-square":
+    images.write_bytes(gzip.compress(_idx_bytes(np.zeros((7, 6, 5)), idx_source.IMAGES_MAGIC)))
+  elif case == "size mismatch":
+    images.write_bytes(gzip.compress(_idx_bytes(np.zeros((7, 5, 5)), idx_source.IMAGES_MAGIC)))
+
+
+@pytest.mark.parametrize("case,words", [
+    ("missing file", "has no train-labels-idx1-ubyte or train-labels-idx1-ubyte.gz"),
+    ("bad magic", "magic number 0x00000801; expected 0x00000803"),
+    ("truncated", "truncated: header says shape \\(7, 6, 6\\) \\(252 bytes.*251 bytes"),
+    ("truncated header", "truncated: 10 bytes, shorter than its 16-byte header"),
+    ("truncated gzip", "cannot read train-images-idx3-ubyte.gz"),
+    ("not gzip", "cannot read train-images-idx3-ubyte.gz"),
+    ("too long", "longer than its header says"),
+    ("count mismatch", "7 images but train-labels-idx1-ubyte has 6 labels"),
+    ("non-square", "6x5; expected square"),
+    ("size mismatch", "expected the same size")])
+def test_idx_errors_name_data_path(tmp_path, case, words):
+  path = _write_idx_dir(tmp_path / "mnist", _idx_arrays())
+  _break_idx(tmp_path / "mnist", case)
+  with pytest.raises(HfcError, match=words) as info:
+    data.load(_config(name="idx", path=path))
+  message = str(info.value)
+  assert message.startswith(f"data.path={path!r}: ") and "\n" not in message
+
+
+@pytest.mark.parametrize("path", [None, "/nonexistent/mnist", "file"])
+def test_idx_missing_directory(tmp_path, path):
+  if path == "file":
+    path = str(tmp_path / "f")
+    open(path, "w").close()
+  words = "data.path=.*no such directory.*dataset-fashion-mnist"
+  with pytest.raises(HfcError, match=words) as info:
+    data.load(_config(name="idx", path=path))
+  assert "\n" not in str(info.value)
+
+
+def test_real_fashion_mnist():
+  """The OS package dataset-fashion-mnist (.ci/run installs it): 60000 + 10000 images."""
+  assert os.path.isdir(idx_source.FASHION_MNIST_DIR), (
+      f"{idx_source.FASHION_MNIST_DIR} is missing: run `apt-get install dataset-fashion-mnist` "
+      "(.ci/run does so when it runs as root with apt-get).")
+  start = time.perf_counter()
+  ds = data.load(_config(name="idx", path=idx_source.FASHION_MNIST_DIR))
+  elapsed = time.perf_counter() - start
+  assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
+  assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32
+  assert ds.num_classes == 10
+  np.testing.assert_array_equal(np.bincount(ds.y_train), np.full(10, 6000))
+  np.testing.assert_array_equal(np.bincount(ds.y_test), np.full(10, 1000))
+  # Real photos on a black background: corners dark, full uint8 range used, images differ.
+  assert ds.x_train[:, 0, 0].mean() < 5 and ds.x_train.max() == 255
+  assert 60 < ds.x_train.mean() < 90
+  assert len(np.unique(ds.x_train[:100].reshape(100, -1), axis=0)) == 100
+  assert elapsed < 10, elapsed  # about 0.3 s on one core
+
+
+# ---------------------------------------------------------------- subsets and shuffled labels
+
+
+def test_subset_is_a_fixed_sorted_sample():
+  x = np.arange(100) * 10
+  y = np.arange(100)
+  sx, sy = data.subset(x, y, 30, seed=3)
+  expected = np.sort(np.random.default_rng(3).permutation(100)[:30])
+  np.testing.assert_array_equal(sy, expected)
+  np.testing.assert_array_equal(sx, expected * 10)  # images and labels stay paired
+  assert len(np.unique(sy)) == 30 and np.all(np.diff(sy) > 0)
+  np.testing.assert_array_equal(data.subset(x, y, 30, seed=3)[1], sy)
+  assert not np.array_equal(data.subset(x, y, 30, seed=4)[1], sy)
+  assert data.subset(x, y, 0, seed=3)[1] is y
+  np.testing.assert_array_equal(data.subset(x, y, 100, seed=3)[1], y)
+
+
+def test_limits_through_load():
+  full = data.load(_config(num_train=200, num_test=50))
+  ds = data.load(_config(num_train=200, num_test=50, train_limit=40, test_limit=10,
+                         subset_seed=7))
+  train_idx = np.sort(np.random.default_rng(7).permutation(200)[:40])
+  test_idx = np.sort(np.random.default_rng(7).permutation(50)[:10])
+  np.testing.assert_array_equal(ds.x_train, full.x_train[train_idx])
+  np.testing.assert_array_equal(ds.y_train, full.y_train[train_idx])
+  np.testing.assert_array_equal(ds.x_test, full.x_test[test_idx])
+  np.testing.assert_array_equal(ds.y_test, full.y_test[test_idx])
+  assert ds.num_classes == 10
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("train_limit", 201, "data.train_limit=201 exceeds the 200 training examples of "
+                         "data.name='embedded'; allowed: \\[0, 200\\]"),
+    ("test_limit", 51, "data.test_limit=51 exceeds the 50 test examples"),
+    ("train_limit", -1, "data.train_limit=-1 is out of range"),
+    ("subset_seed", 1.5, "data.subset_seed=1.5 must be an integer"),
+    ("shuffle_labels", "yes", "data.shuffle_labels='yes' is not allowed")])
+def test_limit_and_shuffle_errors(field, value, words):
+  fields = {**_config(num_train=200, num_test=50).to_dict(), field: value}
+  config = ml_collections.ConfigDict(fields)  # a fresh dict: no type checks against defaults
+  with pytest.raises(HfcError, match=words) as info:
+    data.load(config)
+  assert "\n" not in str(info.value)
+
+
+def test_shuffled_labels_are_a_fixed_permutation():
+  y = np.random.default_rng(0).integers(0, 10, 1000).astype(np.int32)
+  a, b = data.shuffled_labels(y, 5), data.shuffled_labels(y, 5)
+  np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(a, y[np.random.default_rng(5).permutation(1000)])
+  assert not np.array_equal(a, data.shuffled_labels(y, 6))
+  np.testing.assert_array_equal(np.bincount(a, minlength=10), np.bincount(y, minlength=10))
+  assert 0.05 < np.mean(a == y) < 0.15  # about 1/10: no longer tied to the images
+  assert a.dtype == np.int32
+
+
+def test_shuffled_labels_through_load_touch_only_training_labels():
+  kwargs = dict(num_train=300, num_test=60)
+  full = data.load(_config(**kwargs))
+  ds = data.load(_config(shuffle_labels=True, label_seed=3, **kwargs))
+  np.testing.assert_array_equal(ds.y_train, data.shuffled_labels(full.y_train, 3))
+  np.testing.assert_array_equal(np.bincount(ds.y_train), np.bincount(full.y_train))
+  assert np.mean(ds.y_train == full.y_train) < 0.25
+  np.testing.assert_array_equal(ds.x_train, full.x_train)
+  np.testing.assert_array_equal(ds.x_test, full.x_test)
+  np.testing.assert_array_equal(ds.y_test, full.y_test)
+  again = data.load(_config(shuffle_labels=True, label_seed=3, **kwargs))
+  np.testing.assert_array_equal(again.y_train, ds.y_train)
+  other = data.load(_config(shuffle_labels=True, label_seed=4, **kwargs))
+  assert not np.array_equal(other.y_train, ds.y_train)
+  # With a limit, the labels of the kept subset are the ones shuffled.
+  both = data.load(_config(shuffle_labels=True, label_seed=3, train_limit=100, **kwargs))
+  kept = data.subset(full.x_train, full.y_train, 100, 0)[1]
+  np.testing.assert_array_equal(both.y_train, data.shuffled_labels(kept, 3))
+
+
+def test_configs_without_the_new_fields_still_load():
+  config = _config(num_train=100, num_test=20).to_dict()
+  for field in ("train_limit", "test_limit", "subset_seed", "shuffle_labels", "label_seed"):
+    del config[field]
+  ds = data.load(ml_collections.ConfigDict(config))
+  assert len(ds.x_train) == 100 and len(ds.x_test) == 20
+
+
+def test_default_config_has_every_data_field_with_its_default():
+  spec = importlib.util.spec_from_file_location(
+      "default_config", os.path.join(os.path.dirname(__file__), "..", "configs", "default.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  section = module.get_config().data
+  for field, value in data.default_data_config().items():
+    assert field in section and section[field] == value, field
