@@ -1,0 +1,266 @@
+r"""Writes the paper's figures and tables from run and sweep workdirs, re-running nothing.
+
+  python -m hfc_jax.report --workdirs=workdirs/heuristics
+  python -m hfc_jax.report --workdirs=workdirs/batch,workdirs/vanilla,workdirs/bn --out=/tmp/r
+
+`--workdirs` mixes sweep dirs (holding sweep.json) and single run dirs (holding
+metrics.jsonl); the single runs form one section, 'runs', each named by its basename.
+Into `--out` (default `<first workdir>/report`) go one PNG per figure, `report.md`
+(a section per sweep: its kind and paper figure, a final-epoch table, Table 1 for a
+train_component sweep, the figures, and the command that made the report) and
+`report.json` (every run's final-epoch record). Only metrics.jsonl, config.json and
+sweep.json are read; JAX is never imported.
+
+Bad input ends with one line on stderr ("hfc_jax: error: --workdirs=...") and exit 2.
+"""
+
+import json
+import math
+import os
+import re
+import shlex
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from hfc_jax import errors, plots
+from hfc_jax.workdirs import Group, Run, collect
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("workdirs", None, "Comma-separated run and/or sweep workdirs.")
+flags.DEFINE_string("out", None, "Output directory (default: <first workdir>/report).")
+
+# Sweep kind -> what it reproduces of the paper (PAPER.md section 3).
+PAPER = {
+    "heuristics": "Figure 5: vanilla, dropout, mix-up, BatchNorm, adversarial training",
+    "batch_size": "Figure 4: batch size",
+    "optimizers": "Section 3, optimisers (SGD, Adam, AdaGrad, AdaDelta, RMSprop; no figure)",
+    "train_component": "Table 1: trained on LFC or HFC only, tested on original images",
+    "shuffled_labels": "Figure 3: natural vs shuffled labels, LFC/HFC of training images",
+    "bn_lfc": "Figure 6: BatchNorm vs none, trained on LFC data",
+    "generic": "none (a plain comparison of runs)",
+}
+OVERLAY_KINDS = ("batch_size", "optimizers")
+COMPONENT_ORDER = ("lfc", "hfc", "original")
+
+
+# ---------------------------------------------------------------- Tables (Markdown)
+
+def fmt(value, digits: int = 4) -> str:
+  """An accuracy cell: 4 decimals, or 'n/a' for null/missing/NaN."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    return "n/a"
+  return f"{value:.{digits}f}"
+
+
+def wall_time_s(run: Run) -> float:
+  """Sum of the recorded `epoch_time_s`, seconds (null epochs count 0)."""
+  return float(np.nansum(plots.series(run.records, "epoch_time_s")[1]))
+
+
+def _finite(value):
+  """JSON-safe: NaN and inf (which json.loads accepts) become None."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def duration(seconds: float) -> str:
+  """'42.0 s', '12.5 min' or '3.2 h'."""
+  if seconds < 90:
+    return f"{seconds:.1f} s"
+  if seconds < 90 * 60:
+    return f"{seconds / 60:.1f} min"
+  return f"{seconds / 3600:.1f} h"
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return "\n".join(lines) + "\n"
+
+
+def final_table(group: Group) -> str:
+  """Final-epoch numbers of every run of `group`, one row each (missing runs say so):
+  epochs, wall time, train accuracy, clean test accuracy, `test/pgd` when any run has
+  it, then LFC and HFC test accuracy at every radius any run logged."""
+  radii = sorted({r for run in group.runs for r in plots.radii(run.records)}, key=float)
+  pgd = any("test/pgd" in rec for run in group.runs for rec in run.records)
+  header = ["run", "epochs", "wall time", "train acc", "test clean"]
+  header += ["test PGD"] * pgd
+  header += [f"LFC r={r}" for r in radii] + [f"HFC r={r}" for r in radii]
+  rows = []
+  for run in group.runs:
+    if run.missing:
+      rows.append([run.name, "missing"] + [""] * (len(header) - 2))
+      continue
+    last = run.final
+    row = [run.name, str(last.get("epoch", len(run.records))), duration(wall_time_s(run)),
+           fmt(last.get("train_accuracy")), fmt(last.get("test/clean"))]
+    row += [fmt(last.get("test/pgd"))] * pgd
+    row += [fmt(last.get(f"test/lfc_{r}")) for r in radii]
+    row += [fmt(last.get(f"test/hfc_{r}")) for r in radii]
+    rows.append(row)
+  return _markdown(header, rows)
+
+
+def table1_rows(group: Group) -> list[dict]:
+  """Table 1's rows for the runs that have records: train component ('lfc', 'hfc',
+  'original'; from config.json's train.input_component, else the sweep's override),
+  radius (train.input_radius; None for 'original'), final train accuracy, clean test
+  accuracy, and test accuracy on the same component at the same radius (None when that
+  key was not logged). Sorted by component (LFC, HFC, original) then radius."""
+  rows = []
+  for run in group.present:
+    component = str(run.setting("train.input_component") or "original").lower()
+    radius = run.setting("train.input_radius")
+    radius = None if component == "original" or radius is None else float(radius)
+    same = None
+    if radius is not None:
+      same = run.final.get(f"test/{component}_{radius:g}")
+    rows.append({"run": run.name, "component": component, "radius": radius,
+                 "train_accuracy": run.final.get("train_accuracy"),
+                 "test_clean": run.final.get("test/clean"), "test_same": same})
+  order = {c: i for i, c in enumerate(COMPONENT_ORDER)}
+  return sorted(rows, key=lambda r: (order.get(r["component"], len(order)), r["component"],
+                                     math.inf if r["radius"] is None else r["radius"]))
+
+
+def table1(group: Group) -> str:
+  """Table 1 as Markdown (see `table1_rows`)."""
+  header = ["run", "train on", "r", "train acc", "test acc (original)",
+            "test acc (same component, same r)"]
+  rows = [[r["run"], r["component"].upper() if r["component"] != "original" else "original",
+           "-" if r["radius"] is None else f"{r['radius']:g}", fmt(r["train_accuracy"]),
+           fmt(r["test_clean"]), fmt(r["test_same"])] for r in table1_rows(group)]
+  return _markdown(header, rows)
+
+
+# ---------------------------------------------------------------- Figures
+
+def group_figures(group: Group) -> list[tuple[str, str, object]]:
+  """The figures of one group as (file suffix, caption, Figure), in report order:
+  for shuffled_labels the training-image panels first (the paper's figure 3), then the
+  test panels; for the others the test panels, the training-image panels when logged,
+  and for batch_size / optimizers the overlay of train and test accuracy curves."""
+  runs = {run.name: run.records for run in group.present}
+  if not runs:
+    return []
+  has_train_eval = any(plots.radii(recs, "train_eval") for recs in runs.values())
+  test = ("panels_test", "LFC (solid) and HFC (dashed) accuracy on the test images per "
+          "epoch; black: clean test accuracy, grey dotted: train accuracy.",
+          plots.panel_figure(runs, "test"))
+  figures = [test]
+  if has_train_eval:
+    train = ("panels_train_eval", "LFC (solid) and HFC (dashed) accuracy on a fixed "
+             "subset of the training images (clean, eval mode) per epoch; black: clean.",
+             plots.panel_figure(runs, "train_eval"))
+    figures = [train, test] if group.kind == "shuffled_labels" else [test, train]
+  if group.kind in OVERLAY_KINDS:
+    figures.append(("curves", "Train accuracy (dashed) and clean test accuracy (solid) "
+                    "per epoch, one colour per run.",
+                    plots.overlay_figure(runs, title=group.name)))
+  return figures
+
+
+def slug(name: str) -> str:
+  """A file-name-safe version of a group name."""
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.") or "group"
+
+
+# ---------------------------------------------------------------- The report
+
+def command_line(workdirs: list[str], out: str | None) -> str:
+  """The shell command that makes this report (what `main` was given)."""
+  args = ["python", "-m", "hfc_jax.report", "--workdirs=" + ",".join(workdirs)]
+  if out is not None:
+    args.append(f"--out={out}")
+  return " ".join(shlex.quote(a) for a in args)
+
+
+def _run_summary(run: Run) -> dict:
+  return {"workdir": run.workdir, "missing": run.missing,
+          "epochs": len(run.records), "wall_time_s": wall_time_s(run),
+          "final": {k: _finite(v) for k, v in run.final.items()}}
+
+
+def _section(group: Group, figure_files: list[tuple[str, str]]) -> list[str]:
+  lines = [f"## {group.name}", "",
+           f"Kind: `{group.kind}`. Paper: {PAPER.get(group.kind, PAPER['generic'])}."]
+  if group.kind not in PAPER:
+    lines[-1] += f" (Unknown sweep kind {group.kind!r}: shown as generic.)"
+  if group.workdir:
+    lines[-1] += f" Sweep dir: `{group.workdir}`."
+  if group.missing:
+    lines += ["", "Missing (no epoch recorded yet): "
+              + ", ".join(f"`{r.name}` ({r.workdir})" for r in group.missing) + "."]
+  lines += ["", "### Final epoch", "", final_table(group)]
+  if group.kind == "train_component" and group.present:
+    lines += ["### Table 1", "", table1(group)]
+  for filename, caption in figure_files:
+    lines += [f"![{group.name}: {filename}]({filename})", "", caption, ""]
+  return lines
+
+
+def write_report(workdirs: list[str], out: str | None = None) -> dict:
+  """Reads `workdirs`, writes the PNGs, report.md and report.json into `out`.
+
+  Returns {'out': dir, 'markdown': path, 'json': path, 'groups': [Group, ...],
+  'figures': {png file name: Figure}} so callers (tests) can inspect the figures.
+  Raises HfcError naming --workdirs / --out for bad directories.
+  """
+  groups = collect(workdirs)
+  out_dir = out if out is not None else os.path.join(workdirs[0], "report")
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise errors.HfcError(f"--out={out_dir!r} cannot be created ({e.strerror}).") from None
+  command = command_line(list(workdirs), out)
+  md = ["# hfc_jax report", "", f"Made by `{command}` (in `{os.getcwd()}`), from the "
+        "runs' metrics.jsonl files alone.", ""]
+  summary = {"command": command, "cwd": os.getcwd(), "groups": []}
+  figures, used = {}, set()
+  for group in groups:
+    base = slug(group.name)
+    while base in used:
+      base += "_"
+    used.add(base)
+    files = []
+    for suffix, caption, fig in group_figures(group):
+      filename = f"{base}_{suffix}.png"
+      plots.save(fig, os.path.join(out_dir, filename))
+      figures[filename] = fig
+      files.append((filename, caption))
+    md += _section(group, files)
+    entry = {"name": group.name, "kind": group.kind, "workdir": group.workdir,
+             "paper": PAPER.get(group.kind, PAPER["generic"]),
+             "figures": [f for f, _ in files], "missing": [r.name for r in group.missing],
+             "runs": {run.name: _run_summary(run) for run in group.runs}}
+    if group.kind == "train_component":
+      entry["table1"] = [{k: _finite(v) for k, v in row.items()}
+                         for row in table1_rows(group)]
+    summary["groups"].append(entry)
+  paths = {"markdown": os.path.join(out_dir, "report.md"),
+           "json": os.path.join(out_dir, "report.json")}
+  with open(paths["markdown"], "w") as f:
+    f.write("\n".join(md).rstrip("\n") + "\n")
+  with open(paths["json"], "w") as f:
+    json.dump(summary, f, indent=1, allow_nan=False, default=str)
+  return {"out": out_dir, **paths, "groups": groups, "figures": figures}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    result = write_report(FLAGS.workdirs or [], FLAGS.out)
+  except errors.HfcError as e:
+    print(f"hfc_jax: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"wrote {result['markdown']} ({len(result['figures'])} figures)")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdirs")
+  app.run(main)

@@ -1,0 +1,186 @@
+"""Reading finished (or running) run and sweep workdirs, without JAX.
+
+A run workdir holds `metrics.jsonl` (one JSON object per finished epoch, written by
+`records.Recorder`) and `config.json` (the run's full config as a nested dict; absent
+in old workdirs). A sweep workdir holds `sweep.json`:
+
+  {"name": str, "kind": "heuristics" | "batch_size" | "optimizers" | "train_component"
+   | "shuffled_labels" | "bn_lfc" | "generic",
+   "runs": [{"name": str, "workdir": path relative to the sweep dir,
+             "overrides": {"dotted.key": value}}, ...]}
+
+and its runs' sub-workdirs. A run with no epoch recorded yet is *missing*: listed, not
+plotted. Problems with the directories a user named raise `HfcError` naming
+`--workdirs`.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from absl import logging
+
+from hfc_jax import errors
+
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+SWEEP = "sweep.json"
+LOOSE_GROUP = "runs"   # the group that collects run dirs given directly
+
+
+@dataclasses.dataclass
+class Run:
+  """One run: its records sorted by epoch (empty when missing), config and overrides."""
+  name: str
+  workdir: str
+  records: list[dict]
+  config: dict | None = None
+  overrides: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def missing(self) -> bool:
+    return not self.records
+
+  @property
+  def final(self) -> dict:
+    """The last epoch's record ({} when missing)."""
+    return self.records[-1] if self.records else {}
+
+  def setting(self, dotted: str) -> Any:
+    """`config.json`'s value at a dotted key ('train.input_radius'), else the sweep's
+    override for it, else None."""
+    node = self.config
+    for part in dotted.split("."):
+      if not isinstance(node, dict) or part not in node:
+        return self.overrides.get(dotted)
+      node = node[part]
+    return node
+
+
+@dataclasses.dataclass
+class Group:
+  """A sweep (or the loose runs given directly): what one report section shows."""
+  name: str
+  kind: str
+  runs: list[Run]
+  workdir: str | None = None
+
+  @property
+  def present(self) -> list[Run]:
+    return [r for r in self.runs if not r.missing]
+
+  @property
+  def missing(self) -> list[Run]:
+    return [r for r in self.runs if r.missing]
+
+
+def _error(workdir: str, what: str) -> errors.HfcError:
+  return errors.HfcError(f"--workdirs={workdir!r}: {what}")
+
+
+def read_metrics(path: str, workdir: str = "") -> list[dict]:
+  """The records of a metrics.jsonl, sorted by epoch ([] when the file is absent).
+
+  A last line without its newline is a write in progress and is skipped; any other
+  line that is not a JSON object raises HfcError.
+  """
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    lines = f.read().split("\n")
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      if number == len(lines):     # no newline after it: still being written
+        continue
+      raise _error(workdir or path, f"{path} line {number} is not JSON.") from None
+    if not isinstance(record, dict):
+      raise _error(workdir or path, f"{path} line {number} is not a JSON object.")
+    records.append(record)
+  return sorted(records, key=lambda r: r.get("epoch", 0) or 0)
+
+
+def _read_json(path: str, workdir: str) -> Any:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise _error(workdir, f"cannot read {os.path.basename(path)} ({e}).") from None
+
+
+def load_run(workdir: str, name: str, overrides: dict | None = None) -> Run:
+  """Reads one run workdir; a missing directory or file makes a missing run."""
+  config = None
+  config_path = os.path.join(workdir, CONFIG)
+  if os.path.isfile(config_path):
+    config = _read_json(config_path, workdir)
+    if not isinstance(config, dict):
+      logging.warning("%s is not a JSON object; ignored", config_path)
+      config = None
+  return Run(name=name, workdir=workdir,
+             records=read_metrics(os.path.join(workdir, METRICS), workdir),
+             config=config, overrides=dict(overrides or {}))
+
+
+def load_sweep(sweep_dir: str) -> Group:
+  """Reads sweep.json and every run it lists (runs not started yet are missing)."""
+  spec = _read_json(os.path.join(sweep_dir, SWEEP), sweep_dir)
+  if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list):
+    raise _error(sweep_dir, "sweep.json has no 'runs' list.")
+  runs = []
+  for i, entry in enumerate(spec["runs"]):
+    if not isinstance(entry, dict) or "workdir" not in entry:
+      raise _error(sweep_dir, f"sweep.json runs[{i}] has no 'workdir'.")
+    sub = os.path.join(sweep_dir, str(entry["workdir"]))
+    name = str(entry.get("name") or os.path.basename(os.path.normpath(sub)))
+    runs.append(load_run(sub, name, entry.get("overrides")))
+  name = str(spec.get("name") or os.path.basename(os.path.normpath(sweep_dir)))
+  return Group(name=name, kind=str(spec.get("kind", "generic")),
+               runs=_unique_names(runs), workdir=sweep_dir)
+
+
+def _unique_names(runs: list[Run]) -> list[Run]:
+  """Appends ' (2)', ' (3)', ... to repeated run names so panels and keys stay apart."""
+  seen: dict[str, int] = {}
+  for run in runs:
+    count = seen.get(run.name, 0) + 1
+    seen[run.name] = count
+    if count > 1:
+      run.name = f"{run.name} ({count})"
+  return runs
+
+
+def is_run_dir(path: str) -> bool:
+  """A run workdir: it has metrics.jsonl, or config.json (a run before its first epoch)."""
+  return any(os.path.isfile(os.path.join(path, f)) for f in (METRICS, CONFIG))
+
+
+def collect(workdirs: Sequence[str]) -> list[Group]:
+  """One Group per sweep dir, in the given order, then one 'runs' Group ('generic')
+  holding every run dir given directly, each named by its directory's basename.
+
+  Raises HfcError naming --workdirs for an empty list, a path that is not a directory,
+  or a directory with neither sweep.json nor metrics.jsonl (nor config.json).
+  """
+  if not workdirs:
+    raise errors.HfcError("--workdirs is empty; give one or more run or sweep directories.")
+  groups, loose = [], []
+  for workdir in workdirs:
+    if not os.path.isdir(workdir):
+      raise _error(workdir, "no such directory.")
+    if os.path.isfile(os.path.join(workdir, SWEEP)):
+      groups.append(load_sweep(workdir))
+    elif is_run_dir(workdir):
+      loose.append(load_run(workdir, os.path.basename(os.path.normpath(workdir))))
+    else:
+      raise _error(workdir, f"holds neither {METRICS} nor {SWEEP}; "
+                   "not a run or sweep workdir.")
+  if loose:
+    groups.append(Group(name=LOOSE_GROUP, kind="generic", runs=_unique_names(loose)))
+  return groups
