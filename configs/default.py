@@ -18,7 +18,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.mode = "train"              # What main runs: train | robust_eval.
+  config.mode = "train"              # What main runs: train | robust_eval | figure2.
   config.seed = 0                    # Model init, data order, dropout.
   config.num_devices = ml_collections.config_dict.placeholder(int)  # Mesh size (None: all).
   config.tensorboard = True          # Write TensorBoard event files.
@@ -69,6 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 25
   config.train.keep_checkpoints = 3  # Orbax keeps the last few epochs.
   config.train.prefetch = 2          # Batches placed on devices ahead of the step.
+  config.train.input_component = "original"  # Train on: original | lfc | hfc (table 1).
+  config.train.input_radius = 8.0    # Radius of that LFC/HFC split (eval.inclusive boundary).
+  config.train.mixup_alpha = 0.0     # > 0: mix-up, one lambda ~ Beta(a, a) per batch.
 
   config.eval = ml_collections.ConfigDict()
   config.eval.radii = (4, 8, 12, 16)  # LFC/HFC radii, frequency-index units.
@@ -92,6 +95,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.adv.restarts = 1
   config.adv.train_mode = False      # Attack the model in training mode (default: eval mode).
 
+  # A sweep runs several variants of this config, each in <workdir>/<run name>
+  # (hfc_jax/sweep.py); `runs` empty: one run in the workdir itself.
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.kind = "generic"      # generic | heuristics | batch_size | optimizers |
+                                     # train_component | shuffled_labels | bn_lfc
+  config.sweep.runs = ()             # Run names, in order.
+  config.sweep.overrides = ml_collections.ConfigDict()  # Run name -> partial config.
+
   # `--config.mode=robust_eval` on a trained workdir (hfc_jax/robustness.py).
   config.robust = ml_collections.ConfigDict()
   config.robust.eps = (0.03, 0.06, 0.09, 8 / 255)  # L-inf radii of the fixed-eps attacks.
@@ -105,4 +116,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.robust.min_eps_pgd_steps = 10
   config.robust.defence_radii = (4, 8, 12, 16)  # Input low-pass defence radii.
   config.robust.seed = 0
+
+  # `--config.mode=figure2` on a trained workdir (hfc_jax/figure2.py): images whose HFC
+  # keeps the prediction while the LFC changes it. Data and split come from the checkpoint.
+  config.figure2 = ml_collections.ConfigDict()
+  config.figure2.radii = (4, 8, 12, 16)  # LFC/HFC radii, frequency-index units.
+  config.figure2.num_images = 0      # First test images analysed (0: the whole test set).
+  config.figure2.batch_size = 500    # Global batch (0: the checkpoint's eval.batch_size).
+  config.figure2.grid_examples = 8   # Examples per radius in figure2.png and the JSON.
   return config

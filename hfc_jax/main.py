@@ -49,8 +49,12 @@ def run(config, workdir: str):
   """Dispatches on `config.mode`; returns what the driver returns."""
   mode = errors.check_choice("mode", config.get("mode", "train"), MODES)
   if mode == "train":
+    from hfc_jax import sweep, train  # pylint: disable=g-import-not-at-top
+    if sweep.is_sweep(config):
+      sweep.expand(config)                         # checks every run before any work
+      check_workdir(workdir)
+      return sweep.run_sweep(config, workdir, train.train_and_evaluate)
     check_workdir(workdir)
-    from hfc_jax import train  # pylint: disable=g-import-not-at-top
     return train.train_and_evaluate(config, workdir)
   from hfc_jax import checkpointing, robustness  # pylint: disable=g-import-not-at-top
   checkpointing.open_existing(workdir).close()   # fails at once on an empty workdir

@@ -24,6 +24,17 @@ def json_scalar(value):
   return value if math.isfinite(value) else None
 
 
+def write_json(path: str, obj) -> None:
+  """Writes `obj` as indented JSON to `path` atomically (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True, default=str)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
 class Recorder:
   """Writes per-epoch records and step progress for one workdir."""
 

@@ -6,6 +6,7 @@ driver `train_and_evaluate`, split by banner comments as in big_vision's trainer
 
 import dataclasses
 import functools
+import os
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ import optax
 from absl import logging
 
 from hfc_jax import attacks, checkpointing, errors, evaluate, frequency, models, optimizers
-from hfc_jax import records, sharding
+from hfc_jax import records, sharding, transforms
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 from hfc_jax.models.functional import Functional
@@ -117,29 +118,39 @@ class Adversary:
 
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
                functional: Functional, tx: optax.GradientTransformation,
-               rescale: str, adversary: Adversary | None = None
+               rescale: str, adversary: Adversary | None = None, input_fn=None,
+               mixup_alpha: float = 0.0, num_classes: int = 0
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a (sharded) global batch.
 
   Args:
     state: the replicated train state.
     images: (B, H, W, C) uint8; labels: (B,) int32.
+    rescale: 'none' or 'per_image_max' for the training images (the original code).
     adversary: when given, the step trains on the adversary's images instead.
+    input_fn: float images in [0, 1] -> the images to train on (e.g. their LFC, see
+      `transforms.make_component_fn`); it replaces `rescale` when given.
+    mixup_alpha: > 0 trains on mix-up of the (possibly adversarial) images, with one
+      lambda ~ Beta(alpha, alpha) per batch (`transforms.mixup`); needs `num_classes`.
 
   Returns:
-    The new state and {'loss', 'accuracy'} batch means (device scalars); with an
-    adversary they are the loss and accuracy on the adversarial images.
+    The new state and {'loss', 'accuracy'} batch means (device scalars); they are
+    measured on the images trained on (adversarial, mixed), accuracy against `labels`.
   """
-  x = preprocess(images, rescale)
+  x = input_fn(evaluate.to_float(images)) if input_fn else preprocess(images, rescale)
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   dropout_key, attack_key = jax.random.split(step_key)
   if adversary is not None:
     x = adversary.perturb(functional, state, x, labels, attack_key, dropout_key)
+  targets = labels
+  if mixup_alpha > 0:
+    x, targets, _ = transforms.mixup(jax.random.fold_in(step_key, 2), x, labels,
+                                     num_classes, mixup_alpha)
 
   def loss_fn(params):
     logits, model_state = functional.apply(
         params, state.model_state, x, train=True, dropout_key=dropout_key)
-    return cross_entropy(logits, labels).mean(), (logits, model_state)
+    return cross_entropy(logits, targets).mean(), (logits, model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (logits, model_state)), grads = grad_fn(state.params)
@@ -152,12 +163,30 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
 
 
 def make_train_step(functional: Functional, tx, mesh, *, rescale: str,
-                    adversary: Adversary | None = None):
+                    adversary: Adversary | None = None, input_fn=None,
+                    mixup_alpha: float = 0.0, num_classes: int = 0):
   """Jits `train_step` with replicated state (donated) and batch-sharded inputs."""
   step = functools.partial(train_step, functional=functional, tx=tx, rescale=rescale,
-                           adversary=adversary)
+                           adversary=adversary, input_fn=input_fn,
+                           mixup_alpha=float(mixup_alpha), num_classes=num_classes)
   rep = sharding.replicated(mesh)
   return jax.jit(step, out_shardings=(rep, rep), donate_argnums=0)
+
+
+def make_config_train_step(config: ml_collections.ConfigDict, functional: Functional,
+                           tx, mesh, num_classes: int):
+  """`make_train_step` for what `config` asks: adversary, input component, mix-up."""
+  tc = config.train
+  component = tc.get("input_component", "original")
+  input_fn = None
+  if component != "original":
+    input_fn = transforms.make_component_fn(
+        mesh, component, float(tc.get("input_radius", 0.0)),
+        inclusive=config.eval.inclusive, rescale=config.data.rescale)
+  return make_train_step(functional, tx, mesh, rescale=config.data.rescale,
+                         adversary=Adversary.from_config(config.get("adv")),
+                         input_fn=input_fn, mixup_alpha=tc.get("mixup_alpha", 0.0),
+                         num_classes=num_classes)
 
 
 # ---------------------------------------------------------------------------
@@ -178,6 +207,7 @@ def check_config(config: ml_collections.ConfigDict, dataset, mesh) -> None:
         f"train.batch_size={config.train.batch_size} exceeds the "
         f"{len(dataset.x_train)} training images.")
   errors.check_range("train.epochs", config.train.epochs, 1, None, integer=True)
+  transforms.check_config(config.train, size)
 
 
 def _fingerprint(config: ml_collections.ConfigDict) -> dict:
@@ -264,12 +294,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state, meta = ckpt.restore(checkpointing.abstract_like(state), start_epoch)
     history = meta["history"]
     logging.info("resumed from epoch %d (step %d)", start_epoch, int(state.step))
+  records.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   recorder = records.Recorder(workdir, tensorboard=config.get("tensorboard", True))
   recorder.reset(history)
 
   # ----- Update and evaluation functions -----------------------------------
-  step_fn = make_train_step(functional, tx, mesh, rescale=config.data.rescale,
-                            adversary=adversary)
+  step_fn = make_config_train_step(config, functional, tx, mesh, dataset.num_classes)
   eval_fn = evaluate.make_eval_fn(functional.logits, mesh, radii=radii,
                                   inclusive=ec.inclusive, rescale=ec.rescale)
   evaluate_on = functools.partial(evaluate.evaluate, eval_fn, mesh=mesh,

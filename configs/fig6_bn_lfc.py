@@ -1,0 +1,25 @@
+r"""Figure 6 of the paper: BatchNorm or not, trained on LFC images only.
+
+  python -m hfc_jax.main --config=configs/fig6_bn_lfc.py --workdir=workdirs/fig6
+  python -m hfc_jax.report --workdirs=workdirs/fig6
+
+Two runs trained on the LFC of the training images at r = 12 (`train.input_component`):
+without BatchNorm, and with the paper's batch-statistic BatchNorm. Both are tested on
+the original test images and their LFC/HFC. The paper's point: with the HFC removed
+from training, BatchNorm's advantage on the originals shrinks, since part of what it
+buys is the use of the HFC.
+"""
+
+from configs import presets
+
+RADIUS = 12.0
+
+
+def get_config(dataset: str = "embedded"):
+  config = presets.base(dataset)
+  config.train.input_component = "lfc"
+  config.train.input_radius = RADIUS
+  return presets.set_sweep(config, "bn_lfc", [
+      ("no_bn", {"model": {"norm": "none"}}),
+      ("bn", {"model": {"norm": "batch_stats"}}),
+  ])

@@ -1,0 +1,138 @@
+"""Sweeps: one config, one command, several runs, each in a sub-workdir of its own.
+
+A config is a sweep when `config.sweep.runs` names runs; `config.sweep.overrides.<run>`
+holds a partial config (same nesting as the config) that differs for that run:
+
+  config.sweep.kind = "heuristics"
+  config.sweep.runs = ("vanilla", "dropout")
+  config.sweep.overrides = ml_collections.ConfigDict({
+      "vanilla": {}, "dropout": {"model": {"dropout": 0.5}}})
+
+`python -m hfc_jax.main --config=that.py --workdir=W` then trains `W/vanilla` and
+`W/dropout` one after the other, in the order of `runs`, and writes `W/sweep.json`
+(the kind, and each run's sub-workdir and overrides as dotted keys), and at the
+end the report of `python -m hfc_jax.report` into `W/report` (figures and tables). Every run resumes on its own, so the same command
+after an interruption continues where it stopped and skips finished runs. All
+overrides are checked before the first run starts: an unknown field or a value of
+the wrong type is a one-line error naming it.
+"""
+
+import copy
+import os
+import re
+from typing import Any
+
+import jax
+import ml_collections
+
+from hfc_jax import errors, records
+
+KINDS = ("generic", "heuristics", "batch_size", "optimizers", "train_component",
+         "shuffled_labels", "bn_lfc")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def default_sweep_config() -> ml_collections.ConfigDict:
+  """The `sweep` section: no runs, i.e. a single run in the workdir itself."""
+  c = ml_collections.ConfigDict()
+  c.kind = "generic"          # what report.py draws: one of KINDS
+  c.runs = ()                 # run names in order; empty: not a sweep
+  c.overrides = ml_collections.ConfigDict()  # run name -> partial config
+  return c
+
+
+def is_sweep(config: ml_collections.ConfigDict) -> bool:
+  return bool(config.get("sweep") and config.sweep.get("runs"))
+
+
+def flatten(partial: Any, prefix: str = "") -> dict[str, Any]:
+  """{'model': {'dropout': 0.5}} -> {'model.dropout': 0.5} (ConfigDicts and dicts)."""
+  if isinstance(partial, ml_collections.ConfigDict):
+    partial = partial.to_dict()
+  flat = {}
+  for key, value in partial.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict) and value:
+      flat.update(flatten(value, name + "."))
+    elif not isinstance(value, dict):
+      flat[name] = value
+  return flat
+
+
+def _set(config: ml_collections.ConfigDict, dotted: str, value: Any, field: str) -> None:
+  """Sets config.<dotted> = value, or raises HfcError naming `field`."""
+  *parents, leaf = dotted.split(".")
+  node = config
+  for part in parents:
+    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+      raise errors.HfcError(f"{field}: the config has no section {part!r} (in {dotted!r}).")
+    node = node[part]
+  if leaf not in node:
+    raise errors.HfcError(f"{field}: the config has no field {dotted!r}.")
+  try:
+    node[leaf] = value
+  except (TypeError, ValueError) as e:
+    raise errors.HfcError(f"{field}={value!r}: wrong type for {dotted!r} ({e}).") from None
+
+
+def expand(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict,
+                                                             dict[str, Any]]]:
+  """The runs of a sweep config: [(name, run config, flat overrides)], in order.
+
+  Each run config is a copy of `config` with its overrides applied and no sweep.
+  """
+  sweep = config.sweep
+  errors.check_choice("sweep.kind", sweep.kind, KINDS)
+  names = list(sweep.runs)
+  for name in names:
+    if not isinstance(name, str) or not _NAME.match(name):
+      raise errors.HfcError(f"sweep.runs: {name!r} is not a valid run name (letters, "
+                            "digits, '_', '.', '-'; it names a sub-workdir).")
+    if name not in sweep.overrides:
+      raise errors.HfcError(f"sweep.runs: {name!r} has no entry in sweep.overrides "
+                            f"(has: {', '.join(sorted(sweep.overrides.keys())) or 'none'}).")
+  if len(set(names)) != len(names):
+    raise errors.HfcError(f"sweep.runs={tuple(names)!r} names a run twice.")
+  base = copy.deepcopy(config)
+  with base.unlocked():
+    base.sweep = default_sweep_config()
+  runs = []
+  for name in names:
+    run_config = copy.deepcopy(base)
+    flat = flatten(sweep.overrides[name])
+    for dotted, value in flat.items():
+      if dotted.split(".")[0] == "sweep":
+        raise errors.HfcError(f"sweep.overrides.{name}.{dotted}: a run cannot hold a sweep.")
+      _set(run_config, dotted, value, f"sweep.overrides.{name}.{dotted}")
+    runs.append((name, run_config, flat))
+  return runs
+
+
+def describe(config: ml_collections.ConfigDict, runs, workdir: str) -> dict:
+  """The JSON description written to <workdir>/sweep.json."""
+  return {"kind": config.sweep.kind,
+          "name": os.path.basename(os.path.abspath(workdir)),
+          "runs": [{"name": name, "workdir": name, "overrides": flat}
+                   for name, _, flat in runs]}
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, train_fn) -> dict:
+  """Trains every run of the sweep with `train_fn(run_config, run_workdir)`.
+
+  Returns {run name: train_fn's result}. `sweep.json` is written before the first
+  run so that a report can be made while the sweep is still going.
+  """
+  runs = expand(config)
+  records.write_json(os.path.join(workdir, "sweep.json"), describe(config, runs, workdir))
+  results = {}
+  for i, (name, run_config, flat) in enumerate(runs):
+    summary = ", ".join(f"{k}={v!r}" for k, v in flat.items()) or "base config"
+    print(f"hfc_jax: sweep run {i + 1}/{len(runs)}: {name} ({summary})", flush=True)
+    run_dir = os.path.join(workdir, name)
+    os.makedirs(run_dir, exist_ok=True)
+    results[name] = train_fn(run_config, run_dir)
+  if jax.process_index() == 0:
+    from hfc_jax import report  # pylint: disable=g-import-not-at-top
+    written = report.write_report([workdir])
+    print(f"hfc_jax: sweep report: {written['markdown']}", flush=True)
+  return results
