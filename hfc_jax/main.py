@@ -29,7 +29,7 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (manual set-up)
 flags.DEFINE_integer("process_id", None, "This process's id (manual set-up).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-MODES = ("train", "robust_eval")
+MODES = ("train", "robust_eval", "figure2")
 
 
 def check_workdir(workdir: str) -> str:
@@ -56,10 +56,10 @@ def run(config, workdir: str):
       return sweep.run_sweep(config, workdir, train.train_and_evaluate)
     check_workdir(workdir)
     return train.train_and_evaluate(config, workdir)
-  from hfc_jax import checkpointing, robustness  # pylint: disable=g-import-not-at-top
+  from hfc_jax import checkpointing, figure2, robustness  # pylint: disable=g-import-not-at-top
   checkpointing.open_existing(workdir).close()   # fails at once on an empty workdir
   check_workdir(workdir)
-  return robustness.run(config, workdir)
+  return (figure2 if mode == "figure2" else robustness).run(config, workdir)
 
 
 def main(argv):
