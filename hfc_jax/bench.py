@@ -11,7 +11,8 @@ variants against clean only), split (jitted split_many against NumPy), input (th
 pipeline against the small_cnn step), scaling (1, 2, 4, 8 devices) and checkpoint (Orbax
 save/restore of a ResNet-18 + Adam state). The pgd and eval sections use small_cnn
 unless `--models` is given. Output: a fixed-width table on stdout and, with `--json`,
-every number in a nested dict {'meta': ..., '<section>': ...}.
+every number in a nested dict {'meta': ..., '<section>': ...}. The sections live in
+the `hfc_jax.benchmarks` package; this module is the driver (flags, table, JSON).
 
 On a CPU the bench sets XLA_FLAGS=--xla_force_host_platform_device_count=8 (unless that
 flag is already in XLA_FLAGS) before JAX starts, so the mesh and scaling paths run on 8
@@ -57,11 +58,11 @@ from collections.abc import Sequence
 import jax
 from absl import app, flags, logging
 
-from hfc_jax import bench_sections, errors, records
-from hfc_jax.bench_sections import Options, Row
+from hfc_jax import benchmarks, errors, records
+from hfc_jax.benchmarks.common import Options, Row
 
-SECTION_NAMES = tuple(bench_sections.SECTIONS)
-MODEL_NAMES = tuple(bench_sections.CONFIGS)
+SECTION_NAMES = tuple(benchmarks.SECTIONS)
+MODEL_NAMES = tuple(benchmarks.CONFIGS)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sections", list(SECTION_NAMES), f"Sections to run: {SECTION_NAMES}.")
@@ -168,7 +169,7 @@ def run(sections: Sequence[str] = SECTION_NAMES, *, json_path: str | None = None
   for name in sections:
     t1 = time.perf_counter()
     logging.info("bench: section %s ...", name)
-    results[name], section_rows = bench_sections.SECTIONS[name](opts, cache)
+    results[name], section_rows = benchmarks.SECTIONS[name](opts, cache)
     results[name]["section_s"] = time.perf_counter() - t1
     results[name]["load_average_after"] = _load_average()
     logging.info("bench: section %s took %.1f s", name, results[name]["section_s"])

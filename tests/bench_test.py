@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from hfc_jax import bench, errors
-from hfc_jax.bench_sections import Row
+from hfc_jax.benchmarks.common import Row
 
 # One path per number the docs and the issue ask for.
 EXPECTED = [
