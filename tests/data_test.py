@@ -297,6 +297,25 @@ def test_crop_flip_reflect_pad_matches_hand_computed():
   np.testing.assert_array_equal(out[0, ..., 1], 10 * expected + 1)
 
 
+@pytest.mark.parametrize("pad_mode", ["zero", "reflect"])
+@pytest.mark.parametrize("pad,size,channels", [(0, 5, 3), (1, 6, 1), (2, 8, 3), (4, 7, 3),
+                                               (3, 3, 2), (5, 4, 3)])
+def test_crop_flip_equals_numpy_pad_slice_and_mirror(pad_mode, pad, size, channels):
+  # Pads >= the image size (last two) reflect more than once (numpy.pad's own path).
+  rng = np.random.default_rng(pad * 10 + size)
+  images = rng.integers(0, 256, (9, size, size, channels), dtype=np.uint8)
+  dy, dx = rng.integers(0, 2 * pad + 1, (2, 9))
+  flips = rng.random(9) < 0.5
+  mode = {"zero": "constant", "reflect": "reflect"}[pad_mode]
+  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)
+  np.testing.assert_array_equal(pipeline.pad_images(images, pad, pad_mode), padded)
+  out = pipeline.crop_flip(images, dy, dx, flips, pad=pad, pad_mode=pad_mode)
+  assert out.dtype == np.uint8 and out.shape == images.shape
+  for b in range(9):
+    crop = padded[b, dy[b]:dy[b] + size, dx[b]:dx[b] + size]
+    np.testing.assert_array_equal(out[b], crop[:, ::-1] if flips[b] else crop)
+
+
 def test_augmented_batches_are_crops_of_their_images():
   x, y = _indexed(64, size=6)
   x[:] = np.random.default_rng(1).integers(0, 256, x.shape, dtype=np.uint8)
