@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from hfc_jax import bench, errors
+from hfc_jax.benchmarks import common
 from hfc_jax.benchmarks.common import Row
 
 # One path per number the docs and the issue ask for.
@@ -72,7 +75,27 @@ def test_every_number_is_positive_and_finite(tiny_run):
   assert results["split"]["max_abs_diff"] < 1e-4
   assert results["input"]["tfds_cifar10"]["status"] == "not prepared"
   assert results["train"]["torch_resnet18"] is None  # resnet18 was not benchmarked
-  assert results["train"]["models"]["small_cnn"]["flops_source"] == "lowered HLO"
+  assert results["train"]["models"]["small_cnn"]["flops_source"] == "jaxpr (conv + matmul)"
+
+
+def _conv(x, w, stride=1):
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def test_jaxpr_flops_hand_counted():
+  """2 FLOPs per multiply-add of every conv and matmul, gradients included."""
+  x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+  a, b = jnp.ones((5, 7)), jnp.ones((7, 2))
+  conv = 2 * 2 * 8 * 8 * 4 * 27                   # N H W Cout x (3 x 3 x Cin)
+  assert common.jaxpr_flops(lambda x, w, a, b: (_conv(x, w), a @ b), x, w, a, b) == (
+      conv + 2 * 5 * 2 * 7)
+  grads = jax.grad(lambda x, w: _conv(x, w).sum(), argnums=(0, 1))
+  assert common.jaxpr_flops(grads, x, w) == 3 * conv   # forward, input and kernel grads
+  # Stride 2: a quarter of the outputs; its input gradient skips the inserted zeros.
+  strided = jax.grad(lambda x, w: _conv(x, w, 2).sum(), argnums=(0, 1))
+  assert common.jaxpr_flops(strided, x, w) == 3 * conv / 4
+  assert common.jaxpr_flops(jax.jit(grads), x, w) == 3 * conv   # through a nested jit
 
 
 def test_json_file_holds_every_number(tiny_run):
