@@ -53,18 +53,20 @@ def adversarial(dataset: str) -> dict:
   """Overrides that turn a preset into the paper's adversarial training.
 
   CIFAR-10: the original code's PGD (eps 0.03, 10 steps of eps/10, no random start)
-  with pad-2 crop and flip. Small sets: PGD-5 at eps 4/255, random start; the
-  embedded texture (amplitude 0.08) and Fashion-MNIST's contrast make 0.03 strong
-  enough to erase the classes in a 6-epoch run.
+  with pad-2 crop and flip. Small sets: PGD-5 with random start, at eps 4/255 on
+  Fashion-MNIST and 2/255 on the embedded set. The embedded class texture has a peak
+  amplitude of 0.08, and the vanilla (BatchNorm-free) small CNN trained at 4/255 stayed
+  at chance for 8 epochs (measured: 0.100 clean), so its runs use half that radius.
   """
   if dataset == "cifar10":
     return {"data": {"augment": True, "aug_pad": 2},
             "adv": {"enabled": True, "name": "pgd", "eps": 0.03, "step_size": 0.003,
                     "steps": 10, "random_start": False},
             "eval": {"robust_subset": 1000, "robust_eps": 0.03}}
-  return {"adv": {"enabled": True, "name": "pgd", "eps": 4 / 255, "step_size": 1 / 255,
+  eps = (2 if dataset == "embedded" else 4) / 255
+  return {"adv": {"enabled": True, "name": "pgd", "eps": eps, "step_size": eps / 4,
                   "steps": 5, "random_start": True},
-          "eval": {"robust_subset": 500, "robust_eps": 4 / 255}}
+          "eval": {"robust_subset": 500, "robust_eps": eps}}
 
 
 def set_sweep(config: ml_collections.ConfigDict, kind: str,
