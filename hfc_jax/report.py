@@ -7,8 +7,9 @@ r"""Writes the paper's figures and tables from run and sweep workdirs, re-runnin
 metrics.jsonl); the single runs form one section, 'runs', each named by its basename.
 Into `--out` (default `<first workdir>/report`) go one PNG per figure, `report.md`
 (a section per sweep: its kind and paper figure, a final-epoch table, Table 1 for a
-train_component sweep, the figures, and the command that made the report) and
-`report.json` (every run's final-epoch record). Only metrics.jsonl, config.json and
+train_component sweep, the figures, and the command that made the report; and, for
+sweeps given more than once, e.g. with other seeds, the final-epoch mean ± sd of each
+run) and `report.json` (every run's final-epoch record, and the replicated values). Only metrics.jsonl, config.json and
 sweep.json are read; JAX is never imported.
 
 Bad input ends with one line on stderr ("hfc_jax: error: --workdirs=...") and exit 2.
@@ -179,6 +180,44 @@ def command_line(workdirs: list[str], out: str | None) -> str:
   return " ".join(shlex.quote(a) for a in args)
 
 
+def replicate_sets(groups: list[Group]) -> list[list[Group]]:
+  """Sets of 2 or more sweeps of the same kind with the same run names, in order:
+  the same experiment run again (other seeds, other machines)."""
+  sets: dict[tuple, list[Group]] = {}
+  for group in groups:
+    if group.workdir is not None:
+      sets.setdefault((group.kind, tuple(r.name for r in group.runs)), []).append(group)
+  return [gs for gs in sets.values() if len(gs) > 1]
+
+
+def _mean_sd(values: list[float]) -> str:
+  if not values:
+    return "n/a"
+  mean = sum(values) / len(values)
+  sd = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+  return f"{mean:.3f} ± {sd:.3f}"
+
+
+def replicate_rows(groups: list[Group]) -> tuple[list[str], list[list[str]], dict]:
+  """Final-epoch mean ± sd (population sd) per run over the sweeps `groups`: the
+  Markdown header and rows, and {run: {metric: [values]}} for the JSON."""
+  radii = sorted({r for g in groups for run in g.runs for r in plots.radii(run.records)},
+                 key=float)
+  metrics = ["train_accuracy", "test/clean"]
+  if any("test/pgd" in run.final for g in groups for run in g.runs):
+    metrics.append("test/pgd")
+  metrics += [f"test/lfc_{r}" for r in radii] + [f"test/hfc_{r}" for r in radii]
+  header = ["run", "sweeps"] + [m.replace("test/", "test ").replace("_", " ")
+                                for m in metrics]
+  rows, values = [], {}
+  for i, name in enumerate(r.name for r in groups[0].runs):
+    finals = [g.runs[i].final for g in groups if not g.runs[i].missing]
+    values[name] = {m: [float(f[m]) for f in finals if _finite(f.get(m)) is not None]
+                    for m in metrics}
+    rows.append([name, str(len(finals))] + [_mean_sd(values[name][m]) for m in metrics])
+  return header, rows, values
+
+
 def _run_summary(run: Run) -> dict:
   return {"workdir": run.workdir, "missing": run.missing,
           "epochs": len(run.records), "wall_time_s": wall_time_s(run),
@@ -241,6 +280,16 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
       entry["table1"] = [{k: _finite(v) for k, v in row.items()}
                          for row in table1_rows(group)]
     summary["groups"].append(entry)
+  summary["replicates"] = []
+  for replicas in replicate_sets(groups):
+    header, rows, values = replicate_rows(replicas)
+    names = ", ".join(f"`{g.workdir}`" for g in replicas)
+    md += [f"## {replicas[0].kind}: mean ± sd over {len(replicas)} sweeps", "",
+           f"Final epoch of the same runs in {names} (population standard deviation).",
+           "", _markdown(header, rows)]
+    summary["replicates"].append({"kind": replicas[0].kind,
+                                  "sweeps": [g.workdir for g in replicas],
+                                  "final": values})
   paths = {"markdown": os.path.join(out_dir, "report.md"),
            "json": os.path.join(out_dir, "report.json")}
   with open(paths["markdown"], "w") as f:

@@ -276,3 +276,29 @@ def test_bad_workdirs_one_line_error(tmp_path, make):
   assert len(lines) == 1, proc.stderr
   assert lines[0].startswith(f"hfc_jax: error: --workdirs='{target}'")
   assert not (target / "report").exists()
+
+
+def test_replicated_sweeps_get_mean_and_sd(tmp_path):
+  """The same sweep run with other seeds: one mean ± sd table over the replicas."""
+  dirs = []
+  for seed in range(3):
+    sweep_dir = tmp_path / f"seed{seed}"
+    for i, name in enumerate(["vanilla", "bn"]):
+      recs = records(i)
+      recs[-1]["test/clean"] = 0.5 + 0.1 * seed + 0.2 * i     # final values to average
+      write_run(sweep_dir / name, recs)
+    write_sweep(sweep_dir, "heuristics", "heuristics",
+                [{"name": n, "workdir": n, "overrides": {}} for n in ("vanilla", "bn")])
+    dirs.append(str(sweep_dir))
+  out = report.write_report(dirs, str(tmp_path / "out"))
+  summary = json.loads(open(out["json"]).read())
+  (replicas,) = summary["replicates"]
+  assert replicas["kind"] == "heuristics" and replicas["sweeps"] == dirs
+  np.testing.assert_allclose(replicas["final"]["bn"]["test/clean"], [0.7, 0.8, 0.9])
+  text = open(out["markdown"]).read()
+  sd = np.std([0.5, 0.6, 0.7])                               # population sd: 0.0816
+  assert f"| vanilla | 3 | {value(0, EPOCHS, 'train_accuracy'):.3f} ± 0.000 | " \
+         f"0.600 ± {sd:.3f} |" in text
+  assert "heuristics: mean ± sd over 3 sweeps" in text
+  # A single sweep, or sweeps whose runs differ, get no replicate table.
+  assert report.replicate_sets(report.collect(dirs[:1])) == []
