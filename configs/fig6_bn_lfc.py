@@ -5,9 +5,8 @@ r"""Figure 6 of the paper: BatchNorm or not, trained on LFC images only.
 
 Two runs trained on the LFC of the training images at r = 12 (`train.input_component`):
 without BatchNorm, and with the paper's batch-statistic BatchNorm. Both are tested on
-the original test images and their LFC/HFC. The paper's point: with the HFC removed
-from training, BatchNorm's advantage on the originals shrinks, since part of what it
-buys is the use of the HFC.
+the original test images and their LFC/HFC. PAPER.md gives no number for this
+figure; it asks whether BatchNorm still helps once the HFC is gone from training.
 """
 
 from configs import presets

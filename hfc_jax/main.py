@@ -9,6 +9,7 @@ status 2; nothing in the workdir is changed before the config is checked.
 """
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -62,6 +63,38 @@ def run(config, workdir: str):
   return (figure2 if mode == "figure2" else robustness).run(config, workdir)
 
 
+def _one_line(error: BaseException) -> str:
+  """The innermost message of a (possibly wrapped) exception, on one line."""
+  message = error
+  while isinstance(message, BaseException) and message.args:
+    message = message.args[0]
+  return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag or config file reported as one line
+  ("hfc_jax: error: ...") and exit status 2, like every other bad input.
+
+  A config file's own exception (e.g. an unknown data set argument,
+  `--config=x.py:bogus`) arrives as a traceback inside the flag error: its last line
+  is the message. A `--config.*` override of a field that does not exist raises from
+  inside ml_collections, and a missing config file only when the config is first read,
+  so the config is read here.
+  """
+  try:
+    argv = FLAGS(argv)
+    FLAGS.config.get("mode")  # a config file that failed to load raises here
+    return argv
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    message = re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", lines[-1] if lines else "")
+    print(f"hfc_jax: error: {message or type(e).__name__}", file=sys.stderr)
+  except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
+    print(f"hfc_jax: error: bad --config or --config.* flag: {_one_line(e)}",
+          file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -82,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

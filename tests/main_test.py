@@ -207,3 +207,22 @@ def test_resuming_with_another_model_is_refused_and_changes_nothing(tmp_path):
   assert result.returncode == 2
   assert "holds a run of another model/data config" in result.stderr
   assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+
+
+@pytest.mark.parametrize("flags_,expected", [
+    (["--config=configs/fig5_heuristics.py:bogus"],
+     "hfc_jax: error: config argument 'bogus' is not a data set preset; choose one of: "
+     "embedded, fashion_mnist, cifar10."),
+    (["--config=configs/default.py", "--config.model.nme=3"],
+     "hfc_jax: error: bad --config or --config.* flag: 'nme' Did you mean \"name\""),
+    (["--config=configs/no_such_file.py"],
+     "hfc_jax: error: bad --config or --config.* flag: Configuration is not available"),
+    (["--config=configs/default.py", "--config.train.epochs=abc"],
+     "hfc_jax: error: flag --config.train.epochs=abc: invalid literal for int()"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, flags_, expected):
+  command = [sys.executable, "-m", "hfc_jax.main", f"--workdir={tmp_path / 'w'}", *flags_]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.count("\n") == 1 and result.stderr.startswith(expected), result.stderr
+  assert not (tmp_path / "w").exists()
