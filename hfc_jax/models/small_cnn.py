@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hfc_jax.models import layers
+from hfc_jax.models import layers, pooling
 
 WIDTHS = (16, 32, 64, 64)  # one entry per conv; a 2x2 max pool follows every conv
 
@@ -55,8 +55,8 @@ class SmallCNN(nnx.Module):
     """Maps (N, H, W, in_channels) images in [0, 1] to float32 logits (N, num_classes)."""
     x = self.input_filter(x, train=train)
     x = jax.nn.relu(self.first_norm(self.first_conv(x), train=train))
-    x = nnx.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    x = pooling.max_pool_2x2(x)   # nnx.max_pool's values and gradients, without a scatter
     for block in self.blocks:
-      x = nnx.max_pool(block(x, train=train), (2, 2), strides=(2, 2), padding="SAME")
+      x = pooling.max_pool_2x2(block(x, train=train))
     return layers.classifier_head(layers.global_avg_pool(x), self.dropout, self.head,
                                   train=train, rngs=rngs)

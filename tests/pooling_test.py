@@ -1,0 +1,61 @@
+"""max_pool_2x2: nnx.max_pool's values and gradients bit for bit, with no scatter."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hfc_jax import sharding
+from hfc_jax.models import pooling
+
+_reference = functools.partial(nnx.max_pool, window_shape=(2, 2), strides=(2, 2),
+                               padding="SAME")
+
+
+def _relu_input(shape, dtype, seed=0):
+  """ReLU of normal noise (many exact zeros); the second half of the batch is rounded
+  to quarters, so that its windows often hold equal positive maxima."""
+  x = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+  half = shape[0] // 2
+  x[half:] = np.round(x[half:] * 4) / 4
+  return jnp.asarray(np.maximum(x, 0), dtype)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _value_and_vjp(pool, x, g):
+  y, vjp = jax.vjp(pool, x)
+  return y, vjp(g)[0]
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 8, 3), (4, 7, 7, 2), (2, 6, 5, 4), (2, 1, 1, 1)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_values_and_gradient_equal_nnx_max_pool(shape, dtype):
+  x = _relu_input(shape, dtype)
+  out_shape = (shape[0], -(-shape[1] // 2), -(-shape[2] // 2), shape[3])
+  g = jnp.asarray(np.random.default_rng(1).normal(size=out_shape), dtype)
+  y_ref, dx_ref = _value_and_vjp(_reference, x, g)
+  y, dx = _value_and_vjp(pooling.max_pool_2x2, x, g)
+  assert y.shape == y_ref.shape == out_shape and dx.dtype == dx_ref.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
+  np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(dx_ref, np.float32))
+
+
+def test_gradient_goes_to_the_first_maximum_in_row_major_order():
+  # One window [[1, 3], [3, 2]]: the maximum 3 is tied; (0, 1) comes first.
+  x = jnp.array([[1.0, 3.0], [3.0, 2.0]]).reshape(1, 2, 2, 1)
+  dx = jax.grad(lambda x: 5.0 * pooling.max_pool_2x2(x).sum())(x)
+  np.testing.assert_array_equal(dx[0, ..., 0], [[0.0, 5.0], [0.0, 0.0]])
+
+
+def test_compiled_gradient_on_8_devices_is_scatter_free_and_equal():
+  mesh = sharding.make_mesh(8)
+  x = sharding.put_batch(mesh, np.asarray(_relu_input((16, 16, 16, 8), jnp.float32)))[0]
+  loss = lambda f, x: (f(x) ** 2).sum()
+  grad = jax.jit(jax.grad(functools.partial(loss, pooling.max_pool_2x2)))
+  hlo = grad.lower(x).compile().as_text()
+  assert "scatter(" not in hlo   # neither scatter nor select-and-scatter ops
+  want = jax.jit(jax.grad(functools.partial(loss, _reference)))(x)
+  np.testing.assert_array_equal(np.asarray(grad(x)), np.asarray(want))
