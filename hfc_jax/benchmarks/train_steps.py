@@ -8,7 +8,8 @@ import jax.numpy as jnp
 from hfc_jax import train
 from hfc_jax.benchmarks import torch_reference
 from hfc_jax.benchmarks.common import (TARGETS, Options, Row, Timing, compile_timed,
-                                       ratio_row, step_rows, time_together, train_step)
+                                       mesh_size, ratio_row, step_rows, time_together,
+                                       train_step)
 
 
 # ---------------------------------------------------------------------------
@@ -67,28 +68,49 @@ def train_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
 # ---------------------------------------------------------------------------
 # pgd
 # ---------------------------------------------------------------------------
+def _pgd_device_counts(batch: int) -> list[int]:
+  """The full mesh, and on a CPU also 1 device: JAX's own default there (the 8 CPU
+  devices are simulated on the same cores; see docs/performance.md)."""
+  counts = [mesh_size(batch)]
+  if jax.default_backend() == "cpu" and counts[0] > 1:
+    counts.append(1)
+  return counts
+
+
 def pgd_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
   """PGD-k adversarial train steps (eps 8/255, step 2/255, random start), timed in
-  turns with the plain step of the same model, batch and mesh."""
+  turns with the plain step of the same model, batch and mesh. On a CPU the pair is
+  also timed on 1 device (JSON key `<model>.one_device`)."""
   out, rows = {}, []
   for name in opts.pgd_eval_models:
     batch = opts.batch(name)
-    steps = {"plain": train_step(opts, cache, name, batch)}
-    for k in opts.sizes.pgd_steps:
-      adversary = train.Adversary("pgd", eps=8 / 255, step_size=2 / 255, steps=k,
-                                  random_start=True)
-      steps[f"pgd_{k}"] = train_step(opts, cache, name, batch, adversary=adversary)
-    measured = time_together({key: s.timing(opts) for key, s in steps.items()}, opts.repeats)
-    out[name] = {key: {**s.info, **measured[key]} for key, s in steps.items()}
-    plain_s = measured["plain"]["step_s"]["median"]
-    rows += step_rows("pgd", f"{name} plain b{batch}", measured["plain"])
-    for k in opts.sizes.pgd_steps:
-      r = out[name][f"pgd_{k}"]
-      r["ratio"] = r["step_s"]["median"] / plain_s
-      rows += step_rows("pgd", f"{name} pgd-{k} b{batch}", r)
-      target = TARGETS.get(f"pgd_{k}")
-      rows.append(ratio_row("pgd", f"{name} pgd-{k} / plain step", r["ratio"], target, False)
-                  if target else Row("pgd", f"{name} pgd-{k} / plain step", r["ratio"], "x"))
+    for devices in _pgd_device_counts(batch):
+      full = devices == mesh_size(batch)
+      ks = opts.sizes.pgd_steps if full else opts.sizes.pgd_steps[:1]
+      steps = {"plain": train_step(opts, cache, name, batch, devices=devices)}
+      for k in ks:
+        adversary = train.Adversary("pgd", eps=8 / 255, step_size=2 / 255, steps=k,
+                                    random_start=True)
+        steps[f"pgd_{k}"] = train_step(opts, cache, name, batch, devices=devices,
+                                       adversary=adversary)
+      measured = time_together({key: s.timing(opts) for key, s in steps.items()},
+                               opts.repeats)
+      result = {key: {**s.info, **measured[key]} for key, s in steps.items()}
+      if full:
+        out[name] = result
+      else:
+        out[name]["one_device"] = result
+      plain_s = measured["plain"]["step_s"]["median"]
+      label = f"{name} d{devices}"
+      rows += step_rows("pgd", f"{label} plain b{batch}", measured["plain"])
+      for k in ks:
+        r = result[f"pgd_{k}"]
+        r["ratio"] = r["step_s"]["median"] / plain_s
+        rows += step_rows("pgd", f"{label} pgd-{k} b{batch}", r)
+        target = TARGETS.get(f"pgd_{k}")
+        item = f"{label} pgd-{k} / plain step"
+        rows.append(ratio_row("pgd", item, r["ratio"], target, False) if target
+                    else Row("pgd", item, r["ratio"], "x"))
   return out, rows
 
 
