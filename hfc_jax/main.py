@@ -28,7 +28,10 @@ flags.DEFINE_bool("jax_distributed", False,
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (manual set-up).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (manual set-up).")
 flags.DEFINE_integer("process_id", None, "This process's id (manual set-up).")
-flags.mark_flags_as_required(["config", "workdir"])
+# --config and --workdir are required; parse_flags checks that rather than
+# flags.mark_flags_as_required, whose validators would bind every program that
+# imports this module (the report command, tests) to these two flags.
+REQUIRED = ("config", "workdir")
 
 MODES = ("train", "robust_eval", "figure2")
 
@@ -83,6 +86,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   """
   try:
     argv = FLAGS(argv)
+    missing = [f"--{name}" for name in REQUIRED if FLAGS[name].value is None]
+    if missing:
+      print(f"hfc_jax: error: {' and '.join(missing)} must be given, e.g. "
+            "--config=configs/default.py --workdir=workdirs/default.", file=sys.stderr)
+      sys.exit(2)
     FLAGS.config.get("mode")  # a config file that failed to load raises here
     return argv
   except flags.Error as e:

@@ -219,6 +219,7 @@ def test_resuming_with_another_model_is_refused_and_changes_nothing(tmp_path):
      "hfc_jax: error: bad --config or --config.* flag: Configuration is not available"),
     (["--config=configs/default.py", "--config.train.epochs=abc"],
      "hfc_jax: error: flag --config.train.epochs=abc: invalid literal for int()"),
+    ([], "hfc_jax: error: --config must be given"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, flags_, expected):
   command = [sys.executable, "-m", "hfc_jax.main", f"--workdir={tmp_path / 'w'}", *flags_]
