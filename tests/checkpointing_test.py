@@ -8,15 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hfc_jax import checkpointing, sharding
-
-
-class _Collect(logging.Handler):
-  def __init__(self):
-    super().__init__(level=logging.DEBUG)
-    self.messages = []
-
-  def emit(self, record):
-    self.messages.append(record.getMessage())
+from tests.performance_test import LogCollector
 
 
 def _state(mesh):
@@ -39,7 +31,7 @@ def _assert_equal_trees(got, want):
 
 
 def _compiles_during_save(ckpt, epoch, state) -> list[str]:
-  handler = _Collect()
+  handler = LogCollector()
   root = logging.getLogger()
   root.addHandler(handler)
   old_level = logging.getLogger("jax").level

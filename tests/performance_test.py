@@ -12,7 +12,9 @@ from hfc_jax.models.functional import Functional
 from tests.train_test import tiny_config
 
 
-class _Collect(logging.Handler):
+class LogCollector(logging.Handler):
+  """Keeps the messages of every log record it sees (e.g. JAX's compile log)."""
+
   def __init__(self):
     super().__init__(level=logging.DEBUG)
     self.messages = []
@@ -22,7 +24,7 @@ class _Collect(logging.Handler):
 
 
 def test_two_epochs_compile_train_and_eval_steps_once(tmp_path):
-  handler = _Collect()
+  handler = LogCollector()
   root = logging.getLogger()
   root.addHandler(handler)
   old_level = logging.getLogger("jax").level
