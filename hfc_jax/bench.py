@@ -23,6 +23,8 @@ overhead, not speed-up. Set JAX_PLATFORMS or XLA_FLAGS yourself to change this.
 import importlib.util
 import os
 
+from hfc_jax import xla_flags
+
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "libtpu")
 
@@ -44,6 +46,7 @@ def simulate_cpu_devices(count: int = 8) -> None:
 
 
 simulate_cpu_devices()
+xla_flags.set_cpu_defaults()   # the project's CPU defaults, on one CPU device only
 
 # pylint: disable=g-import-not-at-top,wrong-import-position  (after XLA_FLAGS is set)
 import datetime

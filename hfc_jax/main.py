@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hfc_jax import errors
+from hfc_jax import errors, xla_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -106,15 +106,17 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  xla_flags.set_cpu_defaults()   # before JAX creates its backend, which reads XLA_FLAGS
   import jax  # pylint: disable=g-import-not-at-top
   from hfc_jax import records  # pylint: disable=g-import-not-at-top
   records.quiet_library_logs()
   if FLAGS.jax_distributed:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
-  logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)",
+  logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s), XLA_FLAGS=%r",
                jax.__version__, jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind)
+               jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind,
+               os.environ.get("XLA_FLAGS", ""))
   try:
     run(FLAGS.config, FLAGS.workdir)
   except errors.HfcError as e:
