@@ -20,29 +20,17 @@ simulated devices; they share the machine's cores, so the scaling section measur
 overhead, not speed-up. Set JAX_PLATFORMS or XLA_FLAGS yourself to change this.
 """
 
-import importlib.util
 import os
 
 from hfc_jax import xla_flags
-
-_DEVICE_FLAG = "--xla_force_host_platform_device_count"
-_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "libtpu")
-
-
-def _backend_will_be_cpu() -> bool:
-  """Guesses, without importing JAX, whether its default backend will be the CPU."""
-  platforms = os.environ.get("JAX_PLATFORMS", "").strip()
-  if platforms:
-    return platforms.split(",")[0] == "cpu"
-  return not any(importlib.util.find_spec(p) for p in _ACCELERATOR_PLUGINS)
 
 
 def simulate_cpu_devices(count: int = 8) -> None:
   """Adds `--xla_force_host_platform_device_count=count` to XLA_FLAGS on a CPU backend
   unless it is there already; it must run before JAX initialises its backends."""
   flags_now = os.environ.get("XLA_FLAGS", "")
-  if _backend_will_be_cpu() and _DEVICE_FLAG not in flags_now:
-    os.environ["XLA_FLAGS"] = f"{flags_now} {_DEVICE_FLAG}={count}".strip()
+  if xla_flags.backend_will_be_cpu() and xla_flags.DEVICE_COUNT_FLAG not in flags_now:
+    os.environ["XLA_FLAGS"] = f"{flags_now} {xla_flags.DEVICE_COUNT_FLAG}={count}".strip()
 
 
 simulate_cpu_devices()
