@@ -45,16 +45,22 @@ def test_mixup_lambda_follows_beta_alpha_alpha(alpha):
   assert abs(lams.var() - 1 / (4 * (2 * alpha + 1))) < 0.01
 
 
-def test_mixup_in_the_train_step_trains_on_soft_targets():
-  """alpha > 0 changes the step (soft targets), alpha = 0 is the plain step."""
-  config = tiny_config()
+def _setup(config, seed):
+  """An 8-device mesh, the model's functional and train state, the optimiser, and a
+  random uint8 batch of 32 images with labels."""
   mesh = sharding.make_mesh(8)
-  model = train.create_model(config, 10, 3)
   tx = optimizers.make_optimizer(config.optim, 10, 1)
-  functional, state = train.create_train_state(model, tx, 0, mesh)
-  rng = np.random.default_rng(0)
+  functional, state = train.create_train_state(train.create_model(config, 10, 3), tx, 0,
+                                               mesh)
+  rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, 32).astype(np.int32)
+  return mesh, tx, functional, state, images, labels
+
+
+def test_mixup_in_the_train_step_trains_on_soft_targets():
+  """alpha > 0 changes the step (soft targets), alpha = 0 is the plain step."""
+  mesh, tx, functional, state, images, labels = _setup(tiny_config(), seed=0)
   batch = sharding.put_batch(mesh, images, labels)
   losses = {}
   for alpha in (0.0, 1.0):
@@ -88,13 +94,7 @@ def test_component_training_data_equal_the_split_of_the_originals(component):
 def test_lfc_training_step_equals_a_step_on_numpy_lfc_images():
   """The train step with train.input_component='lfc' trains on exactly the LFC."""
   config = tiny_config(**{"optim.name": "sgd", "optim.learning_rate": 0.05})
-  mesh = sharding.make_mesh(8)
-  model = train.create_model(config, 10, 3)
-  tx = optimizers.make_optimizer(config.optim, 10, 1)
-  functional, state = train.create_train_state(model, tx, 0, mesh)
-  rng = np.random.default_rng(1)
-  images = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
-  labels = rng.integers(0, 10, 32).astype(np.int32)
+  mesh, tx, functional, state, images, labels = _setup(config, seed=1)
   lfc = numpy_split(images.astype(np.float32) / 255.0, 12.0)[0].astype(np.float32)
   config.train.input_component, config.train.input_radius = "lfc", 12.0
   on_lfc = train.make_config_train_step(config, functional, tx, mesh, 10)
