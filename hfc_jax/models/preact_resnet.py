@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hfc_jax.models import layers
+from hfc_jax.models import input_conv, layers
 
 STAGE_WIDTHS = (16, 32, 64)
 BLOCKS_PER_STAGE = 5  # n = 5 gives 6n + 2 = 32 layers
@@ -24,10 +24,12 @@ _XAVIER = nnx.initializers.glorot_uniform()
 
 
 def conv3x3(in_features: int, out_features: int, stride: int, *, dtype: Any,
-            rngs: nnx.Rngs) -> nnx.Conv:
-  """A bias-free 3x3 SAME conv with Xavier init."""
+            rngs: nnx.Rngs, on_image: bool = False) -> nnx.Conv:
+  """A bias-free 3x3 SAME conv with Xavier init; `on_image` for the stem (see input_conv)."""
+  conv_fn = input_conv.conv_general_dilated if on_image else jax.lax.conv_general_dilated
   return nnx.Conv(in_features, out_features, (3, 3), strides=stride, padding="SAME",
-                  use_bias=False, dtype=dtype, kernel_init=_XAVIER, rngs=rngs)
+                  use_bias=False, dtype=dtype, kernel_init=_XAVIER,
+                  conv_general_dilated=conv_fn, rngs=rngs)
 
 
 def option_a_shortcut(x: jnp.ndarray, out_features: int, stride: int) -> jnp.ndarray:
@@ -68,7 +70,8 @@ class PreActResNet32(nnx.Module):
                dtype: Any = jnp.float32, stage_widths: Sequence[int] = STAGE_WIDTHS,
                blocks_per_stage: int = BLOCKS_PER_STAGE, rngs: nnx.Rngs):
     self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
-    self.first_conv = conv3x3(in_channels, stage_widths[0], 1, dtype=dtype, rngs=rngs)
+    self.first_conv = conv3x3(in_channels, stage_widths[0], 1, dtype=dtype, rngs=rngs,
+                              on_image=True)
     blocks, width = [], stage_widths[0]
     for stage, out in enumerate(stage_widths):
       for i in range(blocks_per_stage):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hfc_jax.models import layers
+from hfc_jax.models import input_conv, layers
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_BLOCKS = (2, 2, 2, 2)
@@ -22,11 +22,12 @@ _KERNEL_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def conv(in_features: int, out_features: int, kernel: int, stride: int, *, dtype: Any,
-         rngs: nnx.Rngs) -> nnx.Conv:
-  """A bias-free SAME conv with a square kernel."""
+         rngs: nnx.Rngs, on_image: bool = False) -> nnx.Conv:
+  """A bias-free SAME conv with a square kernel; `on_image` for the stem (see input_conv)."""
+  conv_fn = input_conv.conv_general_dilated if on_image else jax.lax.conv_general_dilated
   return nnx.Conv(in_features, out_features, (kernel, kernel), strides=stride,
                   padding="SAME", use_bias=False, dtype=dtype, kernel_init=_KERNEL_INIT,
-                  rngs=rngs)
+                  conv_general_dilated=conv_fn, rngs=rngs)
 
 
 class BasicBlock(nnx.Module):
@@ -60,7 +61,8 @@ class ResNet18(nnx.Module):
                dtype: Any = jnp.float32, stage_widths: Sequence[int] = STAGE_WIDTHS,
                stage_blocks: Sequence[int] = STAGE_BLOCKS, rngs: nnx.Rngs):
     self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
-    self.first_conv = conv(in_channels, stage_widths[0], 3, 1, dtype=dtype, rngs=rngs)
+    self.first_conv = conv(in_channels, stage_widths[0], 3, 1, dtype=dtype, rngs=rngs,
+                           on_image=True)
     self.first_norm = layers.make_norm(norm, stage_widths[0], dtype=dtype, rngs=rngs)
     blocks, width = [], stage_widths[0]
     for stage, (out, count) in enumerate(zip(stage_widths, stage_blocks)):

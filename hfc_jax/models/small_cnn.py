@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hfc_jax.models import layers, pooling
+from hfc_jax.models import input_conv, layers, pooling
 
 WIDTHS = (16, 32, 64, 64)  # one entry per conv; a 2x2 max pool follows every conv
 
@@ -42,7 +42,8 @@ class SmallCNN(nnx.Module):
                dtype: Any = jnp.float32, widths: Sequence[int] = WIDTHS, rngs: nnx.Rngs):
     self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
     self.first_conv = nnx.Conv(in_channels, widths[0], (3, 3), padding="SAME", dtype=dtype,
-                               kernel_init=nnx.initializers.he_normal(), rngs=rngs)
+                               kernel_init=nnx.initializers.he_normal(),
+                               conv_general_dilated=input_conv.conv_general_dilated, rngs=rngs)
     self.first_norm = layers.make_norm(norm, widths[0], dtype=dtype, rngs=rngs)
     self.blocks = nnx.List([
         ConvNormRelu(c_in, c_out, norm=norm, dtype=dtype, rngs=rngs)
