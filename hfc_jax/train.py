@@ -4,7 +4,6 @@ Read top to bottom: the train state, the loss, the jitted train step, then the
 driver `train_and_evaluate`, split by banner comments as in big_vision's trainer.
 """
 
-import dataclasses
 import functools
 import os
 import time
@@ -18,7 +17,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from hfc_jax import attacks, checkpointing, errors, evaluate, frequency, models, optimizers
+from hfc_jax import adversarial, checkpointing, errors, evaluate, frequency, models
+from hfc_jax import optimizers
 from hfc_jax import records, sharding, transforms
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
@@ -77,48 +77,9 @@ def preprocess(images: jax.Array, rescale: str) -> jax.Array:
   return frequency.rescale_per_image_max(x) if rescale == "per_image_max" else x
 
 
-@dataclasses.dataclass(frozen=True)
-class Adversary:
-  """PGD adversarial training (Madry et al.): the step trains on attacked images only.
-
-  `train_mode` attacks the model as it is being trained (batch statistics, dropout on);
-  by default the attack sees the model in evaluation mode.
-  """
-  name: str = "pgd"
-  eps: float = 0.03
-  step_size: float = 0.003
-  steps: int = 10
-  random_start: bool = False
-  restarts: int = 1
-  train_mode: bool = False
-
-  @classmethod
-  def from_config(cls, adv: ml_collections.ConfigDict | None) -> "Adversary | None":
-    """The adversary that `config.adv` describes, or None when it is disabled."""
-    if adv is None or not adv.get("enabled", False):
-      return None
-    attacks.check_attack_config(adv.name, adv.eps, adv.step_size, adv.steps, adv.restarts,
-                                random_start=adv.random_start)
-    return cls(adv.name, float(adv.eps), float(adv.step_size), int(adv.steps),
-               bool(adv.random_start), int(adv.restarts), bool(adv.get("train_mode", False)))
-
-  def perturb(self, functional: Functional, state: "TrainState", x: jax.Array,
-              labels: jax.Array, key: jax.Array, dropout_key: jax.Array) -> jax.Array:
-    """Adversarial versions of `x` (no gradient flows back into the parameters)."""
-    if self.train_mode:
-      logits_fn = lambda z: functional.apply(state.params, state.model_state, z,
-                                             train=True, dropout_key=dropout_key)[0]
-    else:
-      logits_fn = functools.partial(functional.logits, state.params, state.model_state)
-    adv = attacks.attack(self.name, logits_fn, x, labels, eps=self.eps,
-                         step_size=self.step_size, steps=self.steps, key=key,
-                         random_start=self.random_start, restarts=self.restarts)
-    return jax.lax.stop_gradient(adv)
-
-
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
                functional: Functional, tx: optax.GradientTransformation,
-               rescale: str, adversary: Adversary | None = None, input_fn=None,
+               rescale: str, adversary: adversarial.Adversary | None = None, input_fn=None,
                mixup_alpha: float = 0.0, num_classes: int = 0
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a (sharded) global batch.
@@ -141,7 +102,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   dropout_key, attack_key = jax.random.split(step_key)
   if adversary is not None:
-    x = adversary.perturb(functional, state, x, labels, attack_key, dropout_key)
+    x = adversary.perturb(functional, state.params, state.model_state, x, labels,
+                          attack_key, dropout_key)
   targets = labels
   if mixup_alpha > 0:
     x, targets, _ = transforms.mixup(jax.random.fold_in(step_key, 2), x, labels,
@@ -163,7 +125,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
 
 
 def make_train_step(functional: Functional, tx, mesh, *, rescale: str,
-                    adversary: Adversary | None = None, input_fn=None,
+                    adversary: adversarial.Adversary | None = None, input_fn=None,
                     mixup_alpha: float = 0.0, num_classes: int = 0):
   """Jits `train_step` with replicated state (donated) and batch-sharded inputs."""
   step = functools.partial(train_step, functional=functional, tx=tx, rescale=rescale,
@@ -184,7 +146,7 @@ def make_config_train_step(config: ml_collections.ConfigDict, functional: Functi
         mesh, component, float(tc.get("input_radius", 0.0)),
         inclusive=config.eval.inclusive, rescale=config.data.rescale)
   return make_train_step(functional, tx, mesh, rescale=config.data.rescale,
-                         adversary=Adversary.from_config(config.get("adv")),
+                         adversary=adversarial.Adversary.from_config(config.get("adv")),
                          input_fn=input_fn, mixup_alpha=tc.get("mixup_alpha", 0.0),
                          num_classes=num_classes)
 
@@ -263,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = mesh or sharding.make_mesh(config.get("num_devices"))
   dataset = data_lib.load(config.data)
   check_config(config, dataset, mesh)
-  adversary = Adversary.from_config(config.get("adv"))
+  adversary = adversarial.Adversary.from_config(config.get("adv"))
   tc, ec = config.train, config.eval
   steps_per_epoch = pipeline.num_train_steps(len(dataset.x_train), tc.batch_size)
   radii = tuple(float(r) for r in ec.radii)
@@ -304,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                   inclusive=ec.inclusive, rescale=ec.rescale)
   evaluate_on = functools.partial(evaluate.evaluate, eval_fn, mesh=mesh,
                                   batch_size=ec.batch_size, radii=radii)
-  robust_on = _robust_evaluator(config, adversary, functional, mesh, test_x, test_y)
+  robust_on = adversarial.robust_evaluator(config, adversary, functional, mesh, test_x, test_y)
 
   # ----- Train loop --------------------------------------------------------
   recorder.restart_clock()
@@ -333,25 +295,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt.close()
   recorder.close()
   return history
-
-
-def _robust_evaluator(config, adversary: Adversary | None, functional: Functional,
-                      mesh, test_x: np.ndarray, test_y: np.ndarray):
-  """Per-epoch robust accuracy: PGD (`eval.robust_steps` steps of eps/4 at
-  eps = `eval.robust_eps`, random start) on the first `eval.robust_subset` test images
-  (500 when adversarially training and unset); None when nothing asks for it."""
-  ec = config.eval
-  subset = ec.get("robust_subset", 0)
-  if adversary is None and not subset:
-    return None
-  eps = errors.check_range("eval.robust_eps", ec.get("robust_eps", 8 / 255), 0.0, 1.0)
-  attack = functools.partial(attacks.attack, "pgd", eps=eps, step_size=eps / 4,
-                             steps=ec.get("robust_steps", 10), random_start=True)
-  fn = evaluate.make_attack_eval_fn(functional.logits, mesh, attack)
-  x, y = test_x[:subset or 500], test_y[:subset or 500]
-  key = jax.random.key(config.seed + 2)
-  return lambda params, model_state: evaluate.attack_accuracy(
-      fn, params, model_state, x, y, key, mesh=mesh, batch_size=ec.batch_size)
 
 
 def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int,

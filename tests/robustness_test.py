@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from hfc_jax import errors, frequency, main, optimizers, robustness, sharding, train
+from hfc_jax import adversarial, errors, frequency, main, optimizers, robustness, sharding
+from hfc_jax import train
 from hfc_jax import data as data_lib
 from tests.main_test import _run
 from tests.train_test import _batch, tiny_config
@@ -41,11 +42,12 @@ def _adv_steps(mesh, n=2):
   model = train.create_model(config, 10, 3)
   tx = optimizers.make_optimizer(config.optim, 10, 1)
   functional, state = train.create_train_state(model, tx, 0, mesh)
-  adversary = train.Adversary.from_config(config.adv)
+  adversary = adversarial.Adversary.from_config(config.adv)
   images, labels = sharding.put_batch(mesh, *_batch(32))
   key = jax.random.key(7)
   adv = jax.jit(lambda st, x, y: adversary.perturb(
-      functional, st, train.preprocess(x, "none"), y, key, key))(state, images, labels)
+      functional, st.params, st.model_state, train.preprocess(x, "none"), y, key, key))(
+          state, images, labels)
   step = train.make_train_step(functional, tx, mesh, rescale="none", adversary=adversary)
   for _ in range(n):
     state, metrics = step(state, images, labels)
@@ -71,7 +73,7 @@ def test_adversary_config_errors():
       ("adv.name", "cw", "attack.name='cw' is not allowed; choose one of: 'fgsm', 'pgd'")):
     with pytest.raises(errors.HfcError, match=message.replace("[", r"\[").replace("]", r"\]")
                        .replace("(", r"\(").replace(")", r"\)")):
-      train.Adversary.from_config(_adv_config(True, **{field: value}).adv)
+      adversarial.Adversary.from_config(_adv_config(True, **{field: value}).adv)
 
 
 @pytest.fixture(scope="module")

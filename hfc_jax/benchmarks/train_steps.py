@@ -5,7 +5,7 @@ steps against the plain step) and `scaling` (one global batch on 1, 2, 4, 8 devi
 import jax
 import jax.numpy as jnp
 
-from hfc_jax import train
+from hfc_jax import adversarial
 from hfc_jax.benchmarks import torch_reference
 from hfc_jax.benchmarks.common import (TARGETS, Options, Row, Timing, compile_timed,
                                        mesh_size, ratio_row, step_rows, time_together,
@@ -89,7 +89,7 @@ def pgd_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
       ks = opts.sizes.pgd_steps if full else opts.sizes.pgd_steps[:1]
       steps = {"plain": train_step(opts, cache, name, batch, devices=devices)}
       for k in ks:
-        adversary = train.Adversary("pgd", eps=8 / 255, step_size=2 / 255, steps=k,
+        adversary = adversarial.Adversary("pgd", eps=8 / 255, step_size=2 / 255, steps=k,
                                     random_start=True)
         steps[f"pgd_{k}"] = train_step(opts, cache, name, batch, devices=devices,
                                        adversary=adversary)
