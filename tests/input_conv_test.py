@@ -5,8 +5,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
-
 from flax import nnx
 
 from hfc_jax import attacks, sharding
@@ -157,3 +157,25 @@ def test_models_use_it_for_the_image_gradient_on_8_devices(name):
   scale = float(jnp.abs(want).max())
   assert scale > 0
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale)
+
+
+def _parameter_gradient(model, images, labels):
+  fn, params, state = functional.Functional.split(model)
+  loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+      fn.apply(p, state, images, train=True)[0], labels).mean()
+  return jax.jit(jax.grad(loss))(params)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+def test_plain_training_gradients_are_bit_identical(name):
+  """A plain train step never asks for the image gradient: its parameter gradients are
+  those of the model with lax's convolution, bit for bit."""
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((8, 16, 16, 3)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
+  model = _make_model(name)
+  got = _parameter_gradient(model, images, labels)
+  model.first_conv.conv_general_dilated = jax.lax.conv_general_dilated
+  want = _parameter_gradient(model, images, labels)
+  assert float(jnp.abs(want["first_conv"]["kernel"]).max()) > 0
+  jax.tree.map(np.testing.assert_array_equal, got, want)
