@@ -62,9 +62,8 @@ class Adversary:
     return jax.lax.stop_gradient(adv)
 
 
-
 def robust_evaluator(config, adversary: Adversary | None, functional: Functional,
-                      mesh, test_x: np.ndarray, test_y: np.ndarray):
+                     mesh, test_x: np.ndarray, test_y: np.ndarray):
   """Per-epoch robust accuracy: PGD (`eval.robust_steps` steps of eps/4 at
   eps = `eval.robust_eps`, random start) on the first `eval.robust_subset` test images
   (500 when adversarially training and unset); None when nothing asks for it."""

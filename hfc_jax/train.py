@@ -18,8 +18,7 @@ import optax
 from absl import logging
 
 from hfc_jax import adversarial, checkpointing, errors, evaluate, frequency, models
-from hfc_jax import optimizers
-from hfc_jax import records, sharding, transforms
+from hfc_jax import optimizers, records, sharding, transforms
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 from hfc_jax.models.functional import Functional
