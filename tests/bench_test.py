@@ -5,14 +5,16 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 from hfc_jax import bench, errors
-from hfc_jax.benchmarks import common
+from hfc_jax.benchmarks import common, torch_reference
 from hfc_jax.benchmarks.common import Row
+from hfc_jax.models import input_conv
 
 # One path per number the docs and the issue ask for.
 EXPECTED = [
@@ -98,6 +100,18 @@ def test_jaxpr_flops_hand_counted():
   assert common.jaxpr_flops(jax.jit(grads), x, w) == 3 * conv   # through a nested jit
 
 
+def test_jaxpr_flops_of_the_image_conv_count_what_runs():
+  """models.input_conv's custom JVP: a gradient for the kernel only counts the forward
+  and kernel-gradient convolutions, as for lax's convolution (no image gradient)."""
+  x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+  conv = 2 * 2 * 8 * 8 * 4 * 27
+  image_conv = lambda x, w: input_conv.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert common.jaxpr_flops(jax.grad(lambda w: image_conv(x, w).sum()), w) == 2 * conv
+  both = jax.grad(lambda x, w: image_conv(x, w).sum(), argnums=(0, 1))
+  assert common.jaxpr_flops(both, x, w) == 3 * conv   # + the image gradient's matmul
+
+
 def test_json_file_holds_every_number(tiny_run):
   results, path = tiny_run
   with open(path) as f:
@@ -134,3 +148,19 @@ def test_table_has_fixed_width_columns():
   assert "0.2500 - 1.000" in lines[2] and lines[3].endswith("<= 6.5: ok")
   unit = lines[0].index("unit")
   assert lines[2][unit] == "s" and lines[3][unit] == "x"
+
+
+def test_resnet18_over_pytorch_is_a_target_row(monkeypatch, capsys):
+  """With PyTorch present, ours / PyTorch's images per second is reported against >= 1.
+  A stand-in "PyTorch" step that sleeps 1 s per batch of 16 makes the ratio known."""
+  slow = lambda: time.sleep(1.0)
+  monkeypatch.setattr(torch_reference, "import_torch", lambda opts: (object(), "stand-in"))
+  monkeypatch.setattr(torch_reference, "torch_timings", lambda torch, batch, opts: {
+      "torch_slow": common.Timing(slow, batch, opts.steps)})
+  results = bench.run(("train",), tiny=True, models=("resnet18",))
+  r = results["train"]["models"]["resnet18"]
+  torch_ips = results["train"]["torch_resnet18"]["torch_slow"]["images_per_s"]["median"]
+  assert 15.0 < torch_ips < 16.0                  # 16 images per ~1 s
+  assert r["vs_torch"]["torch_slow"] == pytest.approx(r["images_per_s"]["median"] / torch_ips)
+  verdict = "ok" if r["vs_torch"]["torch_slow"] >= 1 else "MISSED"
+  assert f">= 1: {verdict}" in capsys.readouterr().out

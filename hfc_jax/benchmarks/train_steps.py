@@ -38,7 +38,7 @@ def _flop_rows(name: str, r: dict) -> list[Row]:
 
 def train_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
   """The plain train step of every model and its FLOP rate; PyTorch's ResNet-18 step is
-  timed in turns with ours."""
+  timed in turns with ours, and ours over each PyTorch layout is a target row."""
   peak = matmul_peak(opts)
   out, torch_results = {"matmul_peak": peak, "models": {}}, {}
   rows = [Row("train", f"matmul peak {peak['size']} {peak['dtype']}", peak["gflop_per_s"],
@@ -58,6 +58,10 @@ def train_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
     rows += _flop_rows(name, r)
     for layout, t in measured.items():
       rows += step_rows("train", f"{layout} b{r['batch_size']}", t)
+    for layout, t in measured.items():
+      ratio = r["images_per_s"]["median"] / t["images_per_s"]["median"]
+      r.setdefault("vs_torch", {})[layout] = ratio
+      rows.append(ratio_row("train", f"{name} / {layout} img/s", ratio, TARGETS["torch"], True))
     torch_results.update(measured)
   out["torch_resnet18"] = torch_results or None
   if not torch_results:
