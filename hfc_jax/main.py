@@ -11,6 +11,7 @@ status 2; nothing in the workdir is changed before the config is checked.
 import os
 import re
 import sys
+import tempfile
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -37,13 +38,16 @@ MODES = ("train", "robust_eval", "figure2")
 
 
 def check_workdir(workdir: str) -> str:
-  """Creates `workdir` if needed and checks that it is writable, or raises HfcError."""
+  """Creates `workdir` if needed and checks that it is writable, or raises HfcError.
+
+  The probe file has a name of its own (tempfile), so that the processes of a
+  multi-host run can check the same shared workdir at the same moment: with one fixed
+  name, one process removed the probe while another was still writing it.
+  """
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_probe")
-    with open(probe, "w") as f:
+    with tempfile.NamedTemporaryFile("w", dir=workdir, prefix=".write_probe_") as f:
       f.write("ok")
-    os.remove(probe)
   except OSError as e:
     raise errors.HfcError(f"workdir={workdir!r} is not writable ({e.strerror}).") from None
   return workdir

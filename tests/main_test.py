@@ -1,5 +1,6 @@
 """`python -m hfc_jax.main` end to end: outputs, kill-and-resume, and bad input."""
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from hfc_jax import sharding, train
+from hfc_jax import main, sharding, train
 from hfc_jax import data as data_lib
 from tests.train_test import tiny_config
 
@@ -135,6 +136,19 @@ def test_unwritable_workdir_is_refused(tmp_path):
   assert result.returncode == 2
   assert "hfc_jax: error: workdir=" in result.stderr and "is not writable" in result.stderr
   assert (locked / "keep.txt").read_text() == "precious"
+
+
+def test_workdir_check_is_safe_when_processes_check_at_once(tmp_path):
+  """The processes of a multi-host run check one shared workdir together: each probe
+  must be its own file (a fixed name raced: one process removed the other's probe)."""
+  workdir = tmp_path / "shared"
+  workdir.mkdir()
+  (workdir / ".write_probe").mkdir()   # a fixed probe name would collide with this
+  assert main.check_workdir(str(workdir)) == str(workdir)
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    results = list(pool.map(lambda _: main.check_workdir(str(workdir)), range(400)))
+  assert results == [str(workdir)] * 400
+  assert sorted(p.name for p in workdir.iterdir()) == [".write_probe"]   # no probe left
 
 
 def test_cifar10_missing_offline_fails_fast_with_instructions(tmp_path):
