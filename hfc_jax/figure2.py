@@ -23,7 +23,6 @@ checkpoint's eval.batch_size) the clean predictions are the recorded ones.
 """
 
 import functools
-import json
 import os
 from collections.abc import Sequence
 
@@ -31,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hfc_jax import errors, evaluate, frequency, sharding, train
+from hfc_jax import errors, evaluate, frequency, records, sharding, train
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 
@@ -259,8 +258,7 @@ def _write(workdir: str, results: dict, fig) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, OUT_DIR)
   os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "figure2.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  records.write_json(os.path.join(out, "figure2.json"), results)
   with open(os.path.join(out, "figure2.md"), "w") as f:
     f.write(markdown(results))
   fig.savefig(os.path.join(out, "figure2.png"), dpi=110)

@@ -20,7 +20,6 @@ linear and differentiable, so (b) is the honest white-box number; a large gap be
 """
 
 import functools
-import json
 import os
 
 import jax
@@ -242,8 +241,7 @@ def _write(workdir: str, results: dict, min_eps: np.ndarray) -> None:
     return
   out = os.path.join(workdir, OUT_DIR)
   os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "robust_eval.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  records.write_json(os.path.join(out, "robust_eval.json"), results)
   with open(os.path.join(out, "robust_eval.md"), "w") as f:
     f.write(markdown(results))
   np.save(os.path.join(out, "min_eps.npy"), min_eps)
