@@ -12,6 +12,11 @@ same gradient: each window's incoming gradient goes to its first maximal element
 row-major window order, which is the element select-and-scatter picks with `>=`, and
 the other three get 0. The backward is built from strided slices and elementwise
 compares, which XLA fuses on every backend.
+
+The backward recomputes each window's maximum from the input it is given instead of
+reusing the forward's output: under `jit`, XLA may recompute the input (e.g. a fused
+norm -> ReLU) for the backward with other rounding than the forward used, and a
+comparison against the forward's maxima then finds no maximum in many windows.
 """
 
 import jax
@@ -37,19 +42,19 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 def _forward(x):
-  y = max_pool_2x2(x)
-  return y, (x, y)
+  return max_pool_2x2(x), x
 
 
-def _backward(residuals, g):
+def _backward(x, g):
   """Routes g (N, H/2, W/2, C) to the first maximum of each window, in row-major order."""
-  x, y = residuals
-  n, h, w, c = x.shape
+  _, h, w, _ = x.shape
   padded = _pad_even(x)
+  corners = [padded[:, dy::2, dx::2] for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1))]
+  y = jnp.maximum(jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3]))
   taken = jnp.zeros(y.shape, bool)
   parts = []
-  for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-    first = (padded[:, dy::2, dx::2] == y) & ~taken
+  for corner in corners:
+    first = (corner == y) & ~taken
     taken = taken | first
     parts.append(jnp.where(first, g, jnp.zeros_like(g)))
   rows = [jnp.stack(parts[:2], axis=3), jnp.stack(parts[2:], axis=3)]  # (N, H/2, W/2, 2, C)
