@@ -18,7 +18,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.mode = "train"              # What main runs: train | robust_eval | figure2.
+  config.mode = "train"              # What main runs: train | robust_eval | figure2 | kernels.
   config.seed = 0                    # Model init, data order, dropout.
   config.num_devices = ml_collections.config_dict.placeholder(int)  # Mesh size (None: all).
   config.tensorboard = True          # Write TensorBoard event files.
@@ -67,11 +67,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.epochs = 6
   config.train.batch_size = 128      # Global batch, split over all devices.
   config.train.log_every_steps = 25
-  config.train.keep_checkpoints = 3  # Orbax keeps the last few epochs.
   config.train.prefetch = 2          # Batches placed on devices ahead of the step.
   config.train.input_component = "original"  # Train on: original | lfc | hfc (table 1).
   config.train.input_radius = 8.0    # Radius of that LFC/HFC split (eval.inclusive boundary).
   config.train.mixup_alpha = 0.0     # > 0: mix-up, one lambda ~ Beta(a, a) per batch.
+  config.train.smooth_kernel_weight = 0.0  # > 0: + weight * sum of squared differences of
+                                     # adjacent first-conv kernel values (smooth kernels).
+
+  # Orbax checkpoints in <workdir>/checkpoints/<step>: at each epoch end, every
+  # `every_steps` steps, and at the step where a preemption (SIGTERM) stops the run.
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 500  # Mid-epoch checkpoint interval in steps (0: none).
+  config.checkpoint.keep = 3         # Checkpoints kept (the newest ones).
 
   config.eval = ml_collections.ConfigDict()
   config.eval.radii = (4, 8, 12, 16)  # LFC/HFC radii, frequency-index units.
@@ -124,4 +131,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.figure2.num_images = 0      # First test images analysed (0: the whole test set).
   config.figure2.batch_size = 500    # Global batch (0: the checkpoint's eval.batch_size).
   config.figure2.grid_examples = 8   # Examples per radius in figure2.png and the JSON.
+
+  # `--config.mode=kernels` on trained workdirs (hfc_jax/analysis/kernels.py): first-layer
+  # kernel grids, smoothness measures, and the paper's table 2 as a sweep over eq. 3's
+  # rho (and a Fourier low-pass of the kernels), attacks run through the smoothed model.
+  config.kernels = ml_collections.ConfigDict()
+  config.kernels.compare = ()        # Other workdirs (same data set) studied beside this one.
+  config.kernels.rhos = (0.0, 0.1, 0.25, 0.5, 1.0)  # Eq. 3 strengths; 0: as trained.
+  config.kernels.cutoffs = (1.0, 1.2)  # Kernel low-pass cut-offs, DFT-index units (< 1: DC only).
+  config.kernels.show_rho = 1.0      # Rho of the smoothed kernels drawn in kernels_rgb.png.
+  config.kernels.eps = (0.03, 0.06, 0.09, 8 / 255)  # L-inf radii of the attacks.
+  config.kernels.attacks = ("fgsm", "pgd")
+  config.kernels.pgd_steps = 20      # PGD-20, step size eps/4, random start.
+  config.kernels.num_images = 1000   # First test images evaluated (0: all).
+  config.kernels.batch_size = 250
+  config.kernels.seed = 0            # Attack randomness.
   return config

@@ -25,7 +25,7 @@ def get_config(dataset: str = "embedded"):
     config.train.epochs = 40
   else:
     config.train.epochs = 300
-  config.train.keep_checkpoints = 1
+  config.checkpoint.keep = 2
   config.eval.train_subset = 1000
   return presets.set_sweep(config, "shuffled_labels", [
       ("natural", {}),

@@ -9,7 +9,7 @@ set as their config argument, `--config=configs/fig5_heuristics.py:fashion_mnist
                  in /usr/share/datasets/fashion-mnist), a fixed 10,000-image training
                  subset and 2,000 test images, 6 epochs, sized for a 2-core CPU.
   cifar10        the paper's setting (PAPER.md section 3): pre-activation ResNet-32
-                 without BatchNorm, Adam 1e-4, batch 100, 100 epochs, per-image-max
+                 without BatchNorm, Adam 1e-4, batch 128 (the code: 100), 100 epochs, per-image-max
                  rescaling; needs CIFAR-10 prepared with tensorflow-datasets.
 
 In every preset "vanilla" is the paper's: no BatchNorm, no dropout, no augmentation.
@@ -45,7 +45,7 @@ def base(dataset: str) -> ml_collections.ConfigDict:
     config.train.epochs = 6
   config.eval.train_subset = 1000
   config.train.log_every_steps = 20
-  config.train.keep_checkpoints = 1
+  config.checkpoint.keep = 2
   return config
 
 

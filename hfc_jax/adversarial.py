@@ -66,7 +66,9 @@ def robust_evaluator(config, adversary: Adversary | None, functional: Functional
                      mesh, test_x: np.ndarray, test_y: np.ndarray):
   """Per-epoch robust accuracy: PGD (`eval.robust_steps` steps of eps/4 at
   eps = `eval.robust_eps`, random start) on the first `eval.robust_subset` test images
-  (500 when adversarially training and unset); None when nothing asks for it."""
+  (500 when adversarially training and unset), in batches of `eval.batch_size` real
+  images on any mesh (`evaluate.attack_accuracy`: padding rows are masked out of the
+  model's batch statistics); None when nothing asks for it."""
   ec = config.eval
   subset = ec.get("robust_subset", 0)
   if adversary is None and not subset:

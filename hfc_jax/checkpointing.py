@@ -1,10 +1,13 @@
-"""Orbax checkpoints of a run: `<workdir>/checkpoints/<epoch>/{state,meta}`.
+"""Orbax checkpoints of a run: `<workdir>/checkpoints/<step>/{state,meta}`.
 
-`state` is the train state pytree (parameters, BatchNorm statistics, optimiser
-state, step, RNG key); `meta` is JSON: the config and the per-epoch metric history.
-Orbax writes each checkpoint into a temporary directory and renames it when
-complete, so a run killed mid-save leaves the previous checkpoint untouched; the
-leftover temporary directory is removed on the next start.
+Checkpoints are keyed by the optimiser step. `state` is the train state pytree
+(parameters, BatchNorm statistics, optimiser state, step, RNG key); `meta` is JSON:
+the config, the per-epoch metric history and the running sums of a partly trained
+epoch. Orbax writes each checkpoint into a temporary directory and commits it when
+complete (a rename on local disks, a commit marker on object stores), so a run killed
+mid-save leaves the previous checkpoint untouched; leftovers are removed on the next
+start. The workdir may be local or remote (`gs://...`): Orbax reads and writes both
+through etils.epath, as `hfc_jax.fileio` does for every other file.
 
 Arrays are written by a PyTree handler with its own type-handler registry (Orbax's
 global one is left alone), in which `jax.Array` is saved without replica-parallel
@@ -15,16 +18,19 @@ host. The on-disk format is unchanged, so checkpoints written by either handler
 restore with the other.
 """
 
-import os
+from collections.abc import Callable
 
 import jax
 import orbax.checkpoint as ocp
 
-from hfc_jax import errors
+from hfc_jax import errors, fileio
+
+CHECKPOINTS = "checkpoints"
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  """`<workdir>/checkpoints`, local paths made absolute, remote ones kept as URLs."""
+  return fileio.join(fileio.check("workdir", workdir), CHECKPOINTS)
 
 
 def type_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
@@ -47,54 +53,77 @@ def handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
 
 
 class Checkpointer:
-  """Saves (asynchronously) and restores the train state of one workdir."""
+  """Saves (asynchronously) and restores the train state of one workdir, by step.
+
+  `save(..., on_commit=f)` calls `f()` once that checkpoint is known to be complete
+  on disk: at the next save, `wait()` or `close()`. The trainer writes metrics.jsonl
+  there, so the file never lists an epoch that no finished checkpoint holds.
+  """
 
   def __init__(self, workdir: str, *, keep: int = 3, create: bool = True):
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=create, cleanup_tmp_directories=True,
         enable_async_checkpointing=True)
-    self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+    self.directory = checkpoint_dir(workdir)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          handler_registry=handler_registry())
+    self._pending: list[Callable[[], None]] = []
 
-  def latest_epoch(self) -> int | None:
+  def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, epoch: int, state, meta: dict) -> None:
-    """Starts an asynchronous save; the step keeps running while it is written."""
-    self.manager.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)))
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
 
-  def restore_meta(self, epoch: int | None = None) -> dict:
+  def save(self, step: int, state, meta: dict, *,
+           on_commit: Callable[[], None] | None = None) -> None:
+    """Starts an asynchronous save of `state` and `meta` under `step`; training goes on
+    while it is written. A step that is already saved is not written again."""
+    self.wait()
+    if step in self.manager.all_steps():
+      if on_commit is not None:
+        on_commit()
+      return
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    if on_commit is not None:
+      self._pending.append(on_commit)
+
+  def restore_meta(self, step: int | None = None) -> dict:
     """The JSON metadata (config, history) of a checkpoint, without the arrays."""
-    epoch = self.latest_epoch() if epoch is None else epoch
-    out = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    step = self.latest_step() if step is None else step
+    out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return out["meta"]
 
-  def restore(self, abstract_state, epoch: int | None = None):
+  def restore(self, abstract_state, step: int | None = None):
     """Restores `(state, meta)`; `abstract_state` gives shapes, dtypes and shardings
     (any mesh: the arrays are re-laid out onto it)."""
-    epoch = self.latest_epoch() if epoch is None else epoch
+    step = self.latest_step() if step is None else step
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
-    out = self.manager.restore(epoch, args=ocp.args.Composite(
+    out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args),
         meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
 
   def wait(self) -> None:
+    """Blocks until the last save is complete, then runs its `on_commit`."""
     self.manager.wait_until_finished()
+    pending, self._pending = self._pending, []
+    for callback in pending:
+      callback()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
 
 
 def open_existing(workdir: str) -> Checkpointer:
   """A Checkpointer over a finished or running workdir; HfcError if it holds none."""
   path = checkpoint_dir(workdir)
-  if not os.path.isdir(path):
+  if not fileio.is_dir(path):
     raise errors.HfcError(f"workdir={workdir!r} holds no checkpoint (no {path}).")
   ckpt = Checkpointer(workdir, create=False)
-  if ckpt.latest_epoch() is None:
+  if ckpt.latest_step() is None:
     raise errors.HfcError(f"workdir={workdir!r} holds no finished checkpoint in {path}.")
   return ckpt
 

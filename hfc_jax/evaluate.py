@@ -45,7 +45,8 @@ def eval_step(params, model_state, images, labels, mask, *, logits_fn, variants_
   Args:
     params, model_state: the model's variables (pure dicts).
     images: (N, H, W, C) uint8 or float in [0, 1]; labels: (N,) int; mask: (N,) 0/1.
-    logits_fn: (params, model_state, images) -> (N, K) logits, evaluation mode.
+    logits_fn: (params, model_state, images, mask=...) -> (N, K) logits, evaluation
+      mode; the mask keeps padding rows out of batch statistics (`Functional.logits`).
     variants_fn: float images (N, H, W, C) -> (V, N, H, W, C), e.g. `make_variants`.
 
   Returns:
@@ -58,7 +59,7 @@ def eval_step(params, model_state, images, labels, mask, *, logits_fn, variants_
   """
   x = to_float(images)
   variants = variants_fn(x)
-  logits = jax.lax.map(lambda v: logits_fn(params, model_state, v), variants)
+  logits = jax.lax.map(lambda v: logits_fn(params, model_state, v, mask=mask), variants)
   hits = (jnp.argmax(logits, axis=-1) == labels[None]).astype(jnp.float32)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits[0], labels)
   return {"correct": jnp.sum(hits * mask[None], axis=1),
@@ -83,15 +84,25 @@ def make_eval_fn(logits_fn, mesh, *, radii, inclusive: bool, rescale: str):
   return jax.jit(step, out_shardings=sharding.replicated(mesh))
 
 
+def eval_batches(x: np.ndarray, y: np.ndarray, *, mesh, batch_size: int,
+                 field: str = "eval.batch_size"):
+  """Yields (images, labels int32, mask float32) global arrays, sharded over `mesh`,
+  of `batch_size` real images each (`pipeline.eval_batches` in the padded layout of
+  `sharding.padded_batch_size`); every image of x (N, H, W, C) comes once, in order."""
+  padded = sharding.padded_batch_size(field, batch_size, mesh)
+  for images, labels, mask in pipeline.eval_batches(
+      x, y, batch_size=batch_size, padded_size=padded, process_index=jax.process_index(),
+      process_count=jax.process_count()):
+    yield sharding.put_batch(mesh, images, labels.astype(np.int32), mask)
+
+
 def evaluate(eval_fn, params, model_state, x: np.ndarray, y: np.ndarray, *, mesh,
              batch_size: int, radii: Sequence[float]) -> dict[str, float]:
   """Accuracy of every variant and the clean loss over (x, y), summed on device and
-  fetched once at the end. Returns {'clean': acc, 'lfc_4': acc, ..., 'loss': mean}."""
+  fetched once at the end. `batch_size` real images per batch, on any mesh.
+  Returns {'clean': acc, 'lfc_4': acc, ..., 'loss': mean}."""
   totals = None
-  for images, labels, mask in pipeline.eval_batches(
-      x, y, batch_size=batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count()):
-    batch = sharding.put_batch(mesh, images, labels.astype(np.int32), mask)
+  for batch in eval_batches(x, y, mesh=mesh, batch_size=batch_size):
     out = eval_fn(params, model_state, *batch)
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
@@ -117,10 +128,12 @@ def attack_eval_step(params, model_state, images, labels, mask, key, *, logits_f
 
   `attack(logits_fn, x, labels, key) -> adversarial x` runs entirely on device
   (e.g. `functools.partial(attacks.attack, 'pgd', eps=..., step_size=..., steps=...)`).
-  Returns {'correct': count of images still classified right, 'count': real images}.
+  The mask is bound into the model, so the attack's forward passes also normalise over
+  the real rows only. Returns {'correct': count of images still classified right,
+  'count': real images}.
   """
   x = to_float(images)
-  model = functools.partial(logits_fn, params, model_state)
+  model = functools.partial(logits_fn, params, model_state, mask=mask)
   adv = attack(model, x, labels, key=key)
   hits = (jnp.argmax(model(adv), axis=-1) == labels).astype(jnp.float32)
   return {"correct": jnp.sum(hits * mask), "count": jnp.sum(mask)}
@@ -134,13 +147,11 @@ def make_attack_eval_fn(logits_fn, mesh, attack):
 
 def attack_accuracy(attack_eval_fn, params, model_state, x: np.ndarray, y: np.ndarray,
                     key: jax.Array, *, mesh, batch_size: int) -> float:
-  """Accuracy of the model on (x, y) under the attack of `attack_eval_fn`; each batch
-  gets its own key, fold_in(key, batch index), so the result is reproducible."""
+  """Accuracy of the model on (x, y) under the attack of `attack_eval_fn`, in batches of
+  `batch_size` real images; each batch gets its own key, fold_in(key, batch index), so
+  the result is reproducible and the same on any mesh."""
   totals = None
-  for i, (images, labels, mask) in enumerate(pipeline.eval_batches(
-      x, y, batch_size=batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count())):
-    batch = sharding.put_batch(mesh, images, labels.astype(np.int32), mask)
+  for i, batch in enumerate(eval_batches(x, y, mesh=mesh, batch_size=batch_size)):
     out = attack_eval_fn(params, model_state, *batch, jax.random.fold_in(key, i))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)

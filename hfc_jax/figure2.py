@@ -23,16 +23,14 @@ checkpoint's eval.batch_size) the clean predictions are the recorded ones.
 """
 
 import functools
-import os
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hfc_jax import errors, evaluate, frequency, records, sharding, train
+from hfc_jax import errors, evaluate, fileio, frequency, records, sharding, train
 from hfc_jax import data as data_lib
-from hfc_jax.data import pipeline
 
 OUT_DIR = "figure2"
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -60,7 +58,8 @@ def predict_step(params, model_state, images, mask, *, logits_fn, variants_fn):
   Args:
     params, model_state: the model's variables (pure dicts).
     images: (N, H, W, C) uint8 or float in [0, 1]; mask: (N,) 0/1, 1 for real images.
-    logits_fn: (params, model_state, images) -> (N, K) logits, evaluation mode.
+    logits_fn: (params, model_state, images, mask=...) -> (N, K) logits, evaluation
+      mode; the mask keeps padding rows out of batch statistics.
     variants_fn: float images (N, H, W, C) -> (1 + 2R, N, H, W, C), e.g.
       `evaluate.sharded_variants_fn` (clean, LFC at each radius, HFC at each radius).
 
@@ -69,7 +68,7 @@ def predict_step(params, model_state, images, mask, *, logits_fn, variants_fn):
     another with `lax.map`, as in `evaluate.eval_step`.
   """
   variants = variants_fn(evaluate.to_float(images))
-  logits = jax.lax.map(lambda v: logits_fn(params, model_state, v), variants)
+  logits = jax.lax.map(lambda v: logits_fn(params, model_state, v, mask=mask), variants)
   return jnp.argmax(logits, axis=-1).astype(jnp.int32), mask
 
 
@@ -86,14 +85,16 @@ def predictions(predict_fn, params, model_state, x: np.ndarray, *, mesh,
                 batch_size: int) -> np.ndarray:
   """int32 (1 + 2R, N) predictions over all of `x` (N, H, W, C) uint8, in order.
 
-  Every batch is dispatched before any result is fetched. The global batch is the
-  processes' slices in process order, so its real rows are in data set order.
+  Batches of `batch_size` real images in the padded layout of `evaluate.eval_batches`
+  (the per-epoch evaluation's), on any mesh. Every batch is dispatched before any result
+  is fetched. The global batch is the processes' slices in process order, so its real
+  rows are in data set order.
   """
   outs = []
-  for images, _, mask in pipeline.eval_batches(
-      x, np.zeros(len(x), np.int32), batch_size=batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count()):
-    outs.append(predict_fn(params, model_state, *sharding.put_batch(mesh, images, mask)))
+  for images, _, mask in evaluate.eval_batches(
+      x, np.zeros(len(x), np.int32), mesh=mesh, batch_size=batch_size,
+      field="figure2.batch_size"):
+    outs.append(predict_fn(params, model_state, images, mask))
   parts = [(np.asarray(p), np.asarray(m) > 0) for p, m in jax.device_get(outs)]
   return np.concatenate([p[:, m] for p, m in parts], axis=1)
 
@@ -138,8 +139,8 @@ def class_names(data_config, num_classes: int) -> tuple[str, ...] | None:
 # Driver
 # ---------------------------------------------------------------------------
 def check_figure2_config(fc, image_size: int) -> None:
-  """One-line HfcErrors for the `figure2.*` fields (the batch size is checked against
-  the mesh by the caller, once 0 is resolved)."""
+  """One-line HfcErrors for the `figure2.*` fields (a batch size of 0 is resolved to the
+  checkpoint's eval.batch_size by the caller)."""
   if not fc.radii:
     raise errors.HfcError("figure2.radii=() must name at least one radius.")
   for r in fc.radii:
@@ -157,8 +158,8 @@ def run(config, workdir: str) -> dict:
   ec = trained.config.eval
   dataset = data_lib.load(trained.config.data)
   check_figure2_config(fc, dataset.image_size)
-  batch_size = sharding.check_batch_size(
-      "figure2.batch_size", fc.batch_size or ec.batch_size, mesh)
+  batch_size = fc.batch_size or ec.batch_size   # real images per batch, on any mesh
+  sharding.padded_batch_size("figure2.batch_size", batch_size, mesh)
   x, y = dataset.x_test, dataset.y_test
   if fc.num_images:
     x, y = x[:fc.num_images], y[:fc.num_images]
@@ -168,7 +169,7 @@ def run(config, workdir: str) -> dict:
                                inclusive=inclusive, rescale=ec.get("rescale", "none"))
   preds = predictions(predict_fn, trained.params, trained.model_state, x, mesh=mesh,
                       batch_size=batch_size)
-  results = {"workdir": os.path.abspath(workdir), "epoch": trained.epoch,
+  results = {"workdir": fileio.check("workdir", workdir), "epoch": trained.epoch,
              "data": dataset.name, "inclusive": inclusive, "batch_size": batch_size,
              **summarise(preds, y, radii, fc.grid_examples)}
   if jax.process_index() == 0:
@@ -256,10 +257,12 @@ def plot_grid(x: np.ndarray, results: dict, names: Sequence[str] | None, *,
 
 def _write(workdir: str, results: dict, fig) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  out = os.path.join(workdir, OUT_DIR)
-  os.makedirs(out, exist_ok=True)
-  records.write_json(os.path.join(out, "figure2.json"), results)
-  with open(os.path.join(out, "figure2.md"), "w") as f:
-    f.write(markdown(results))
-  fig.savefig(os.path.join(out, "figure2.png"), dpi=110)
+  if jax.process_index() != 0:
+    plt.close(fig)
+    return
+  out = fileio.join(workdir, OUT_DIR)
+  fileio.makedirs(out)
+  records.write_json(fileio.join(out, "figure2.json"), results)
+  fileio.write_text(fileio.join(out, "figure2.md"), markdown(results))
+  fileio.save_figure(fig, fileio.join(out, "figure2.png"), dpi=110)
   plt.close(fig)

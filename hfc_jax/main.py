@@ -4,19 +4,22 @@ r"""Runs an hfc_jax experiment.
   python -m hfc_jax.main --config=configs/default.py --workdir=/tmp/run \
       --config.train.epochs=3 --config.model.name=resnet18
 
-Bad input ends the run with one line on stderr ("hfc_jax: error: ...") and exit
-status 2; nothing in the workdir is changed before the config is checked.
+The workdir may be local or remote (`gs://bucket/run`, with the `gcs` extra).
+
+Exit status: 0 when the run is done; 2 for bad input, with one line on stderr
+("hfc_jax: error: ...") and nothing in the workdir changed before the config is
+checked; 143 when a SIGTERM (a preemption) stopped the run after saving a
+checkpoint at the current step: the same command resumes from it.
 """
 
 import os
 import re
 import sys
-import tempfile
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hfc_jax import errors, xla_flags
+from hfc_jax import errors, fileio, xla_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -38,24 +41,24 @@ MODES = ("train", "robust_eval", "figure2")
 
 
 def check_workdir(workdir: str) -> str:
-  """Creates `workdir` if needed and checks that it is writable, or raises HfcError.
+  """Creates `workdir` if needed and checks that it is writable (local or remote);
+  returns it normalised, or raises HfcError. See `fileio.check_writable`."""
+  return fileio.check_writable("workdir", workdir)
 
-  The probe file has a name of its own (tempfile), so that the processes of a
-  multi-host run can check the same shared workdir at the same moment: with one fixed
-  name, one process removed the probe while another was still writing it.
-  """
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=workdir, prefix=".write_probe_") as f:
-      f.write("ok")
-  except OSError as e:
-    raise errors.HfcError(f"workdir={workdir!r} is not writable ({e.strerror}).") from None
-  return workdir
+
+def check_paths(config) -> None:
+  """One-line HfcErrors for remote data paths whose backend is not installed."""
+  for field in ("data_dir", "path"):
+    value = config.data.get(field)
+    if value and fileio.is_remote(value):
+      fileio.check(f"data.{field}", value)
 
 
 def run(config, workdir: str):
   """Dispatches on `config.mode`; returns what the driver returns."""
   mode = errors.check_choice("mode", config.get("mode", "train"), MODES)
+  workdir = fileio.check("workdir", workdir)
+  check_paths(config)
   if mode == "train":
     from hfc_jax import sweep, train  # pylint: disable=g-import-not-at-top
     if sweep.is_sweep(config):
@@ -112,7 +115,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   xla_flags.set_cpu_defaults()   # before JAX creates its backend, which reads XLA_FLAGS
   import jax  # pylint: disable=g-import-not-at-top
-  from hfc_jax import records  # pylint: disable=g-import-not-at-top
+  from hfc_jax import preemption, records  # pylint: disable=g-import-not-at-top
   records.quiet_library_logs()
   if FLAGS.jax_distributed:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
@@ -126,6 +129,9 @@ def main(argv):
   except errors.HfcError as e:
     print(f"hfc_jax: error: {e}", file=sys.stderr)
     sys.exit(2)
+  except preemption.Preempted as e:
+    print(f"hfc_jax: {e}", file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from hfc_jax import fileio
+
 SPLITS = ("test", "train_eval")
 CLEAN_COLOUR = "black"
 TRAIN_COLOUR = "0.55"
@@ -173,6 +175,6 @@ def overlay_figure(runs: Mapping[str, Records], title: str = "") -> Figure:
 
 
 def save(fig: Figure, path: str, dpi: int = DPI) -> str:
-  """Writes `fig` as a PNG at `path` and returns the path."""
-  fig.savefig(path, dpi=dpi, format="png")
+  """Writes `fig` as a PNG at `path` (local or remote) and returns the path."""
+  fileio.save_figure(fig, path, dpi=dpi)
   return path

@@ -2,18 +2,22 @@
 
 TensorBoard files are written with tensorboardX, which needs no tensorflow (clu's
 writers import it). Only process 0 writes. `metrics.jsonl` holds one JSON object per
-finished epoch; on resume it is rewritten from the history stored in the checkpoint,
-so it never lists an epoch that the checkpoint does not hold.
+finished epoch and is rewritten whole from the run's history each time an epoch's
+checkpoint has been committed, so it never lists an epoch that no checkpoint holds.
+Every file goes through `hfc_jax.fileio`, so a workdir may be local or `gs://...`
+(object stores cannot append: whole files are written, which is also atomic).
 """
 
+import io
 import json
 import logging as pylogging
 import math
 import os
-import time
 
 import jax
 from absl import logging
+
+from hfc_jax import fileio, workdirs
 
 
 def json_scalar(value):
@@ -28,72 +32,87 @@ def write_json(path: str, obj) -> None:
   """Writes `obj` as indented JSON to `path` atomically (process 0 only)."""
   if jax.process_index() != 0:
     return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True, default=str)
-    f.write("\n")
-  os.replace(tmp, path)
+  fileio.write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+
+
+class _ObjectEventFile:
+  """A TensorBoard event file on an object store: kept in memory, rewritten whole on
+  every flush (objects cannot be appended to). Event files of scalars stay small."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.buffer = io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    fileio.write_bytes(self.path, self.buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _ObjectEventFiles:
+  """tensorboardX writer factory for remote schemes, through fileio (epath)."""
+
+  def open(self, path: str) -> _ObjectEventFile:
+    return _ObjectEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    del path   # object stores have no directories to create
+
+
+def tensorboard_writer(logdir: str):
+  """A tensorboardX SummaryWriter for a local or remote `logdir`."""
+  from tensorboardX import SummaryWriter, record_writer  # pylint: disable=g-import-not-at-top
+  for name in fileio.REMOTE_SCHEMES:
+    record_writer.register_writer_factory(name, _ObjectEventFiles())
+  return SummaryWriter(logdir, flush_secs=30)
 
 
 class Recorder:
   """Writes per-epoch records and step progress for one workdir."""
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
-    self.workdir = workdir
-    self.path = os.path.join(workdir, "metrics.jsonl")
+  def __init__(self, workdir: str, *, tensorboard: bool = True, history=()):
+    self.path = fileio.join(workdir, workdirs.METRICS)
     self.active = jax.process_index() == 0
     self._tb = None
     if self.active and tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
-    self._last_time = None
-    self._last_step = None
+      self._tb = tensorboard_writer(fileio.join(workdir, "tensorboard"))
+    self._sent = len(history)   # records already in TensorBoard (an earlier process)
 
-  def reset(self, history: list[dict]) -> None:
-    """Atomically rewrites metrics.jsonl to exactly `history` (used on start and resume)."""
+  def write_history(self, history: list[dict]) -> None:
+    """Rewrites metrics.jsonl to exactly `history` and sends TensorBoard the records
+    it has not seen. Called once the checkpoint holding `history` is committed."""
     if not self.active:
       return
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      for record in history:
-        f.write(json.dumps(record) + "\n")
-    os.replace(tmp, self.path)
-
-  def write_epoch(self, record: dict) -> dict:
-    """Appends one epoch's record to metrics.jsonl and TensorBoard; returns it cleaned."""
-    record = {k: json_scalar(v) for k, v in record.items()}
-    if not self.active:
-      return record
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    fileio.write_text(self.path, "".join(json.dumps(r) + "\n" for r in history))
     if self._tb is not None:
-      step = record.get("step", record.get("epoch", 0))
-      for key, value in record.items():
-        if key not in ("epoch", "step") and isinstance(value, (int, float)):
-          self._tb.add_scalar(key, value, step)
+      for record in history[self._sent:]:
+        step = record.get("step", record.get("epoch", 0))
+        for key, value in record.items():
+          if key not in ("epoch", "step") and isinstance(value, (int, float)):
+            self._tb.add_scalar(key, value, step)
       self._tb.flush()
+    self._sent = max(self._sent, len(history))
+
+  def log_epoch(self, record: dict) -> None:
+    """Logs one epoch's record as a line."""
+    if not self.active:
+      return
     summary = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in record.items())
     logging.info("epoch %s: %s", record.get("epoch"), summary)
-    return record
 
   def progress(self, step: int, total_steps: int, loss: float, accuracy: float,
-               images: int) -> None:
-    """Logs `step, loss, accuracy, images/s` since the previous call."""
-    now = time.perf_counter()
-    rate = float("nan")
-    if self._last_time is not None and now > self._last_time:
-      rate = images / (now - self._last_time)
-    self._last_time, self._last_step = now, step
+               rate: float) -> None:
+    """Logs `step, loss, accuracy, images/s` of the interval that ended at `step`."""
     if self.active:
       logging.info("step %d/%d  loss %.4f  accuracy %.4f  %.1f images/s",
                    step, total_steps, loss, accuracy, rate)
       if self._tb is not None and math.isfinite(rate):
         self._tb.add_scalar("train/images_per_second", rate, step)
-
-  def restart_clock(self) -> None:
-    """Forgets the last progress time (after evaluation or compilation pauses)."""
-    self._last_time = time.perf_counter()
 
   def close(self) -> None:
     if self._tb is not None:

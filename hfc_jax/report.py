@@ -25,7 +25,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from hfc_jax import errors, plots
+from hfc_jax import errors, fileio, plots
 from hfc_jax.workdirs import Group, Run, collect
 
 FLAGS = flags.FLAGS
@@ -250,11 +250,8 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
   Raises HfcError naming --workdirs / --out for bad directories.
   """
   groups = collect(workdirs)
-  out_dir = out if out is not None else os.path.join(workdirs[0], "report")
-  try:
-    os.makedirs(out_dir, exist_ok=True)
-  except OSError as e:
-    raise errors.HfcError(f"--out={out_dir!r} cannot be created ({e.strerror}).") from None
+  out_dir = out if out is not None else fileio.join(workdirs[0], "report")
+  out_dir = fileio.check_writable("--out", out_dir)
   command = command_line(list(workdirs), out)
   md = ["# hfc_jax report", "", f"Made by `{command}` (in `{os.getcwd()}`), from the "
         "runs' metrics.jsonl files alone.", ""]
@@ -268,7 +265,7 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
     files = []
     for suffix, caption, fig in group_figures(group):
       filename = f"{base}_{suffix}.png"
-      plots.save(fig, os.path.join(out_dir, filename))
+      plots.save(fig, fileio.join(out_dir, filename))
       figures[filename] = fig
       files.append((filename, caption))
     md += _section(group, files)
@@ -290,12 +287,10 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
     summary["replicates"].append({"kind": replicas[0].kind,
                                   "sweeps": [g.workdir for g in replicas],
                                   "final": values})
-  paths = {"markdown": os.path.join(out_dir, "report.md"),
-           "json": os.path.join(out_dir, "report.json")}
-  with open(paths["markdown"], "w") as f:
-    f.write("\n".join(md).rstrip("\n") + "\n")
-  with open(paths["json"], "w") as f:
-    json.dump(summary, f, indent=1, allow_nan=False, default=str)
+  paths = {"markdown": fileio.join(out_dir, "report.md"),
+           "json": fileio.join(out_dir, "report.json")}
+  fileio.write_text(paths["markdown"], "\n".join(md).rstrip("\n") + "\n")
+  fileio.write_text(paths["json"], json.dumps(summary, indent=1, allow_nan=False, default=str))
   return {"out": out_dir, **paths, "groups": groups, "figures": figures}
 
 

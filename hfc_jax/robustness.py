@@ -20,14 +20,13 @@ linear and differentiable, so (b) is the honest white-box number; a large gap be
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from hfc_jax import attacks, errors, frequency, records, sharding, train
+from hfc_jax import attacks, errors, fileio, frequency, records, sharding, train
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 from hfc_jax.models.functional import Functional
@@ -51,12 +50,14 @@ def check_robust_config(rc, image_size: int) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Jitted pieces: (params, model_state, images, labels, key, eps) -> arrays
+# Jitted pieces: (params, model_state, images, labels, mask, key, eps) -> arrays. The
+# mask (1 real, 0 padding row) is bound into every forward pass, the attacks' included,
+# so padding rows never enter a batch statistic.
 # ---------------------------------------------------------------------------
-def _craft(params, model_state, x, labels, key, eps, *, logits_fn, name: str, steps: int,
-           restarts: int):
+def _craft(params, model_state, x, labels, mask, key, eps, *, logits_fn, name: str,
+           steps: int, restarts: int):
   """Adversarial images for one batch; eps is a traced scalar (no recompile per eps)."""
-  model = functools.partial(logits_fn, params, model_state)
+  model = functools.partial(logits_fn, params, model_state, mask=mask)
   return attacks.attack(name, model, x, labels, eps=eps, step_size=eps / 4, steps=steps,
                         key=key, random_start=name != "fgsm" and steps > 0,
                         restarts=restarts)
@@ -64,24 +65,26 @@ def _craft(params, model_state, x, labels, key, eps, *, logits_fn, name: str, st
 
 def _hits(params, model_state, x, labels, mask, *, logits_fn):
   """Correctly classified images of a batch, masked: float32 scalar."""
-  pred = jnp.argmax(logits_fn(params, model_state, x), axis=-1)
+  pred = jnp.argmax(logits_fn(params, model_state, x, mask=mask), axis=-1)
   return jnp.sum((pred == labels).astype(jnp.float32) * mask)
 
 
-def _min_eps(params, model_state, x, labels, key, *, logits_fn, rc):
-  model = functools.partial(logits_fn, params, model_state)
+def _min_eps(params, model_state, x, labels, mask, key, *, logits_fn, rc):
+  model = functools.partial(logits_fn, params, model_state, mask=mask)
   return attacks.minimal_linf_eps(
       model, x, labels, eps_max=rc.min_eps_max, search_steps=rc.min_eps_search_steps,
       pgd_steps=rc.min_eps_pgd_steps, key=key)
 
 
 class _Batches:
-  """The evaluated test images, placed on the mesh once, batch by batch."""
+  """The evaluated test images, placed on the mesh once, batch by batch: `batch_size`
+  real images each, in the padded layout of `sharding.padded_batch_size` (any mesh)."""
 
   def __init__(self, x: np.ndarray, y: np.ndarray, mesh, batch_size: int):
     self.items = []
+    padded = sharding.padded_batch_size("robust.batch_size", batch_size, mesh)
     for images, labels, mask in pipeline.eval_batches(
-        x, y, batch_size=batch_size, process_index=jax.process_index(),
+        x, y, batch_size=batch_size, padded_size=padded, process_index=jax.process_index(),
         process_count=jax.process_count()):
       images = images.astype(np.float32) / 255.0
       self.items.append(sharding.put_batch(mesh, images, labels.astype(np.int32), mask))
@@ -98,7 +101,6 @@ def run(config, workdir: str) -> dict:
   rc = config.robust
   dataset = data_lib.load(trained.config.data)
   check_robust_config(rc, dataset.image_size)
-  sharding.check_batch_size("robust.batch_size", rc.batch_size, mesh)
   x, y = dataset.x_test, dataset.y_test
   if rc.num_images:
     x, y = x[:rc.num_images], y[:rc.num_images]
@@ -119,7 +121,7 @@ def run(config, workdir: str) -> dict:
                 for i, b in enumerate(batches.items))
     return float(total) / batches.count
 
-  results = {"workdir": os.path.abspath(workdir), "epoch": trained.epoch,
+  results = {"workdir": fileio.check("workdir", workdir), "epoch": trained.epoch,
              "num_images": int(batches.count), "eps": eps_list,
              "pgd_steps": rc.pgd_steps, "restarts": rc.restarts}
   results["clean"] = accuracy(hits, lambda i, b: b[0])
@@ -128,7 +130,7 @@ def run(config, workdir: str) -> dict:
   for name in rc.attacks:
     row = {}
     for eps in eps_list:
-      advs = [craft[name](*variables, b[0], b[1], jax.random.fold_in(key, i), eps)
+      advs = [craft[name](*variables, *b, jax.random.fold_in(key, i), eps)
               for i, b in enumerate(batches.items)]
       adv_cache[(name, eps)] = advs
       row[f"{eps:.4f}"] = accuracy(hits, lambda i, b, a=advs: a[i])
@@ -146,7 +148,7 @@ def run(config, workdir: str) -> dict:
 def _minimal_eps_summary(variables, logits_fn, batches, key, rc, count: int):
   """Per-image minimal PGD eps and the accuracy-vs-eps curve it implies."""
   fn = jax.jit(functools.partial(_min_eps, logits_fn=logits_fn, rc=rc))
-  parts = [np.asarray(jax.device_get(fn(*variables, b[0], b[1], jax.random.fold_in(key, i))))
+  parts = [np.asarray(jax.device_get(fn(*variables, *b, jax.random.fold_in(key, i))))
            for i, b in enumerate(batches.items)]
   masks = [np.asarray(jax.device_get(b[2])) > 0 for b in batches.items]
   min_eps = np.concatenate([p[m] for p, m in zip(parts, masks)])[:count]
@@ -181,7 +183,7 @@ def _lowpass_defence(trained, variables, batches, key, rc, eps_list, adv_cache, 
       source = adv_cache.get(("pgd", eps)) or adv_cache.get(("fgsm", eps))
       row["transfer"][f"{eps:.4f}"] = accuracy(hits, lambda i, b, a=source: a[i])
       row["adaptive"][f"{eps:.4f}"] = accuracy(
-          hits, lambda i, b, r=radius, e=eps: craft(*variables, b[0], b[1],
+          hits, lambda i, b, r=radius, e=eps: craft(*variables, *b,
                                                    jax.random.fold_in(key, 1000 + i), e))
     logging.info("low-pass r=%s: %s", radius, row)
     rows.append(row)
@@ -232,17 +234,16 @@ def plot_curve(summary: dict, path: str) -> None:
   ax.set_ylim(0, 1)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fileio.save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
 def _write(workdir: str, results: dict, min_eps: np.ndarray) -> None:
   if jax.process_index() != 0:
     return
-  out = os.path.join(workdir, OUT_DIR)
-  os.makedirs(out, exist_ok=True)
-  records.write_json(os.path.join(out, "robust_eval.json"), results)
-  with open(os.path.join(out, "robust_eval.md"), "w") as f:
-    f.write(markdown(results))
-  np.save(os.path.join(out, "min_eps.npy"), min_eps)
-  plot_curve(results["min_eps"], os.path.join(out, "robustness_curve.png"))
+  out = fileio.join(workdir, OUT_DIR)
+  fileio.makedirs(out)
+  records.write_json(fileio.join(out, "robust_eval.json"), results)
+  fileio.write_text(fileio.join(out, "robust_eval.md"), markdown(results))
+  fileio.save_npy(fileio.join(out, "min_eps.npy"), min_eps)
+  plot_curve(results["min_eps"], fileio.join(out, "robustness_curve.png"))

@@ -7,6 +7,8 @@ global batch then runs as pmap-style data parallelism: XLA inserts the gradient
 all-reduce that `pmap` code spelled as `lax.pmean(grads, 'batch')`.
 """
 
+import math
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -37,12 +39,26 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(field: str, batch_size: int, mesh: Mesh) -> int:
-  """Raises HfcError unless the global batch divides evenly over devices and processes."""
+  """Raises HfcError unless a global TRAINING batch divides evenly over devices and
+  processes (evaluation batches are padded instead: `padded_batch_size`)."""
   n = mesh.devices.size
   if batch_size < 1 or batch_size % n or batch_size % jax.process_count():
     raise errors.HfcError(
         f"{field}={batch_size} must be a positive multiple of the number of devices ({n}).")
   return batch_size
+
+
+def padded_batch_size(field: str, batch_size: int, mesh: Mesh) -> int:
+  """The physical size of an evaluation batch of `batch_size` real images on `mesh`.
+
+  Evaluation batch sizes count real images, whatever the device count: each batch is
+  laid out in ceil(B / m) * m rows, m = lcm(devices, processes), the rows past the
+  real ones being masked padding. Raises HfcError naming `field` unless B is an
+  integer >= 1.
+  """
+  batch_size = int(errors.check_range(field, batch_size, 1, None, integer=True))
+  m = math.lcm(mesh.devices.size, jax.process_count())
+  return math.ceil(batch_size / m) * m
 
 
 def put_batch(mesh: Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:

@@ -18,14 +18,13 @@ the wrong type is a one-line error naming it.
 """
 
 import copy
-import os
 import re
 from typing import Any
 
 import jax
 import ml_collections
 
-from hfc_jax import errors, records
+from hfc_jax import errors, fileio, records, workdirs
 
 KINDS = ("generic", "heuristics", "batch_size", "optimizers", "train_component",
          "shuffled_labels", "bn_lfc")
@@ -111,7 +110,7 @@ def expand(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.
 def describe(config: ml_collections.ConfigDict, runs, workdir: str) -> dict:
   """The JSON description written to <workdir>/sweep.json."""
   return {"kind": config.sweep.kind,
-          "name": os.path.basename(os.path.abspath(workdir)),
+          "name": fileio.basename(fileio.check("workdir", workdir)),
           "runs": [{"name": name, "workdir": name, "overrides": flat}
                    for name, _, flat in runs]}
 
@@ -123,13 +122,13 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, train_fn) -> dict
   run so that a report can be made while the sweep is still going.
   """
   runs = expand(config)
-  records.write_json(os.path.join(workdir, "sweep.json"), describe(config, runs, workdir))
+  records.write_json(fileio.join(workdir, workdirs.SWEEP), describe(config, runs, workdir))
   results = {}
   for i, (name, run_config, flat) in enumerate(runs):
     summary = ", ".join(f"{k}={v!r}" for k, v in flat.items()) or "base config"
     print(f"hfc_jax: sweep run {i + 1}/{len(runs)}: {name} ({summary})", flush=True)
-    run_dir = os.path.join(workdir, name)
-    os.makedirs(run_dir, exist_ok=True)
+    run_dir = fileio.join(workdir, name)
+    fileio.makedirs(run_dir)
     results[name] = train_fn(run_config, run_dir)
   if jax.process_index() == 0:
     from hfc_jax import report  # pylint: disable=g-import-not-at-top

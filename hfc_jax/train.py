@@ -4,8 +4,9 @@ Read top to bottom: the train state, the loss, the jitted train step, then the
 driver `train_and_evaluate`, split by banner comments as in big_vision's trainer.
 """
 
+import collections
+import dataclasses
 import functools
-import os
 import time
 from typing import Any
 
@@ -17,8 +18,9 @@ import numpy as np
 import optax
 from absl import logging
 
-from hfc_jax import adversarial, checkpointing, errors, evaluate, frequency, models
-from hfc_jax import optimizers, records, sharding, transforms
+from hfc_jax import adversarial, checkpointing, errors, evaluate, fileio, frequency, kernels
+from hfc_jax import models
+from hfc_jax import optimizers, preemption, records, sharding, transforms, workdirs
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 from hfc_jax.models.functional import Functional
@@ -79,7 +81,8 @@ def preprocess(images: jax.Array, rescale: str) -> jax.Array:
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
                functional: Functional, tx: optax.GradientTransformation,
                rescale: str, adversary: adversarial.Adversary | None = None, input_fn=None,
-               mixup_alpha: float = 0.0, num_classes: int = 0
+               mixup_alpha: float = 0.0, num_classes: int = 0,
+               smooth_kernel_weight: float = 0.0
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a (sharded) global batch.
 
@@ -92,6 +95,9 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
       `transforms.make_component_fn`); it replaces `rescale` when given.
     mixup_alpha: > 0 trains on mix-up of the (possibly adversarial) images, with one
       lambda ~ Beta(alpha, alpha) per batch (`transforms.mixup`); needs `num_classes`.
+    smooth_kernel_weight: > 0 adds weight * `kernels.first_conv_penalty` (squared
+      differences of adjacent first-layer kernel values; Wang et al., ICLR 2020,
+      "Smooth kernels improve adversarial robustness") to the loss.
 
   Returns:
     The new state and {'loss', 'accuracy'} batch means (device scalars); they are
@@ -111,7 +117,10 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
   def loss_fn(params):
     logits, model_state = functional.apply(
         params, state.model_state, x, train=True, dropout_key=dropout_key)
-    return cross_entropy(logits, targets).mean(), (logits, model_state)
+    loss = cross_entropy(logits, targets).mean()
+    if smooth_kernel_weight > 0:
+      loss = loss + smooth_kernel_weight * kernels.first_conv_penalty(params)
+    return loss, (logits, model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (logits, model_state)), grads = grad_fn(state.params)
@@ -125,11 +134,13 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
 
 def make_train_step(functional: Functional, tx, mesh, *, rescale: str,
                     adversary: adversarial.Adversary | None = None, input_fn=None,
-                    mixup_alpha: float = 0.0, num_classes: int = 0):
+                    mixup_alpha: float = 0.0, num_classes: int = 0,
+                    smooth_kernel_weight: float = 0.0):
   """Jits `train_step` with replicated state (donated) and batch-sharded inputs."""
   step = functools.partial(train_step, functional=functional, tx=tx, rescale=rescale,
                            adversary=adversary, input_fn=input_fn,
-                           mixup_alpha=float(mixup_alpha), num_classes=num_classes)
+                           mixup_alpha=float(mixup_alpha), num_classes=num_classes,
+                           smooth_kernel_weight=float(smooth_kernel_weight))
   rep = sharding.replicated(mesh)
   return jax.jit(step, out_shardings=(rep, rep), donate_argnums=0)
 
@@ -147,7 +158,8 @@ def make_config_train_step(config: ml_collections.ConfigDict, functional: Functi
   return make_train_step(functional, tx, mesh, rescale=config.data.rescale,
                          adversary=adversarial.Adversary.from_config(config.get("adv")),
                          input_fn=input_fn, mixup_alpha=tc.get("mixup_alpha", 0.0),
-                         num_classes=num_classes)
+                         num_classes=num_classes,
+                         smooth_kernel_weight=tc.smooth_kernel_weight)
 
 
 # ---------------------------------------------------------------------------
@@ -162,12 +174,16 @@ def check_config(config: ml_collections.ConfigDict, dataset, mesh) -> None:
     frequency.check_radius(config.model.filter_radius, size, size,
                            field="model.filter_radius")
   sharding.check_batch_size("train.batch_size", config.train.batch_size, mesh)
-  sharding.check_batch_size("eval.batch_size", config.eval.batch_size, mesh)
+  sharding.padded_batch_size("eval.batch_size", config.eval.batch_size, mesh)
   if config.train.batch_size > len(dataset.x_train):
     raise errors.HfcError(
         f"train.batch_size={config.train.batch_size} exceeds the "
         f"{len(dataset.x_train)} training images.")
   errors.check_range("train.epochs", config.train.epochs, 1, None, integer=True)
+  errors.check_range("train.smooth_kernel_weight", config.train.smooth_kernel_weight, 0)
+  errors.check_range("checkpoint.every_steps", config.checkpoint.every_steps, 0, None,
+                     integer=True)
+  errors.check_range("checkpoint.keep", config.checkpoint.keep, 2, None, integer=True)
   transforms.check_config(config.train, size)
 
 
@@ -185,30 +201,113 @@ class Trained:
   model_state: PyTree
   config: ml_collections.ConfigDict = flax.struct.field(pytree_node=False)
   history: list = flax.struct.field(pytree_node=False)
-  epoch: int = flax.struct.field(pytree_node=False)
+  epoch: int = flax.struct.field(pytree_node=False)   # epochs finished (len(history))
   num_classes: int = flax.struct.field(pytree_node=False)
   channels: int = flax.struct.field(pytree_node=False)
+  step: int = flax.struct.field(pytree_node=False, default=0)  # optimiser steps taken
 
 
-def restore_trained(workdir: str, epoch: int | None = None, *, mesh=None) -> Trained:
-  """Restores a workdir's model, replicated over `mesh` (default: the first CPU device).
+def restore_trained(workdir: str, step: int | None = None, *, mesh=None) -> Trained:
+  """Restores a workdir's model at `step` (default: the latest checkpoint, which may
+  be mid-epoch), replicated over `mesh` (default: the first CPU device).
 
-  Works on a laptop CPU for checkpoints written on a GPU or TPU mesh: the arrays are
-  re-laid out onto the mesh. The config and data shape come from the checkpoint.
+  Works on a laptop CPU for checkpoints written on a GPU or TPU mesh, and on remote
+  (`gs://`) workdirs: the arrays are re-laid out onto the mesh. The config and data
+  shape come from the checkpoint.
   """
   ckpt = checkpointing.open_existing(workdir)
-  epoch = ckpt.latest_epoch() if epoch is None else epoch
-  meta = ckpt.restore_meta(epoch)
+  step = ckpt.latest_step() if step is None else step
+  meta = ckpt.restore_meta(step)
   config = ml_collections.ConfigDict(meta["config"])
   if mesh is None:
     mesh = jax.sharding.Mesh(np.array(jax.devices("cpu")[:1]), (sharding.DATA_AXIS,))
   model = create_model(config, meta["num_classes"], meta["channels"])
   tx = optimizers.make_optimizer(config.optim, 1, config.train.epochs)
   functional, state = create_train_state(model, tx, config.seed, mesh)
-  state, meta = ckpt.restore(checkpointing.abstract_like(state), epoch)
+  state, meta = ckpt.restore(checkpointing.abstract_like(state), step)
   ckpt.close()
   return Trained(functional, state.params, state.model_state, config,
-                 meta["history"], epoch, meta["num_classes"], meta["channels"])
+                 meta["history"], len(meta["history"]), meta["num_classes"],
+                 meta["channels"], int(state.step))
+
+
+# ---------------------------------------------------------------------------
+# Progress of a partly trained epoch
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class EpochProgress:
+  """Running sums of the epoch being trained; they travel in step checkpoints, so a
+  run resumed mid-epoch ends with the same epoch means as one that was never stopped.
+  Sums are float64, added one step at a time in step order (never per interval), so
+  they do not depend on where the run was stopped."""
+  steps: int = 0            # steps of this epoch taken
+  loss_sum: float = 0.0     # sum of the steps' batch-mean losses
+  accuracy_sum: float = 0.0
+  train_time_s: float = 0.0  # wall time spent in this epoch's steps (all processes)
+
+  def add(self, losses: list[float], accuracies: list[float]) -> None:
+    for loss, accuracy in zip(losses, accuracies):
+      self.loss_sum += loss
+      self.accuracy_sum += accuracy
+    self.steps += len(losses)
+
+  def means(self, steps_per_epoch: int) -> dict[str, float]:
+    n = max(steps_per_epoch, 1)
+    return {"train_loss": self.loss_sum / n, "train_accuracy": self.accuracy_sum / n}
+
+
+class _StepMetrics:
+  """Step metrics are left on device until the NEXT log point, when they are long
+  computed, so fetching them never drains the queue of dispatched steps; `flush`
+  fetches everything (before a checkpoint and at the epoch end).
+
+  The host runs at most `MAX_IN_FLIGHT` steps ahead of the devices: `add` waits for
+  the step that many steps back. Enough to keep an accelerator busy, and it bounds
+  the queue of dispatched programs: XLA:CPU's simulated devices deadlocked in an
+  all-reduce with a log interval's worth (25) of steps in flight on 2 cores.
+  """
+  MAX_IN_FLIGHT = 4
+
+  def __init__(self, progress: EpochProgress, recorder: records.Recorder, *,
+               total_steps: int, batch_size: int):
+    self.progress, self.recorder = progress, recorder
+    self.total_steps, self.batch_size = total_steps, batch_size
+    self.ready = None       # (last step, metrics, seconds) of a finished interval
+    self.fresh: list = []
+    self.in_flight: collections.deque = collections.deque()
+    self.since = time.perf_counter()   # when the current interval began
+
+  def add(self, metrics) -> None:
+    self.fresh.append(metrics)
+    self.in_flight.append(metrics)
+    if len(self.in_flight) > self.MAX_IN_FLIGHT:
+      jax.block_until_ready(self.in_flight.popleft())
+
+  def _close_interval(self, step: int):
+    now = time.perf_counter()
+    interval, self.fresh, self.since = (step, self.fresh, now - self.since), [], now
+    return interval
+
+  def mark(self, step: int) -> None:
+    """A log point after `step`: logs the interval before it and holds this one."""
+    self._drain(self.ready)
+    self.ready = self._close_interval(step)
+
+  def flush(self, step: int) -> None:
+    self._drain(self.ready)
+    self._drain(self._close_interval(step))
+    self.ready = None
+
+  def _drain(self, interval) -> None:
+    if interval is None or not interval[1]:
+      return
+    step, metrics, seconds = interval
+    fetched = jax.device_get(metrics)
+    losses = [float(m["loss"]) for m in fetched]
+    accuracies = [float(m["accuracy"]) for m in fetched]
+    self.progress.add(losses, accuracies)
+    self.recorder.progress(step, self.total_steps, float(np.mean(losses)),
+                           float(np.mean(accuracies)), len(losses) * self.batch_size / seconds)
 
 
 # ---------------------------------------------------------------------------
@@ -218,8 +317,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        *, mesh=None) -> list[dict]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
-  Returns the per-epoch metric history (also in `<workdir>/metrics.jsonl`).
+  Returns the per-epoch metric history (also in `<workdir>/metrics.jsonl`). Raises
+  `preemption.Preempted` after saving a checkpoint when a SIGTERM stops the run (one
+  that comes while the data load or compiles is honoured at the first step).
   """
+  watch = preemption.Watch()
+  try:
+    return _train_and_evaluate(config, workdir, mesh, watch)
+  finally:
+    watch.close()
+
+
+def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch) -> list[dict]:
+  """`train_and_evaluate`, with the preemption `watch` already listening."""
   # ----- Set up mesh and data ----------------------------------------------
   mesh = mesh or sharding.make_mesh(config.get("num_devices"))
   dataset = data_lib.load(config.data)
@@ -243,21 +353,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   del model
 
   # ----- Resume ------------------------------------------------------------
-  ckpt = checkpointing.Checkpointer(workdir, keep=tc.keep_checkpoints)
-  history: list[dict] = []
-  start_epoch = ckpt.latest_epoch() or 0
-  if start_epoch:
-    meta = ckpt.restore_meta(start_epoch)
-    if meta.get("fingerprint") != _fingerprint(config):
-      raise errors.HfcError(
-          f"workdir={workdir!r} holds a run of another model/data config; "
-          "use a new --workdir or the same config.")
-    state, meta = ckpt.restore(checkpointing.abstract_like(state), start_epoch)
-    history = meta["history"]
-    logging.info("resumed from epoch %d (step %d)", start_epoch, int(state.step))
-  records.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  recorder = records.Recorder(workdir, tensorboard=config.get("tensorboard", True))
-  recorder.reset(history)
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
+  state, history, progress = _resume(ckpt, state, config, workdir, steps_per_epoch)
+  if len(history) >= tc.epochs:
+    logging.info("workdir %s already holds all %d epochs; nothing to do", workdir, tc.epochs)
+    ckpt.close()
+    return history
+  records.write_json(fileio.join(workdir, workdirs.CONFIG), config.to_dict())
+  recorder = records.Recorder(workdir, tensorboard=config.get("tensorboard", True),
+                              history=history)
+  recorder.write_history(history)
 
   # ----- Update and evaluation functions -----------------------------------
   step_fn = make_config_train_step(config, functional, tx, mesh, dataset.num_classes)
@@ -267,78 +372,114 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                   batch_size=ec.batch_size, radii=radii)
   robust_on = adversarial.robust_evaluator(config, adversary, functional, mesh, test_x, test_y)
 
+  def save(state, history, progress, on_commit=None):
+    meta = {"config": config.to_dict(), "history": history, "fingerprint": _fingerprint(config),
+            "num_classes": dataset.num_classes, "channels": dataset.channels,
+            "image_size": dataset.image_size, "epoch_progress": dataclasses.asdict(progress)}
+    ckpt.save(int(state.step), state, meta, on_commit=on_commit)
+
   # ----- Train loop --------------------------------------------------------
-  recorder.restart_clock()
-  for epoch in range(start_epoch, tc.epochs):
-    t0 = time.perf_counter()
-    state, train_metrics = _train_epoch(
-        state, step_fn, dataset, mesh, config, epoch, steps_per_epoch, recorder)
-    train_time = time.perf_counter() - t0
-    record = {"epoch": epoch + 1, "step": int(state.step), **train_metrics,
-              "train_time_s": train_time}
-    for prefix, (x, y) in (("test", (test_x, test_y)),
-                           ("train_eval", (train_eval_x, train_eval_y))):
-      scores = evaluate_on(state.params, state.model_state, x, y)
-      record.update({f"{prefix}/{k}": v for k, v in scores.items()})
-    if robust_on is not None:
-      record["test/pgd"] = robust_on(state.params, state.model_state)
-    record["epoch_time_s"] = time.perf_counter() - t0
-    record = {k: records.json_scalar(v) for k, v in record.items()}
-    history.append(record)
-    ckpt.save(epoch + 1, state, {
-        "config": config.to_dict(), "history": history,
-        "fingerprint": _fingerprint(config), "num_classes": dataset.num_classes,
-        "channels": dataset.channels, "image_size": dataset.image_size})
-    recorder.write_epoch(record)
-    recorder.restart_clock()
-  ckpt.close()
-  recorder.close()
+  try:
+    for epoch in range(len(history), tc.epochs):
+      state = _train_epoch(state, step_fn, dataset, mesh, config, epoch, steps_per_epoch,
+                           progress, recorder=recorder, watch=watch,
+                           save=lambda s, p: save(s, history, p), ckpt=ckpt)
+      t0 = time.perf_counter()
+      record = {"epoch": epoch + 1, "step": int(state.step),
+                **progress.means(steps_per_epoch), "train_time_s": progress.train_time_s}
+      for prefix, (x, y) in (("test", (test_x, test_y)),
+                             ("train_eval", (train_eval_x, train_eval_y))):
+        scores = evaluate_on(state.params, state.model_state, x, y)
+        record.update({f"{prefix}/{k}": v for k, v in scores.items()})
+      if robust_on is not None:
+        record["test/pgd"] = robust_on(state.params, state.model_state)
+      record["first_conv_smoothness"] = float(kernels.first_conv_penalty(state.params))
+      record["epoch_time_s"] = progress.train_time_s + time.perf_counter() - t0
+      history.append({k: records.json_scalar(v) for k, v in record.items()})
+      progress = EpochProgress()
+      save(state, history, progress,
+           on_commit=functools.partial(recorder.write_history, list(history)))
+      recorder.log_epoch(history[-1])
+      if watch.requested:   # a SIGTERM during evaluation: this epoch's checkpoint is saved
+        ckpt.wait()
+        raise preemption.Preempted(int(state.step), ckpt.directory)
+  finally:
+    ckpt.close()
+    recorder.close()
   return history
 
 
-def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int,
-                 steps_per_epoch: int, recorder: records.Recorder):
-  """Runs one epoch of steps; returns the state and the epoch's mean loss/accuracy.
+def _resume(ckpt: checkpointing.Checkpointer, state: TrainState, config, workdir: str,
+            steps_per_epoch: int) -> tuple[TrainState, list[dict], EpochProgress]:
+  """The latest checkpoint's state, epoch history and partial-epoch sums (or a fresh
+  start); HfcError when the checkpoint belongs to another config."""
+  if ckpt.latest_step() is None:
+    return state, [], EpochProgress()
+  meta = ckpt.restore_meta()
+  if meta.get("fingerprint") != _fingerprint(config):
+    raise errors.HfcError(
+        f"workdir={workdir!r} holds a run of another model/data config; "
+        "use a new --workdir or the same config.")
+  state, meta = ckpt.restore(checkpointing.abstract_like(state))
+  history = meta["history"]
+  progress = EpochProgress(**meta.get("epoch_progress", {}))
+  step = int(state.step)
+  if step != len(history) * steps_per_epoch + progress.steps:
+    raise errors.HfcError(
+        f"workdir={workdir!r}: its checkpoint at step {step} does not fit "
+        f"{steps_per_epoch} steps per epoch (train.batch_size or the data changed); "
+        "use a new --workdir or the same config.")
+  logging.info("resumed at step %d: epoch %d, %d of its %d steps done", step,
+               len(history) + 1, progress.steps, steps_per_epoch)
+  return state, history, progress
+
+
+def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int, steps_per_epoch: int,
+                 progress: EpochProgress, *, recorder: records.Recorder,
+                 watch: preemption.Watch, save, ckpt: checkpointing.Checkpointer):
+  """Runs the remaining steps of epoch `epoch` (from `progress.steps` on), adding
+  their metrics to `progress`; returns the state.
 
   The host never waits for the device inside the epoch: batches are assembled and
-  placed on the devices by a background thread `train.prefetch` steps ahead, and step
-  metrics stay on device until the *next* log point, when they are long computed, so
-  fetching them does not drain the queue of dispatched steps.
+  placed on the devices by a background thread `train.prefetch` steps ahead, and
+  metrics are fetched late (`_StepMetrics`). Every `checkpoint.every_steps` steps
+  the state is saved with `progress`, and the loop waits for that save to commit, so
+  a run killed at any moment loses at most `every_steps` steps; when `watch` reports
+  a preemption, the state is saved at that step and `Preempted` raised.
   """
-  tc = config.train
+  tc, every = config.train, config.checkpoint.every_steps
   batches = pipeline.train_batches(
       dataset.x_train, dataset.y_train, batch_size=tc.batch_size, seed=config.seed,
       epoch=epoch, augment=config.data.augment, pad=config.data.aug_pad,
       pad_mode=config.data.aug_pad_mode, flip=config.data.aug_flip,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      start_step=progress.steps)
   placed = pipeline.prefetch(
       (sharding.put_batch(mesh, x, y.astype(np.int32)) for x, y in batches),
       size=tc.get("prefetch", 2))
-  sums = {"loss": 0.0, "accuracy": 0.0}
-  total = tc.epochs * steps_per_epoch
+  metrics = _StepMetrics(progress, recorder, total_steps=tc.epochs * steps_per_epoch,
+                         batch_size=tc.batch_size)
+  t0 = time.perf_counter()
 
-  def log(interval):
-    """Fetches and logs one finished interval: (last step, metrics list, images)."""
-    step, metrics, images = interval
-    fetched = jax.device_get(metrics)
-    losses = [float(m["loss"]) for m in fetched]
-    accs = [float(m["accuracy"]) for m in fetched]
-    sums["loss"] += sum(losses)
-    sums["accuracy"] += sum(accs)
-    recorder.progress(step, total, float(np.mean(losses)), float(np.mean(accs)), images)
+  def checkpoint(step):
+    nonlocal t0
+    metrics.flush(step)
+    progress.train_time_s += time.perf_counter() - t0
+    save(state, progress)
+    ckpt.wait()
+    t0 = time.perf_counter()
 
-  pending, previous, last_log = [], None, 0
-  for i, (images, labels) in enumerate(placed):
-    state, metrics = step_fn(state, images, labels)
-    pending.append(metrics)
+  for i, (images, labels) in enumerate(placed, start=progress.steps):
+    state, step_metrics = step_fn(state, images, labels)
+    metrics.add(step_metrics)
+    step = epoch * steps_per_epoch + i + 1
     if (i + 1) % tc.log_every_steps == 0:
-      if previous is not None:
-        log(previous)
-      previous = (epoch * steps_per_epoch + i + 1, pending, (i + 1 - last_log) * tc.batch_size)
-      pending, last_log = [], i + 1
-  for interval in (previous, (epoch * steps_per_epoch + steps_per_epoch, pending,
-                              (steps_per_epoch - last_log) * tc.batch_size)):
-    if interval is not None and interval[1]:
-      log(interval)
-  n = max(steps_per_epoch, 1)
-  return state, {"train_loss": sums["loss"] / n, "train_accuracy": sums["accuracy"] / n}
+      metrics.mark(step)
+    if watch.reached(step):
+      checkpoint(step)
+      raise preemption.Preempted(step, ckpt.directory)
+    if every and step % every == 0 and i + 1 < steps_per_epoch:
+      checkpoint(step)
+  metrics.flush(epoch * steps_per_epoch + steps_per_epoch)
+  progress.train_time_s += time.perf_counter() - t0
+  return state

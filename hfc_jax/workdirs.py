@@ -16,13 +16,12 @@ plotted. Problems with the directories a user named raise `HfcError` naming
 
 import dataclasses
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from absl import logging
 
-from hfc_jax import errors
+from hfc_jax import errors, fileio
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
@@ -86,10 +85,9 @@ def read_metrics(path: str, workdir: str = "") -> list[dict]:
   A last line without its newline is a write in progress and is skipped; any other
   line that is not a JSON object raises HfcError.
   """
-  if not os.path.isfile(path):
+  if not fileio.is_file(path):
     return []
-  with open(path) as f:
-    lines = f.read().split("\n")
+  lines = fileio.read_text(path).split("\n")
   records = []
   for number, line in enumerate(lines, 1):
     if not line.strip():
@@ -108,39 +106,38 @@ def read_metrics(path: str, workdir: str = "") -> list[dict]:
 
 def _read_json(path: str, workdir: str) -> Any:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(fileio.read_text(path))
   except (OSError, json.JSONDecodeError) as e:
-    raise _error(workdir, f"cannot read {os.path.basename(path)} ({e}).") from None
+    raise _error(workdir, f"cannot read {fileio.basename(path)} ({e}).") from None
 
 
 def load_run(workdir: str, name: str, overrides: dict | None = None) -> Run:
   """Reads one run workdir; a missing directory or file makes a missing run."""
   config = None
-  config_path = os.path.join(workdir, CONFIG)
-  if os.path.isfile(config_path):
+  config_path = fileio.join(workdir, CONFIG)
+  if fileio.is_file(config_path):
     config = _read_json(config_path, workdir)
     if not isinstance(config, dict):
       logging.warning("%s is not a JSON object; ignored", config_path)
       config = None
   return Run(name=name, workdir=workdir,
-             records=read_metrics(os.path.join(workdir, METRICS), workdir),
+             records=read_metrics(fileio.join(workdir, METRICS), workdir),
              config=config, overrides=dict(overrides or {}))
 
 
 def load_sweep(sweep_dir: str) -> Group:
   """Reads sweep.json and every run it lists (runs not started yet are missing)."""
-  spec = _read_json(os.path.join(sweep_dir, SWEEP), sweep_dir)
+  spec = _read_json(fileio.join(sweep_dir, SWEEP), sweep_dir)
   if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list):
     raise _error(sweep_dir, "sweep.json has no 'runs' list.")
   runs = []
   for i, entry in enumerate(spec["runs"]):
     if not isinstance(entry, dict) or "workdir" not in entry:
       raise _error(sweep_dir, f"sweep.json runs[{i}] has no 'workdir'.")
-    sub = os.path.join(sweep_dir, str(entry["workdir"]))
-    name = str(entry.get("name") or os.path.basename(os.path.normpath(sub)))
+    sub = fileio.join(sweep_dir, str(entry["workdir"]))
+    name = str(entry.get("name") or fileio.basename(sub))
     runs.append(load_run(sub, name, entry.get("overrides")))
-  name = str(spec.get("name") or os.path.basename(os.path.normpath(sweep_dir)))
+  name = str(spec.get("name") or fileio.basename(sweep_dir))
   return Group(name=name, kind=str(spec.get("kind", "generic")),
                runs=_unique_names(runs), workdir=sweep_dir)
 
@@ -158,7 +155,7 @@ def _unique_names(runs: list[Run]) -> list[Run]:
 
 def is_run_dir(path: str) -> bool:
   """A run workdir: it has metrics.jsonl, or config.json (a run before its first epoch)."""
-  return any(os.path.isfile(os.path.join(path, f)) for f in (METRICS, CONFIG))
+  return any(fileio.is_file(fileio.join(path, f)) for f in (METRICS, CONFIG))
 
 
 def collect(workdirs: Sequence[str]) -> list[Group]:
@@ -172,12 +169,12 @@ def collect(workdirs: Sequence[str]) -> list[Group]:
     raise errors.HfcError("--workdirs is empty; give one or more run or sweep directories.")
   groups, loose = [], []
   for workdir in workdirs:
-    if not os.path.isdir(workdir):
+    if not fileio.is_dir(workdir):
       raise _error(workdir, "no such directory.")
-    if os.path.isfile(os.path.join(workdir, SWEEP)):
+    if fileio.is_file(fileio.join(workdir, SWEEP)):
       groups.append(load_sweep(workdir))
     elif is_run_dir(workdir):
-      loose.append(load_run(workdir, os.path.basename(os.path.normpath(workdir))))
+      loose.append(load_run(workdir, fileio.basename(workdir)))
     else:
       raise _error(workdir, f"holds neither {METRICS} nor {SWEEP}; "
                    "not a run or sweep workdir.")

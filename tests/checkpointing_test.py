@@ -81,7 +81,7 @@ def test_checkpoint_written_by_standard_save_restores(tmp_path):
   manager.close()
 
   ckpt = checkpointing.open_existing(str(tmp_path))
-  assert ckpt.latest_epoch() == 2
+  assert ckpt.latest_step() == 2
   restored, meta = ckpt.restore(checkpointing.abstract_like(state))
   ckpt.close()
   assert meta == {"epoch": 2}

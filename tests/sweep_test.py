@@ -91,7 +91,7 @@ def test_sweep_runs_two_tiny_variants_end_to_end(tmp_path):
     assert [r["epoch"] for r in records] == [1] and records[0]["step"] == 256 // 64
     written = json.loads((run_dir / "config.json").read_text())
     assert written["train"]["mixup_alpha"] == alpha and written["sweep"]["runs"] == []
-    assert os.listdir(run_dir / "checkpoints") == ["1"]
+    assert os.listdir(run_dir / "checkpoints") == ["4"]       # keyed by step
   report = (workdir / "report" / "report.md").read_text()
   assert "sweep_panels_test.png" in report and "mixup_code" in report
   assert (workdir / "report" / "sweep_panels_test.png").stat().st_size > 1000
@@ -99,7 +99,7 @@ def test_sweep_runs_two_tiny_variants_end_to_end(tmp_path):
   again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "images/s" not in again.stderr       # no training progress lines the second time
-  assert again.stderr.count("resumed from epoch 1") == 2
+  assert again.stderr.count("already holds all 1 epochs; nothing to do") == 2
 
 
 def test_a_bad_override_fails_before_any_run(tmp_path):

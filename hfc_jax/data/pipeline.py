@@ -97,8 +97,8 @@ def crop_flip(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, flips: np.ndar
 
 def train_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, epoch: int,
                   augment: bool, pad: int = 2, pad_mode: str = "zero", flip: bool = True,
-                  process_index: int = 0,
-                  process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                  process_index: int = 0, process_count: int = 1,
+                  start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Yields this process's share of each global training batch of one epoch.
 
   Args:
@@ -108,16 +108,19 @@ def train_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, e
     augment: pad + random crop (+ random horizontal flip if `flip`), see `crop_flip`.
     pad, pad_mode, flip: the augmentation's settings.
     process_index, process_count: this process and how many share each batch.
+    start_step: the first step to yield (a run resumed mid-epoch); the batches are the
+      same as those steps' batches of an uninterrupted epoch.
 
   Yields:
-    num_train_steps(N, B) pairs of images (B / P, H, W, C) uint8 and labels (B / P,) int32.
+    num_train_steps(N, B) - start_step pairs of images (B / P, H, W, C) uint8 and
+    labels (B / P,) int32.
   """
   local = _local_size(batch_size, process_index, process_count)
   steps = num_train_steps(len(x), batch_size)
   order = epoch_permutation(len(x), seed, epoch)
   if augment:
     dy, dx, flips = augment_params(steps * batch_size, seed=seed, epoch=epoch, pad=pad, flip=flip)
-  for step in range(steps):
+  for step in range(start_step, steps):
     part = slice(step * batch_size + process_index * local,
                  step * batch_size + (process_index + 1) * local)
     idx = order[part]
@@ -127,22 +130,39 @@ def train_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, e
     yield images, y[idx].astype(np.int32, copy=False)
 
 
-def eval_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, process_index: int = 0,
+def eval_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int,
+                 padded_size: int | None = None, process_index: int = 0,
                  process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """Yields every example once, in order, in fixed-shape batches.
+  """Yields every example once, in order, `batch_size` real examples per global batch.
 
-  The last global batch is padded with zero images and label 0 whose mask is 0, so shapes never
-  change; the masks of all batches and processes sum to N.
+  Each global batch has `padded_size` rows (default: `batch_size` rounded up to a multiple
+  of the process count): its real examples first, in order, then zero images with label 0
+  and mask 0, so shapes never change; the masks of all batches and processes sum to N.
+  Process p holds rows [p R / P, (p + 1) R / P) of each global batch of R rows.
+
+  Args:
+    x: (N, H, W, C) images; y: (N,) int labels.
+    batch_size: B, the number of REAL examples per global batch (the last one: the rest).
+    padded_size: R >= B, the physical global batch (e.g. `sharding.padded_batch_size`),
+      a multiple of process_count.
 
   Yields:
-    ceil(N / B) triples of images (B / P, H, W, C) uint8, labels (B / P,) int32 and
-    mask (B / P,) float32.
+    ceil(N / B) triples of images (R / P, H, W, C), labels (R / P,) int32 and
+    mask (R / P,) float32.
   """
-  local = _local_size(batch_size, process_index, process_count)
+  if batch_size < 1:
+    raise HfcError(f"batch_size={batch_size} must be a positive integer.")
+  if padded_size is None:
+    padded_size = math.ceil(batch_size / process_count) * process_count
+  if padded_size < batch_size:
+    raise HfcError(f"padded_size={padded_size} is smaller than batch_size={batch_size}.")
+  local = _local_size(padded_size, process_index, process_count)
   n = len(x)
   for step in range(math.ceil(n / batch_size)):
-    start = step * batch_size + process_index * local
-    valid = min(max(n - start, 0), local)
+    real = min(batch_size, n - step * batch_size)   # real rows of this global batch
+    first = process_index * local                    # this process's first row in it
+    valid = min(max(real - first, 0), local)
+    start = step * batch_size + first
     images = np.zeros((local,) + x.shape[1:], x.dtype)
     labels = np.zeros(local, np.int32)
     images[:valid] = x[start:start + valid]

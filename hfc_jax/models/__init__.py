@@ -2,10 +2,12 @@
 
 Every model is an `nnx.Module` built as
 `Model(*, num_classes, in_channels, norm, dropout, input_filter, filter_radius, dtype, rngs)`
-and called as `model(x, train=..., rngs=...)`, mapping NHWC float32 images in [0, 1]
-(any size, any channel count) to float32 logits (N, num_classes). `rngs` is only needed
-for dropout with train=True; models store no `nnx.Rngs`, so `nnx.split(model, nnx.Param,
-nnx.BatchStat)` gives exactly the parameters and the running statistics.
+and called as `model(x, train=..., rngs=..., mask=...)`, mapping NHWC float32 images in
+[0, 1] (any size, any channel count) to float32 logits (N, num_classes). `rngs` is only
+needed for dropout with train=True; `mask` (N,) float, 1 real and 0 padding rows, keeps the
+padding of an evaluation batch out of the batch statistics ('batch_stats'). Models store
+no `nnx.Rngs`, so `nnx.split(model, nnx.Param, nnx.BatchStat)` gives exactly the
+parameters and the running statistics.
 
 The first conv layer, the one the paper analyses and smooths, is the attribute
 `first_conv` of every model: its HWIO kernel is `params['first_conv']['kernel']`

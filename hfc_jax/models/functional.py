@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 PyTree = Any
@@ -26,9 +27,14 @@ class Functional:
     return cls(graphdef), nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
   def apply(self, params: PyTree, model_state: PyTree, images: jax.Array, *,
-            train: bool, dropout_key: jax.Array | None = None
-            ) -> tuple[jax.Array, PyTree]:
+            train: bool, dropout_key: jax.Array | None = None,
+            mask: jax.Array | None = None) -> tuple[jax.Array, PyTree]:
     """Runs the model on (N, H, W, C) float images.
+
+    `mask` (N,) float, 1 for real rows and 0 for padding rows: the batch-statistic norm
+    takes its statistics over the real rows only, and the padding rows' logits carry no
+    gradient, so a loss summed over the batch (an attack's) reaches the real rows exactly
+    as without the padding.
 
     Returns:
       (logits float32 (N, classes), the updated model state: new BatchNorm
@@ -36,12 +42,16 @@ class Functional:
     """
     model = nnx.merge(self.graphdef, params, model_state)
     rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
-    logits = model(images, train=train, rngs=rngs)
+    logits = model(images, train=train, rngs=rngs, mask=mask)
+    if mask is not None:
+      real = (mask > 0)[:, None]
+      logits = jnp.where(real, logits, jax.lax.stop_gradient(logits))
     if not train:
       return logits, model_state
     _, _, rest = nnx.split(model, nnx.Param, ...)
     return logits, nnx.to_pure_dict(rest)
 
-  def logits(self, params: PyTree, model_state: PyTree, images: jax.Array) -> jax.Array:
-    """Evaluation-mode logits (BN running statistics, no dropout)."""
-    return self.apply(params, model_state, images, train=False)[0]
+  def logits(self, params: PyTree, model_state: PyTree, images: jax.Array,
+             mask: jax.Array | None = None) -> jax.Array:
+    """Evaluation-mode logits (BN running statistics, no dropout); `mask` as in `apply`."""
+    return self.apply(params, model_state, images, train=False, mask=mask)[0]

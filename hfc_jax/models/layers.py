@@ -1,7 +1,9 @@
 """Layers shared by the models: the normalisation choice and the frequency input filter.
 
-Every layer here is called as `layer(x, train=...)` on NHWC activations, so the models
-can swap them without knowing which one they hold. None of them stores an `nnx.Rngs`.
+Every layer here is called as `layer(x, train=..., mask=...)` on NHWC activations, so the
+models can swap them without knowing which one they hold. `mask` is an optional (N,) float
+per-example weight (1 a real example, 0 a padding row of an evaluation batch); only the
+norms that take statistics over the batch read it. None of them stores an `nnx.Rngs`.
 """
 
 from typing import Any
@@ -21,8 +23,9 @@ BATCHNORM_EPS = 1e-5
 class Identity(nnx.Module):
   """Norm 'none': returns its input unchanged."""
 
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    del train
+  def __call__(self, x: jnp.ndarray, *, train: bool, mask: jnp.ndarray | None = None
+               ) -> jnp.ndarray:
+    del train, mask
     return x
 
 
@@ -31,25 +34,56 @@ class BatchStatsNorm(nnx.Module):
 
   Mean and variance are taken over N, H, W per channel, in train and eval alike;
   gamma = 1 and beta = 0 are fixed, so the layer has no parameters and no state.
+  With a `mask`, the statistics are weighted by it: padding rows (weight 0) do not
+  enter them, so a padded batch gives its real rows the outputs of the unpadded batch.
   """
 
   def __init__(self, epsilon: float = BATCH_STATS_EPS):
     self.epsilon = epsilon
 
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    """Maps (N, H, W, C) to (N, H, W, C); statistics are computed in float32."""
+  def __call__(self, x: jnp.ndarray, *, train: bool, mask: jnp.ndarray | None = None
+               ) -> jnp.ndarray:
+    """Maps (N, H, W, C) to (N, H, W, C); statistics are computed in float32.
+
+    `mask`: optional (N,) per-example weights (1 real, 0 padding).
+    """
     del train
     x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=(0, 1, 2), keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2), keepdims=True)
+    mean, var = batch_moments(x32, mask)
     return ((x32 - mean) * jnp.reciprocal(jnp.sqrt(var + self.epsilon))).astype(x.dtype)
 
 
-class RunningBatchNorm(nnx.BatchNorm):
-  """Norm 'batchnorm': trainable scale/bias; running averages are used when train=False."""
+def batch_moments(x: jnp.ndarray, mask: jnp.ndarray | None = None
+                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Per-channel mean and (biased) variance of float32 (N, H, W, C) over N, H, W.
 
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:  # type: ignore[override]
-    return super().__call__(x, use_running_average=not train)
+  Two passes (the variance is the mean of squared deviations). With `mask` (N,), each
+  row is weighted by it: mean = sum(mask x) / (sum(mask) H W), the variance likewise.
+  Returns two (1, 1, 1, C) float32 arrays.
+  """
+  if mask is None:
+    mean = jnp.mean(x, axis=(0, 1, 2), keepdims=True)
+    return mean, jnp.mean(jnp.square(x - mean), axis=(0, 1, 2), keepdims=True)
+  weights = mask.astype(jnp.float32).reshape(-1, 1, 1, 1)
+  total = jnp.maximum(jnp.sum(weights) * x.shape[1] * x.shape[2], 1e-12)
+  mean = jnp.sum(weights * x, axis=(0, 1, 2), keepdims=True) / total
+  var = jnp.sum(weights * jnp.square(x - mean), axis=(0, 1, 2), keepdims=True) / total
+  return mean, var
+
+
+class RunningBatchNorm(nnx.BatchNorm):
+  """Norm 'batchnorm': trainable scale/bias; running averages are used when train=False.
+
+  In evaluation the output of a row depends on that row alone, so `mask` is ignored;
+  in training (batches are never padded) it weights the batch statistics.
+  """
+
+  def __call__(self, x: jnp.ndarray, *, train: bool,  # type: ignore[override]
+               mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    if not train or mask is None:
+      return super().__call__(x, use_running_average=not train)
+    rows = jnp.broadcast_to(mask.reshape(-1, 1, 1, 1) > 0, x.shape)
+    return super().__call__(x, use_running_average=False, mask=rows)
 
 
 def make_norm(kind: str, num_features: int, *, dtype: Any = jnp.float32,

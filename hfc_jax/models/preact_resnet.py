@@ -55,10 +55,12 @@ class PreActBlock(nnx.Module):
     self.out_features = out_features
     self.stride = stride
 
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    """Maps (N, H, W, in) to (N, ceil(H / stride), ceil(W / stride), out)."""
-    y = self.conv1(jax.nn.relu(self.norm1(x, train=train)))
-    y = self.conv2(jax.nn.relu(self.norm2(y, train=train)))
+  def __call__(self, x: jnp.ndarray, *, train: bool, mask: jnp.ndarray | None = None
+               ) -> jnp.ndarray:
+    """Maps (N, H, W, in) to (N, ceil(H / stride), ceil(W / stride), out); `mask` (N,)
+    goes to the norms."""
+    y = self.conv1(jax.nn.relu(self.norm1(x, train=train, mask=mask)))
+    y = self.conv2(jax.nn.relu(self.norm2(y, train=train, mask=mask)))
     return y + option_a_shortcut(x, self.out_features, self.stride).astype(y.dtype)
 
 
@@ -83,12 +85,15 @@ class PreActResNet32(nnx.Module):
     self.dropout = nnx.Dropout(dropout)
     self.head = nnx.Linear(width, num_classes, dtype=dtype, kernel_init=_XAVIER, rngs=rngs)
 
-  def __call__(self, x: jnp.ndarray, *, train: bool,
-               rngs: nnx.Rngs | None = None) -> jnp.ndarray:
-    """Maps (N, H, W, in_channels) images in [0, 1] to float32 logits (N, num_classes)."""
+  def __call__(self, x: jnp.ndarray, *, train: bool, rngs: nnx.Rngs | None = None,
+               mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Maps (N, H, W, in_channels) images in [0, 1] to float32 logits (N, num_classes).
+
+    `mask`: optional (N,) float, 1 for real rows, 0 for padding (kept out of batch statistics).
+    """
     x = self.first_conv(self.input_filter(x, train=train))
     for block in self.blocks:
-      x = block(x, train=train)
-    x = jax.nn.relu(self.final_norm(x, train=train))
+      x = block(x, train=train, mask=mask)
+    x = jax.nn.relu(self.final_norm(x, train=train, mask=mask))
     return layers.classifier_head(layers.global_avg_pool(x), self.dropout, self.head,
                                   train=train, rngs=rngs)

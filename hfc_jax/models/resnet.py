@@ -44,12 +44,14 @@ class BasicBlock(nnx.Module):
       self.shortcut_conv = conv(in_features, out_features, 1, stride, dtype=dtype, rngs=rngs)
       self.shortcut_norm = layers.make_norm(norm, out_features, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    """Maps (N, H, W, in) to (N, ceil(H / stride), ceil(W / stride), out)."""
-    y = jax.nn.relu(self.norm1(self.conv1(x), train=train))
-    y = self.norm2(self.conv2(y), train=train)
+  def __call__(self, x: jnp.ndarray, *, train: bool, mask: jnp.ndarray | None = None
+               ) -> jnp.ndarray:
+    """Maps (N, H, W, in) to (N, ceil(H / stride), ceil(W / stride), out); `mask` (N,)
+    goes to the norms."""
+    y = jax.nn.relu(self.norm1(self.conv1(x), train=train, mask=mask))
+    y = self.norm2(self.conv2(y), train=train, mask=mask)
     if self.projection:
-      x = self.shortcut_norm(self.shortcut_conv(x), train=train)
+      x = self.shortcut_norm(self.shortcut_conv(x), train=train, mask=mask)
     return jax.nn.relu(y + x)
 
 
@@ -74,12 +76,15 @@ class ResNet18(nnx.Module):
     self.dropout = nnx.Dropout(dropout)
     self.head = nnx.Linear(width, num_classes, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jnp.ndarray, *, train: bool,
-               rngs: nnx.Rngs | None = None) -> jnp.ndarray:
-    """Maps (N, H, W, in_channels) images in [0, 1] to float32 logits (N, num_classes)."""
+  def __call__(self, x: jnp.ndarray, *, train: bool, rngs: nnx.Rngs | None = None,
+               mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Maps (N, H, W, in_channels) images in [0, 1] to float32 logits (N, num_classes).
+
+    `mask`: optional (N,) float, 1 for real rows, 0 for padding (kept out of batch statistics).
+    """
     x = self.input_filter(x, train=train)
-    x = jax.nn.relu(self.first_norm(self.first_conv(x), train=train))
+    x = jax.nn.relu(self.first_norm(self.first_conv(x), train=train, mask=mask))
     for block in self.blocks:
-      x = block(x, train=train)
+      x = block(x, train=train, mask=mask)
     return layers.classifier_head(layers.global_avg_pool(x), self.dropout, self.head,
                                   train=train, rngs=rngs)

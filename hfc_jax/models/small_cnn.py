@@ -29,9 +29,10 @@ class ConvNormRelu(nnx.Module):
                          kernel_init=nnx.initializers.he_normal(), rngs=rngs)
     self.norm = layers.make_norm(norm, out_features, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    """Maps (N, H, W, in_features) to (N, H, W, out_features)."""
-    return jax.nn.relu(self.norm(self.conv(x), train=train))
+  def __call__(self, x: jnp.ndarray, *, train: bool, mask: jnp.ndarray | None = None
+               ) -> jnp.ndarray:
+    """Maps (N, H, W, in_features) to (N, H, W, out_features); `mask` (N,) goes to the norm."""
+    return jax.nn.relu(self.norm(self.conv(x), train=train, mask=mask))
 
 
 class SmallCNN(nnx.Module):
@@ -51,13 +52,16 @@ class SmallCNN(nnx.Module):
     self.dropout = nnx.Dropout(dropout)
     self.head = nnx.Linear(widths[-1], num_classes, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jnp.ndarray, *, train: bool,
-               rngs: nnx.Rngs | None = None) -> jnp.ndarray:
-    """Maps (N, H, W, in_channels) images in [0, 1] to float32 logits (N, num_classes)."""
+  def __call__(self, x: jnp.ndarray, *, train: bool, rngs: nnx.Rngs | None = None,
+               mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Maps (N, H, W, in_channels) images in [0, 1] to float32 logits (N, num_classes).
+
+    `mask`: optional (N,) float, 1 for real rows, 0 for padding (kept out of batch statistics).
+    """
     x = self.input_filter(x, train=train)
-    x = jax.nn.relu(self.first_norm(self.first_conv(x), train=train))
+    x = jax.nn.relu(self.first_norm(self.first_conv(x), train=train, mask=mask))
     x = pooling.max_pool_2x2(x)   # nnx.max_pool's values and gradients, without a scatter
     for block in self.blocks:
-      x = pooling.max_pool_2x2(block(x, train=train))
+      x = pooling.max_pool_2x2(block(x, train=train, mask=mask))
     return layers.classifier_head(layers.global_avg_pool(x), self.dropout, self.head,
                                   train=train, rngs=rngs)

@@ -1,0 +1,138 @@
+"""Step checkpoints, exact mid-epoch resume, and preemption (SIGTERM) stops.
+
+Every run here is a real `python -m hfc_jax.main` process on 8 simulated CPU devices:
+killed with SIGKILL or SIGTERM at a step read from its own log, then restarted with
+the same command. Resumed runs must end bit for bit where an uninterrupted run ends.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+from hfc_jax import preemption, train
+from tests.conftest import ROOT, main_command, run_main
+
+EVERY = 3      # checkpoint.every_steps of these runs
+# 3 epochs of 8 steps, a progress line per step, a step checkpoint every 3 steps.
+FLAGS = ("--config.train.epochs=3", "--config.train.log_every_steps=1",
+         f"--config.checkpoint.every_steps={EVERY}", "--config.checkpoint.keep=2",
+         "--config.tensorboard=False")
+TIMING = ("train_time_s", "epoch_time_s")
+STEP_LINE = re.compile(r"\] step (\d+)/(\d+) ")
+
+
+def _records(workdir) -> list[dict]:
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+def _state_leaves(workdir):
+  trained = train.restore_trained(str(workdir))
+  return trained.step, [np.asarray(x) for x in jax.tree.leaves(
+      (trained.params, trained.model_state))]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """The uninterrupted run: its records (without timings), final step and state."""
+  workdir = tmp_path_factory.mktemp("reference") / "run"
+  result = run_main(workdir, *FLAGS)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return _records(workdir), *_state_leaves(workdir)
+
+
+def _run_until(workdir, min_step: int, sig: int, *extra, env=None):
+  """Starts a run, sends `sig` once its log shows step >= min_step; returns
+  (the last step seen in the log, exit status, full stderr)."""
+  proc = subprocess.Popen(main_command(workdir, *FLAGS, *extra), cwd=ROOT,
+                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                          env=env)
+  seen, lines = 0, []
+  for line in proc.stderr:
+    lines.append(line)
+    match = STEP_LINE.search(line)
+    if match:
+      seen = int(match.group(1))
+      if seen >= min_step:
+        proc.send_signal(sig)
+        break
+  lines.extend(proc.stderr)
+  return seen, proc.wait(timeout=120), "".join(lines)
+
+
+def _resumed_step(stderr: str) -> int:
+  match = re.search(r"resumed at step (\d+)", stderr)
+  assert match, stderr[-2000:]
+  return int(match.group(1))
+
+
+def test_sigkill_at_three_random_steps_resumes_bit_for_bit(tmp_path, reference):
+  workdir = tmp_path / "killed"
+  targets = sorted(np.random.default_rng(7).choice(np.arange(2, 23), 3, replace=False))
+  last_checkpoint = 0
+  for target in targets:
+    seen, status, _ = _run_until(workdir, int(target), signal.SIGKILL)
+    assert status == -signal.SIGKILL and seen >= target
+    steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+    latest = steps[-1]
+    # The latest checkpoint is at most every_steps behind the step the log showed.
+    assert latest >= last_checkpoint and seen - latest <= EVERY, (seen, steps)
+    last_checkpoint = latest
+    # metrics.jsonl only lists epochs whose checkpoint was written.
+    if (workdir / "metrics.jsonl").exists():
+      assert len(_records(workdir)) <= latest // 8
+  result = run_main(workdir, *FLAGS)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _resumed_step(result.stderr) == last_checkpoint
+  records, step, leaves = reference
+  assert _records(workdir) == records
+  got_step, got_leaves = _state_leaves(workdir)
+  assert got_step == step == 24
+  for got, want in zip(got_leaves, leaves):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_sigterm_saves_the_current_step_and_exits_143(tmp_path, reference):
+  workdir = tmp_path / "preempted"
+  seen, status, stderr = _run_until(workdir, 5, signal.SIGTERM)
+  assert status == preemption.EXIT_PREEMPTED == 143, stderr[-3000:]
+  message = [l for l in stderr.splitlines() if l.startswith("hfc_jax:")]
+  assert len(message) == 1 and "stopped by SIGTERM (preemption) at step" in message[0]
+  stopped = int(re.search(r"at step (\d+)", message[0]).group(1))
+  assert stopped >= seen and stopped < 24
+  assert str(stopped) in os.listdir(workdir / "checkpoints")
+  assert "Traceback" not in stderr
+  result = run_main(workdir, *FLAGS)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _resumed_step(result.stderr) == stopped
+  records, _, leaves = reference
+  assert _records(workdir) == records
+  for got, want in zip(_state_leaves(workdir)[1], leaves):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_two_distributed_processes_stop_at_the_same_step(tmp_path):
+  """SIGTERM to one process of two joined by jax.distributed: JAX's preemption sync
+  point makes both save the same step and exit 143."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  port = 21000 + os.getpid() % 20000
+  workdir = tmp_path / "multi"
+  extra = ("--config.data.num_train=1024", "--jax_distributed",
+           f"--coordinator_address=localhost:{port}", "--num_processes=2")
+  other = subprocess.Popen(main_command(workdir, *FLAGS, *extra, "--process_id=1"),
+                           cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+  _, status0, stderr0 = _run_until(workdir, 3, signal.SIGTERM, *extra, "--process_id=0",
+                                   env=env)
+  stderr1 = other.communicate(timeout=180)[1]
+  assert (status0, other.returncode) == (143, 143), stderr0[-2000:] + stderr1[-2000:]
+  steps = [int(re.search(r"preemption\) at step (\d+)", s).group(1))
+           for s in (stderr0, stderr1)]
+  assert steps[0] == steps[1] < 48
+  assert str(steps[0]) in os.listdir(workdir / "checkpoints")
