@@ -110,7 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sweep.runs = ()             # Run names, in order.
   config.sweep.overrides = ml_collections.ConfigDict()  # Run name -> partial config.
 
-  # `--config.mode=robust_eval` on a trained workdir (hfc_jax/robustness.py).
+  # `--config.mode=robust_eval` on a trained workdir (hfc_jax/analysis/robustness.py).
   config.robust = ml_collections.ConfigDict()
   config.robust.eps = (0.03, 0.06, 0.09, 8 / 255)  # L-inf radii of the fixed-eps attacks.
   config.robust.attacks = ("fgsm", "pgd")
@@ -124,7 +124,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.robust.defence_radii = (4, 8, 12, 16)  # Input low-pass defence radii.
   config.robust.seed = 0
 
-  # `--config.mode=figure2` on a trained workdir (hfc_jax/figure2.py): images whose HFC
+  # `--config.mode=figure2` on a trained workdir (hfc_jax/analysis/figure2.py): images whose HFC
   # keeps the prediction while the LFC changes it. Data and split come from the checkpoint.
   config.figure2 = ml_collections.ConfigDict()
   config.figure2.radii = (4, 8, 12, 16)  # LFC/HFC radii, frequency-index units.

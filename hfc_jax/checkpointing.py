@@ -105,6 +105,16 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
 
+  def restore_partial(self, abstract_tree, step: int | None = None):
+    """Restores only the leaves of the saved state that `abstract_tree` names (e.g.
+    {'params': ..., 'model_state': ..., 'step': ...}, without the optimiser state),
+    with its shapes, dtypes and shardings; returns them as a dict of that structure."""
+    step = self.latest_step() if step is None else step
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_tree)
+    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        abstract_tree, restore_args=restore_args, partial_restore=True)))
+    return out["state"]
+
   def wait(self) -> None:
     """Blocks until the last save is complete, then runs its `on_commit`."""
     self.manager.wait_until_finished()

@@ -19,7 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hfc_jax import errors, fileio, xla_flags
+from hfc_jax import analysis, errors, fileio, xla_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -37,7 +37,7 @@ flags.DEFINE_integer("process_id", None, "This process's id (manual set-up).")
 # imports this module (the report command, tests) to these two flags.
 REQUIRED = ("config", "workdir")
 
-MODES = ("train", "robust_eval", "figure2")
+MODES = ("train", *analysis.MODES)
 
 
 def check_workdir(workdir: str) -> str:
@@ -67,10 +67,10 @@ def run(config, workdir: str):
       return sweep.run_sweep(config, workdir, train.train_and_evaluate)
     check_workdir(workdir)
     return train.train_and_evaluate(config, workdir)
-  from hfc_jax import checkpointing, figure2, robustness  # pylint: disable=g-import-not-at-top
+  from hfc_jax import checkpointing  # pylint: disable=g-import-not-at-top
   checkpointing.open_existing(workdir).close()   # fails at once on an empty workdir
   check_workdir(workdir)
-  return (figure2 if mode == "figure2" else robustness).run(config, workdir)
+  return analysis.run(mode, config, workdir)
 
 
 def _one_line(error: BaseException) -> str:

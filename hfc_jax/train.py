@@ -18,9 +18,9 @@ import numpy as np
 import optax
 from absl import logging
 
-from hfc_jax import adversarial, checkpointing, errors, evaluate, fileio, frequency, kernels
-from hfc_jax import models
-from hfc_jax import optimizers, preemption, records, sharding, transforms, workdirs
+from hfc_jax import adversarial, checkpointing, errors, evaluate, fileio, frequency, models
+from hfc_jax import optimizers, preemption, records, sharding, smoothness, transforms
+from hfc_jax import workdirs
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 from hfc_jax.models.functional import Functional
@@ -43,11 +43,8 @@ class TrainState:
 # ---------------------------------------------------------------------------
 def create_model(config: ml_collections.ConfigDict, num_classes: int, channels: int):
   """The NNX model that `config.model` names, initialised from `config.seed`."""
-  m = config.model
-  return models.create(
-      m.name, num_classes=num_classes, in_channels=channels, norm=m.norm,
-      dropout=m.dropout, input_filter=m.input_filter, filter_radius=m.filter_radius,
-      dtype=m.dtype, seed=config.seed)
+  return models.from_config(config.model, num_classes=num_classes, in_channels=channels,
+                            seed=config.seed)
 
 
 def create_train_state(model, tx: optax.GradientTransformation, seed: int, mesh
@@ -95,7 +92,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
       `transforms.make_component_fn`); it replaces `rescale` when given.
     mixup_alpha: > 0 trains on mix-up of the (possibly adversarial) images, with one
       lambda ~ Beta(alpha, alpha) per batch (`transforms.mixup`); needs `num_classes`.
-    smooth_kernel_weight: > 0 adds weight * `kernels.first_conv_penalty` (squared
+    smooth_kernel_weight: > 0 adds weight * `smoothness.first_conv_penalty` (squared
       differences of adjacent first-layer kernel values; Wang et al., ICLR 2020,
       "Smooth kernels improve adversarial robustness") to the loss.
 
@@ -119,7 +116,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
         params, state.model_state, x, train=True, dropout_key=dropout_key)
     loss = cross_entropy(logits, targets).mean()
     if smooth_kernel_weight > 0:
-      loss = loss + smooth_kernel_weight * kernels.first_conv_penalty(params)
+      loss = loss + smooth_kernel_weight * smoothness.first_conv_penalty(params)
     return loss, (logits, model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -191,44 +188,6 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict:
   """The config fields that must match for a checkpoint to be resumed."""
   return {"model": config.model.to_dict(), "data": config.data.to_dict(),
           "seed": config.seed}
-
-
-@flax.struct.dataclass
-class Trained:
-  """A finished (or running) workdir's model, restored for analysis."""
-  functional: Functional = flax.struct.field(pytree_node=False)
-  params: PyTree
-  model_state: PyTree
-  config: ml_collections.ConfigDict = flax.struct.field(pytree_node=False)
-  history: list = flax.struct.field(pytree_node=False)
-  epoch: int = flax.struct.field(pytree_node=False)   # epochs finished (len(history))
-  num_classes: int = flax.struct.field(pytree_node=False)
-  channels: int = flax.struct.field(pytree_node=False)
-  step: int = flax.struct.field(pytree_node=False, default=0)  # optimiser steps taken
-
-
-def restore_trained(workdir: str, step: int | None = None, *, mesh=None) -> Trained:
-  """Restores a workdir's model at `step` (default: the latest checkpoint, which may
-  be mid-epoch), replicated over `mesh` (default: the first CPU device).
-
-  Works on a laptop CPU for checkpoints written on a GPU or TPU mesh, and on remote
-  (`gs://`) workdirs: the arrays are re-laid out onto the mesh. The config and data
-  shape come from the checkpoint.
-  """
-  ckpt = checkpointing.open_existing(workdir)
-  step = ckpt.latest_step() if step is None else step
-  meta = ckpt.restore_meta(step)
-  config = ml_collections.ConfigDict(meta["config"])
-  if mesh is None:
-    mesh = jax.sharding.Mesh(np.array(jax.devices("cpu")[:1]), (sharding.DATA_AXIS,))
-  model = create_model(config, meta["num_classes"], meta["channels"])
-  tx = optimizers.make_optimizer(config.optim, 1, config.train.epochs)
-  functional, state = create_train_state(model, tx, config.seed, mesh)
-  state, meta = ckpt.restore(checkpointing.abstract_like(state), step)
-  ckpt.close()
-  return Trained(functional, state.params, state.model_state, config,
-                 meta["history"], len(meta["history"]), meta["num_classes"],
-                 meta["channels"], int(state.step))
 
 
 # ---------------------------------------------------------------------------
@@ -393,7 +352,7 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch) -> 
         record.update({f"{prefix}/{k}": v for k, v in scores.items()})
       if robust_on is not None:
         record["test/pgd"] = robust_on(state.params, state.model_state)
-      record["first_conv_smoothness"] = float(kernels.first_conv_penalty(state.params))
+      record["first_conv_smoothness"] = float(smoothness.first_conv_penalty(state.params))
       record["epoch_time_s"] = progress.train_time_s + time.perf_counter() - t0
       history.append({k: records.json_scalar(v) for k, v in record.items()})
       progress = EpochProgress()

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from hfc_jax import errors, figure2, main, optimizers, sharding, train
+from hfc_jax import errors, main, optimizers, sharding, train
+from hfc_jax.analysis import common, figure2
 from hfc_jax.data import synthetic
 from tests.frequency_test import numpy_split
 from tests.main_test import _run
@@ -109,14 +110,14 @@ def _figure2_config(config):
 def test_figure2_mode_writes_consistent_outputs(trained_workdir, capsys):
   workdir, config = trained_workdir
   results = main.run(_figure2_config(config), workdir)
-  out = os.path.join(workdir, figure2.OUT_DIR)
+  out = os.path.join(workdir, figure2.MODE)
   assert sorted(os.listdir(out)) == ["figure2.json", "figure2.md", "figure2.png"]
   assert os.path.getsize(os.path.join(out, "figure2.png")) > 1000
   on_disk = json.load(open(os.path.join(out, "figure2.json")))
   assert on_disk == json.loads(json.dumps(results))
   assert [row["radius"] for row in on_disk["radii"]] == [4.0, 7.0]
   # Recompute from the restored model: the split in the same padded batches.
-  trained = train.restore_trained(workdir)
+  trained = common.restore(workdir)
   data = synthetic.generate(seed=0, num_train=256, num_test=120, image_size=16)
   x, y = data["x_test"], data["y_test"]
   ref, _ = _reference_predictions(trained.functional, trained.params, trained.model_state,

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from hfc_jax import main, train
+from hfc_jax import main
+from hfc_jax.analysis import common
 from hfc_jax import data as data_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +34,7 @@ def _run(workdir, *extra, timeout=300):
 
 def _params(workdir):
   """The latest parameters of a workdir, restored onto the CPU whatever the topology."""
-  return train.restore_trained(str(workdir)).params
+  return common.restore(str(workdir)).params
 
 
 def test_main_end_to_end_writes_metrics_and_checkpoints(tmp_path):
@@ -57,7 +58,7 @@ def test_main_end_to_end_writes_metrics_and_checkpoints(tmp_path):
   assert os.listdir(tmp_path / "run" / "tensorboard")
   assert "images/s" in result.stderr
   # A laptop-style restore onto the CPU reproduces the recorded test accuracy.
-  trained = train.restore_trained(str(tmp_path / "run"))
+  trained = common.restore(str(tmp_path / "run"))
   assert trained.epoch == 2 and trained.history == records
   assert trained.params["first_conv"]["kernel"].shape == (3, 3, 3, 16)
   assert trained.params["first_conv"]["kernel"].devices() == {jax.devices("cpu")[0]}
@@ -177,7 +178,7 @@ def test_npz_grey_images_of_another_size_train_end_to_end(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads((tmp_path / "npz" / "metrics.jsonl").read_text().splitlines()[-1])
   assert {"test/lfc_2", "test/hfc_10", "train_eval/lfc_5"} <= set(record)
-  trained = train.restore_trained(str(tmp_path / "npz"))
+  trained = common.restore(str(tmp_path / "npz"))
   assert trained.params["first_conv"]["kernel"].shape == (3, 3, 1, 16)
   assert trained.params["head"]["kernel"].shape[-1] == 3
   bad = _run(tmp_path / "npz_bad", "--config.data.name=npz", f"--config.data.path={path}",

@@ -20,6 +20,7 @@ import urllib.request
 import pytest
 
 from hfc_jax import errors, fileio, main
+from hfc_jax.analysis import common
 from tests.conftest import run_main
 
 BUCKET = "hfc-test-bucket"
@@ -125,8 +126,7 @@ def test_train_resume_analyse_and_report_on_a_bucket(tmp_path, bucket_env):
   assert not os.path.exists("gs:") and not os.path.exists(os.path.join(cwd, "gs:"))
 
   # A laptop restores the bucket's checkpoint directly.
-  from hfc_jax import train  # pylint: disable=g-import-not-at-top
-  trained = train.restore_trained(workdir)
+  trained = common.restore(workdir)
   assert trained.step == 16 and trained.epoch == 2
 
 

@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from hfc_jax import preemption, train
+from hfc_jax import preemption
+from hfc_jax.analysis import common
 from tests.conftest import ROOT, main_command, run_main
 
 EVERY = 3      # checkpoint.every_steps of these runs
@@ -33,7 +34,7 @@ def _records(workdir) -> list[dict]:
 
 
 def _state_leaves(workdir):
-  trained = train.restore_trained(str(workdir))
+  trained = common.restore(str(workdir))
   return trained.step, [np.asarray(x) for x in jax.tree.leaves(
       (trained.params, trained.model_state))]
 

@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from hfc_jax import adversarial, errors, frequency, main, optimizers, robustness, sharding
-from hfc_jax import train
+from hfc_jax import adversarial, errors, frequency, main, optimizers, sharding, train
+from hfc_jax.analysis import common, robustness
 from hfc_jax import data as data_lib
 from tests.main_test import _run
 from tests.train_test import _batch, tiny_config
@@ -99,10 +99,10 @@ def _robust_config(config):
 def test_robust_eval_writes_consistent_tables(trained_workdir):
   workdir, config = trained_workdir
   results = main.run(_robust_config(config), workdir)
-  files = sorted(os.listdir(os.path.join(workdir, robustness.OUT_DIR)))
+  files = sorted(os.listdir(os.path.join(workdir, robustness.MODE)))
   assert files == ["min_eps.npy", "robust_eval.json", "robust_eval.md",
                    "robustness_curve.png"]
-  on_disk = json.load(open(os.path.join(workdir, robustness.OUT_DIR, "robust_eval.json")))
+  on_disk = json.load(open(os.path.join(workdir, robustness.MODE, "robust_eval.json")))
   assert on_disk["attacks"] == results["attacks"]
   assert set(results["attacks"]) == {"fgsm", "pgd"}
   for name in ("fgsm", "pgd"):
@@ -111,10 +111,10 @@ def test_robust_eval_writes_consistent_tables(trained_workdir):
   # The minimal-eps curve starts at the clean accuracy: exactly the images already
   # misclassified have minimal eps 0.
   assert results["min_eps"]["curve_accuracy"][0] == pytest.approx(results["clean"])
-  min_eps = np.load(os.path.join(workdir, robustness.OUT_DIR, "min_eps.npy"))
+  min_eps = np.load(os.path.join(workdir, robustness.MODE, "min_eps.npy"))
   assert min_eps.shape == (128,)
   # The defended model's clean accuracy equals the plain model on low-passed images.
-  trained = train.restore_trained(workdir)
+  trained = common.restore(workdir)
   dataset = data_lib.load(trained.config.data)
   x = dataset.x_test[:128].astype(np.float32) / 255
   for row in results["defence"]:
@@ -124,7 +124,7 @@ def test_robust_eval_writes_consistent_tables(trained_workdir):
     assert row["clean"] == pytest.approx(expected, abs=1e-6)
     for eps in ("0.0100", "0.0300"):
       assert row["adaptive"][eps] <= row["clean"]
-  table = open(os.path.join(workdir, robustness.OUT_DIR, "robust_eval.md")).read()
+  table = open(os.path.join(workdir, robustness.MODE, "robust_eval.md")).read()
   assert "| PGD-4 |" in table and "| 12 |" in table
 
 

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import ml_collections
 import pytest
 
 from configs import (fig3_shuffled_labels, fig4_batch_size, fig5_heuristics, fig6_bn_lfc,

@@ -6,6 +6,7 @@ import pytest
 
 from configs import default
 from hfc_jax import evaluate, frequency, models, optimizers, sharding, train
+from hfc_jax.analysis import common
 from hfc_jax.models.functional import Functional
 
 
@@ -118,7 +119,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
 
 
 def _restore_params(workdir):
-  trained = train.restore_trained(str(workdir))
+  trained = common.restore(str(workdir))
   assert trained.history[-1]["epoch"] == 2
   return trained.params
 
@@ -148,6 +149,6 @@ def test_smooth_kernel_penalty_lowers_the_first_conv_roughness(tmp_path):
       str(tmp_path / "smooth"), mesh=mesh)
   rough, smoothed = plain[-1]["first_conv_smoothness"], smooth[-1]["first_conv_smoothness"]
   assert smoothed < 0.8 * rough, (smoothed, rough)   # measured: 0.5x
-  from hfc_jax import kernels  # pylint: disable=g-import-not-at-top
-  kernel = train.restore_trained(str(tmp_path / "smooth")).params["first_conv"]["kernel"]
-  assert smoothed == pytest.approx(float(kernels.smoothness_penalty(kernel)), rel=1e-5)
+  from hfc_jax import smoothness  # pylint: disable=g-import-not-at-top
+  kernel = common.restore(str(tmp_path / "smooth")).params["first_conv"]["kernel"]
+  assert smoothed == pytest.approx(float(smoothness.smoothness_penalty(kernel)), rel=1e-5)

@@ -53,6 +53,15 @@ def create(name: str, *, num_classes: int, in_channels: int, norm: str = "none",
                       rngs=nnx.Rngs(params=seed))
 
 
+def from_config(model_config, *, num_classes: int, in_channels: int, seed: int = 0
+                ) -> nnx.Module:
+  """The model a config's `model` section names (see `create`)."""
+  m = model_config
+  return create(m.name, num_classes=num_classes, in_channels=in_channels, norm=m.norm,
+                dropout=m.dropout, input_filter=m.input_filter,
+                filter_radius=m.filter_radius, dtype=m.dtype, seed=seed)
+
+
 def first_conv_kernel(params: Any) -> jnp.ndarray:
   """Returns the (3, 3, C, F) first-conv kernel of a model, its nnx.State or a pure dict."""
   if isinstance(params, nnx.Module):

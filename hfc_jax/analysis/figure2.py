@@ -4,8 +4,9 @@ r"""The paper's figure 2 on a trained workdir (`--config.mode=figure2`).
 
 For each radius r of `figure2.radii`, counts the test images whose prediction on the HFC
 image equals the prediction on the original while the prediction on the LFC image
-differs from it (PAPER.md section 3, "Figure 2": the model keeps its answer on an image
-that looks black to a person and changes it on the one that looks like the original).
+differs from it (Wang et al., CVPR 2020, section 3 and figure 2: the model keeps its
+answer on an image that looks black to a person and changes it on the one that looks
+like the original).
 
 Writes to `<workdir>/figure2/`:
   * `figure2.json`: per radius the count, the count among correctly classified images,
@@ -28,11 +29,12 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.figure import Figure
 
-from hfc_jax import errors, evaluate, fileio, frequency, records, sharding, train
-from hfc_jax import data as data_lib
+from hfc_jax import errors, evaluate, frequency, markdown, sharding
+from hfc_jax.analysis import common
 
-OUT_DIR = "figure2"
+MODE = "figure2"
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                  "ship", "truck")
 FASHION_MNIST_NAMES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal",
@@ -64,12 +66,12 @@ def predict_step(params, model_state, images, mask, *, logits_fn, variants_fn):
       `evaluate.sharded_variants_fn` (clean, LFC at each radius, HFC at each radius).
 
   Returns:
-    (int32 (1 + 2R, N) argmax predictions, the mask): variants are scored one after
-    another with `lax.map`, as in `evaluate.eval_step`.
+    int32 (N, 1 + 2R) argmax predictions: variants are scored one after another with
+    `lax.map`, as in `evaluate.eval_step`.
   """
   variants = variants_fn(evaluate.to_float(images))
   logits = jax.lax.map(lambda v: logits_fn(params, model_state, v, mask=mask), variants)
-  return jnp.argmax(logits, axis=-1).astype(jnp.int32), mask
+  return jnp.argmax(logits, axis=-1).astype(jnp.int32).T
 
 
 def make_predict_fn(logits_fn, mesh, *, radii: Sequence[float], inclusive: bool,
@@ -83,20 +85,13 @@ def make_predict_fn(logits_fn, mesh, *, radii: Sequence[float], inclusive: bool,
 
 def predictions(predict_fn, params, model_state, x: np.ndarray, *, mesh,
                 batch_size: int) -> np.ndarray:
-  """int32 (1 + 2R, N) predictions over all of `x` (N, H, W, C) uint8, in order.
-
-  Batches of `batch_size` real images in the padded layout of `evaluate.eval_batches`
-  (the per-epoch evaluation's), on any mesh. Every batch is dispatched before any result
-  is fetched. The global batch is the processes' slices in process order, so its real
-  rows are in data set order.
-  """
-  outs = []
-  for images, _, mask in evaluate.eval_batches(
-      x, np.zeros(len(x), np.int32), mesh=mesh, batch_size=batch_size,
-      field="figure2.batch_size"):
-    outs.append(predict_fn(params, model_state, images, mask))
-  parts = [(np.asarray(p), np.asarray(m) > 0) for p, m in jax.device_get(outs)]
-  return np.concatenate([p[:, m] for p, m in parts], axis=1)
+  """int32 (1 + 2R, N) predictions over all of `x` (N, H, W, C) uint8, in order, in
+  batches of `batch_size` real images in the per-epoch evaluation's padded layout
+  (`common.batches`), on any mesh."""
+  placed = common.batches(x, np.zeros(len(x), np.int32), mesh=mesh, batch_size=batch_size,
+                          field="figure2.batch_size")
+  step = lambda p, s, images, labels, mask, i: predict_fn(p, s, images, mask)
+  return common.per_image(step, placed, params, model_state).T
 
 
 def summarise(preds: np.ndarray, labels: np.ndarray, radii: Sequence[float],
@@ -154,22 +149,19 @@ def run(config, workdir: str) -> dict:
   """Runs the analysis on `workdir`'s latest checkpoint; returns (and writes) the results."""
   mesh = sharding.make_mesh(config.get("num_devices"))
   fc = config.figure2
-  trained = train.restore_trained(workdir, mesh=mesh)
+  trained = common.restore(workdir, mesh=mesh)
   ec = trained.config.eval
-  dataset = data_lib.load(trained.config.data)
+  x, y, dataset = common.load_test_set(trained, fc.num_images, field="figure2.num_images")
   check_figure2_config(fc, dataset.image_size)
   batch_size = fc.batch_size or ec.batch_size   # real images per batch, on any mesh
   sharding.padded_batch_size("figure2.batch_size", batch_size, mesh)
-  x, y = dataset.x_test, dataset.y_test
-  if fc.num_images:
-    x, y = x[:fc.num_images], y[:fc.num_images]
   radii = tuple(float(r) for r in fc.radii)
   inclusive = bool(ec.get("inclusive", False))
   predict_fn = make_predict_fn(trained.functional.logits, mesh, radii=radii,
                                inclusive=inclusive, rescale=ec.get("rescale", "none"))
   preds = predictions(predict_fn, trained.params, trained.model_state, x, mesh=mesh,
                       batch_size=batch_size)
-  results = {"workdir": fileio.check("workdir", workdir), "epoch": trained.epoch,
+  results = {"workdir": workdir, "epoch": trained.epoch, "step": trained.step,
              "data": dataset.name, "inclusive": inclusive, "batch_size": batch_size,
              **summarise(preds, y, radii, fc.grid_examples)}
   if jax.process_index() == 0:
@@ -177,30 +169,33 @@ def run(config, workdir: str) -> dict:
       print(f"figure2 r={row['radius']:g}: {row['count']}/{row['n']} images keep their "
             f"prediction on the HFC and change it on the LFC ({row['count_correct']} of "
             f"them correctly classified)", flush=True)
-    names = class_names(trained.config.data, trained.num_classes)
-    _write(workdir, results, plot_grid(x, results, names, inclusive=inclusive))
+  names = class_names(trained.config.data, trained.num_classes)
+  common.write_outputs(common.output_dir(workdir, MODE),
+                       json_files={"figure2.json": results},
+                       texts={"figure2.md": to_markdown(results)},
+                       figures={"figure2.png": plot_grid(x, results, names,
+                                                         inclusive=inclusive)})
   return results
 
 
 # ---------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------
-def markdown(results: dict) -> str:
+def to_markdown(results: dict) -> str:
   """The counts as a Markdown table."""
   n = results["n"]
+  rows = [[f"{row['radius']:g}", str(row["count"]), f"{row['count'] / max(n, 1):.4f}",
+           str(row["count_correct"]), str(row["lfc_correct"]), str(row["hfc_correct"]),
+           str(row["n"])] for row in results["radii"]]
   lines = [f"# Figure 2 on {results['workdir']} (epoch {results['epoch']})", "",
            f"{n} test images of `{results['data']}`; clean accuracy "
            f"{results['clean_correct'] / max(n, 1):.4f}. *count*: images whose prediction "
            "on the HFC image equals the prediction on the original while the LFC image's "
            "prediction differs; *of them correct*: those whose original prediction is "
            "right.", "",
-           "| r | count | share | of them correct | LFC correct | HFC correct | n |",
-           "|---|---|---|---|---|---|---|"]
-  for row in results["radii"]:
-    lines.append(f"| {row['radius']:g} | {row['count']} | {row['count'] / max(n, 1):.4f} | "
-                 f"{row['count_correct']} | {row['lfc_correct']} | {row['hfc_correct']} | "
-                 f"{row['n']} |")
-  lines += ["", "![examples](figure2.png)"]
+           markdown.table(["r", "count", "share", "of them correct", "LFC correct",
+                           "HFC correct", "n"], rows),
+           "![examples](figure2.png)"]
   return "\n".join(lines) + "\n"
 
 
@@ -222,13 +217,10 @@ def plot_grid(x: np.ndarray, results: dict, names: Sequence[str] | None, *,
   """The example grid: for each radius, columns [original | LFC | HFC], one row per
   example (`results['radii'][k]['examples']`). LFC is clipped to [0, 1]; HFC, near
   black, is shown as 0.5 + 0.5 * hfc / max|hfc| (its own scale). Returns the Figure."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   rows = max([len(r["examples"]) for r in results["radii"]] + [1])
   cols = 3 * len(results["radii"])
-  fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.6 * rows + 0.6),
-                           squeeze=False)
+  fig = Figure(figsize=(1.5 * cols, 1.6 * rows + 0.6))
+  axes = fig.subplots(rows, cols, squeeze=False)
   for ax in axes.flat:
     ax.set_axis_off()
   for k, row in enumerate(results["radii"]):
@@ -253,16 +245,3 @@ def plot_grid(x: np.ndarray, results: dict, names: Sequence[str] | None, *,
                fontsize=9)
   fig.tight_layout()
   return fig
-
-
-def _write(workdir: str, results: dict, fig) -> None:
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  if jax.process_index() != 0:
-    plt.close(fig)
-    return
-  out = fileio.join(workdir, OUT_DIR)
-  fileio.makedirs(out)
-  records.write_json(fileio.join(out, "figure2.json"), results)
-  fileio.write_text(fileio.join(out, "figure2.md"), markdown(results))
-  fileio.save_figure(fig, fileio.join(out, "figure2.png"), dpi=110)
-  plt.close(fig)

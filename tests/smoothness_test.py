@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hfc_jax import errors, kernels, models
+from hfc_jax import errors, models, smoothness
 from hfc_jax.models.functional import Functional
 
 RHOS = (0.0, 0.1, 0.5, 1.0)
@@ -54,7 +54,7 @@ def small_cnn_params():
 @pytest.mark.parametrize("rho", RHOS)
 def test_eq3_matches_neighbour_loop(shape, rho):
   kernel = random_kernel(shape, seed=sum(shape))
-  smoothed = kernels.smooth_eq3(kernel, rho)
+  smoothed = smoothness.smooth_eq3(kernel, rho)
   assert smoothed.shape == shape and smoothed.dtype == jnp.float32
   np.testing.assert_allclose(smoothed, eq3_loop(kernel, rho), rtol=1e-5, atol=1e-5)
 
@@ -66,7 +66,7 @@ def test_eq3_matches_scipy_convolve2d(shape, rho):
   kernel = random_kernel(shape, seed=sum(shape) + 1).astype(np.float64)
   stencil = np.full((3, 3), rho)
   stencil[1, 1] = 1.0
-  smoothed = np.asarray(kernels.smooth_eq3(kernel.astype(np.float32), rho))
+  smoothed = np.asarray(smoothness.smooth_eq3(kernel.astype(np.float32), rho))
   for i, o in itertools.product(range(shape[2]), range(shape[3])):
     ref = signal.convolve2d(kernel[:, :, i, o], stencil, boundary="symm", mode="same")
     np.testing.assert_allclose(smoothed[:, :, i, o], ref, rtol=1e-5, atol=1e-5)
@@ -74,21 +74,21 @@ def test_eq3_matches_scipy_convolve2d(shape, rho):
 
 def test_rho_zero_is_the_identity_and_jit_agrees():
   kernel = random_kernel((3, 3, 3, 16))
-  np.testing.assert_array_equal(kernels.smooth_eq3(kernel, 0.0), kernel)
-  np.testing.assert_array_equal(jax.jit(kernels.smooth_eq3)(kernel, 0.5),
-                                kernels.smooth_eq3(kernel, 0.5))
+  np.testing.assert_array_equal(smoothness.smooth_eq3(kernel, 0.0), kernel)
+  np.testing.assert_array_equal(jax.jit(smoothness.smooth_eq3)(kernel, 0.5),
+                                smoothness.smooth_eq3(kernel, 0.5))
 
 
 def test_eq3_hand_values_spike_1x1_and_2x2():
   # Centre spike: the centre keeps 1, each of its 8 neighbours becomes rho.
   expected = np.full((3, 3), 0.5, np.float32)
   expected[1, 1] = 1.0
-  np.testing.assert_allclose(kernels.smooth_eq3(hwio(SPIKE), 0.5)[:, :, 0, 0], expected)
+  np.testing.assert_allclose(smoothness.smooth_eq3(hwio(SPIKE), 0.5)[:, :, 0, 0], expected)
   # 1x1: all 8 neighbours are the value itself.
-  np.testing.assert_allclose(kernels.smooth_eq3(hwio([[2.0]]), 0.25)[:, :, 0, 0], [[6.0]])
+  np.testing.assert_allclose(smoothness.smooth_eq3(hwio([[2.0]]), 0.25)[:, :, 0, 0], [[6.0]])
   # 2x2 [[a, b], [c, d]] padded by edges: a's neighbours are a, a, a, b, b, c, c, d.
   a, b, c, d = 1.0, 10.0, 100.0, 1000.0
-  out = kernels.smooth_eq3(hwio([[a, b], [c, d]]), 1.0)[:, :, 0, 0]
+  out = smoothness.smooth_eq3(hwio([[a, b], [c, d]]), 1.0)[:, :, 0, 0]
   np.testing.assert_allclose(out[0, 0], a + 3 * a + 2 * b + 2 * c + d)
   np.testing.assert_allclose(out[1, 1], d + 3 * d + 2 * b + 2 * c + a)
 
@@ -99,22 +99,22 @@ def test_eq3_never_mixes_channels():
   # port's bug) would mix the constants of neighbouring channels.
   constants = np.arange(1, 13, dtype=np.float32).reshape(3, 4) ** 2
   kernel = np.broadcast_to(constants, (3, 3, 3, 4)).copy()
-  smoothed = kernels.smooth_eq3(kernel, 1.0)
+  smoothed = smoothness.smooth_eq3(kernel, 1.0)
   np.testing.assert_allclose(smoothed, 9.0 * kernel, rtol=1e-6)
   oihw = np.transpose(kernel, (3, 2, 0, 1))
-  wrong = np.transpose(kernels.smooth_eq3(oihw, 1.0), (2, 3, 1, 0))
+  wrong = np.transpose(smoothness.smooth_eq3(oihw, 1.0), (2, 3, 1, 0))
   assert not np.allclose(wrong, 9.0 * kernel)
 
 
 @pytest.mark.parametrize("rho", [-0.1, float("nan"), float("inf")])
 def test_bad_rho_raises(rho):
   with pytest.raises(errors.HfcError, match=r"kernels\.rho"):
-    kernels.smooth_eq3(random_kernel((3, 3, 1, 1)), rho)
+    smoothness.smooth_eq3(random_kernel((3, 3, 1, 1)), rho)
 
 
 def test_bad_kernel_shape_raises():
   with pytest.raises(errors.HfcError, match="HWIO"):
-    kernels.smooth_eq3(np.ones((3, 3, 3)), 1.0)
+    smoothness.smooth_eq3(np.ones((3, 3, 3)), 1.0)
 
 
 # ------------------------------------------------------------------ params
@@ -128,10 +128,10 @@ def test_smooth_first_conv_changes_only_the_first_conv():
   params = small_cnn_params()
   kernel = params["first_conv"]["kernel"]
   assert kernel.shape == (3, 3, 3, 16)
-  smoothed = kernels.smooth_first_conv(params, 1.0)
+  smoothed = smoothness.smooth_first_conv(params, 1.0)
   assert params["first_conv"]["kernel"] is kernel  # the input is not mutated
   np.testing.assert_array_equal(smoothed["first_conv"]["kernel"],
-                                kernels.smooth_eq3(kernel, 1.0))
+                                smoothness.smooth_eq3(kernel, 1.0))
   before, after = _leaves_by_path(params), _leaves_by_path(smoothed)
   assert before.keys() == after.keys() and len(before) > 2
   changed = [path for path in before if after[path] is not before[path]]
@@ -141,18 +141,18 @@ def test_smooth_first_conv_changes_only_the_first_conv():
 def test_lowpass_first_conv_and_penalty_on_params():
   params = small_cnn_params()
   kernel = params["first_conv"]["kernel"]
-  low = kernels.lowpass_first_conv(params, 1.0)
+  low = smoothness.lowpass_first_conv(params, 1.0)
   mean = jnp.mean(kernel, axis=(0, 1), keepdims=True)
   np.testing.assert_allclose(low["first_conv"]["kernel"], jnp.broadcast_to(mean, kernel.shape),
                              atol=1e-6)
   assert low["head"] is params["head"] and low["blocks"] is params["blocks"]
   assert low["first_conv"]["bias"] is params["first_conv"]["bias"]
-  np.testing.assert_allclose(kernels.first_conv_penalty(params),
-                             kernels.smoothness_penalty(kernel), rtol=1e-6)
+  np.testing.assert_allclose(smoothness.first_conv_penalty(params),
+                             smoothness.smoothness_penalty(kernel), rtol=1e-6)
 
 
-@pytest.mark.parametrize("fn,arg", [(kernels.smooth_first_conv, 1.0),
-                                    (kernels.lowpass_first_conv, 1.0)])
+@pytest.mark.parametrize("fn,arg", [(smoothness.smooth_first_conv, 1.0),
+                                    (smoothness.lowpass_first_conv, 1.0)])
 def test_missing_first_conv_is_a_one_line_error(fn, arg):
   params = {"conv0": {"kernel": np.ones((3, 3, 3, 8))}}
   with pytest.raises(errors.HfcError) as info:
@@ -160,7 +160,7 @@ def test_missing_first_conv_is_a_one_line_error(fn, arg):
   message = str(info.value)
   assert "\n" not in message and "'vgg'" in message and "first_conv" in message
   with pytest.raises(errors.HfcError, match="first_conv"):
-    kernels.first_conv_penalty({"first_conv": {"bias": np.zeros(3)}})
+    smoothness.first_conv_penalty({"first_conv": {"bias": np.zeros(3)}})
 
 
 # ------------------------------------------------------------------ Fourier low-pass
@@ -182,28 +182,28 @@ def numpy_lowpass(kernel, cutoff):
 def test_lowpass_matches_numpy_reference(shape):
   kernel = random_kernel(shape, seed=3)
   for cutoff in (0.5, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0):
-    np.testing.assert_allclose(kernels.fourier_lowpass_kernel(kernel, cutoff),
+    np.testing.assert_allclose(smoothness.fourier_lowpass_kernel(kernel, cutoff),
                                numpy_lowpass(kernel, cutoff), atol=2e-6)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_lowpass_beyond_the_corner_is_the_identity(shape):
   kernel = random_kernel(shape, seed=4)
-  corner = kernels.corner_distance(*shape[:2])
+  corner = smoothness.corner_distance(*shape[:2])
   for cutoff in (corner + 1e-3, corner + 5, float("inf")):
-    out = jax.jit(kernels.fourier_lowpass_kernel, static_argnums=1)(kernel, cutoff)
+    out = jax.jit(smoothness.fourier_lowpass_kernel, static_argnums=1)(kernel, cutoff)
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, kernel, atol=2e-6, rtol=0)
 
 
 def test_lowpass_corner_distances():
   # 3x3: DC at (1, 1), farthest index (0, 0) at sqrt(2); 4x4: DC at (2, 2), (0, 0) at sqrt(8).
-  assert kernels.corner_distance(3, 3) == pytest.approx(np.sqrt(2))
-  assert kernels.corner_distance(4, 4) == pytest.approx(np.sqrt(8))
-  assert kernels.corner_distance(1, 1) == 0.0
+  assert smoothness.corner_distance(3, 3) == pytest.approx(np.sqrt(2))
+  assert smoothness.corner_distance(4, 4) == pytest.approx(np.sqrt(8))
+  assert smoothness.corner_distance(1, 1) == 0.0
   # Just inside the 3x3 corner the four corner frequencies are removed: not the identity.
   kernel = random_kernel((3, 3, 2, 2), seed=5)
-  assert not np.allclose(kernels.fourier_lowpass_kernel(kernel, np.sqrt(2) - 1e-3), kernel)
+  assert not np.allclose(smoothness.fourier_lowpass_kernel(kernel, np.sqrt(2) - 1e-3), kernel)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -211,20 +211,20 @@ def test_lowpass_dc_only_is_the_slice_mean(shape):
   kernel = random_kernel(shape, seed=6)
   mean = np.broadcast_to(kernel.mean(axis=(0, 1), keepdims=True), shape)
   for cutoff in (1e-3, 0.5, 1.0):
-    np.testing.assert_allclose(kernels.fourier_lowpass_kernel(kernel, cutoff), mean, atol=2e-6)
+    np.testing.assert_allclose(smoothness.fourier_lowpass_kernel(kernel, cutoff), mean, atol=2e-6)
 
 
 @pytest.mark.parametrize("cutoff", [0.0, -1.0, float("nan")])
 def test_bad_cutoff_raises(cutoff):
   with pytest.raises(errors.HfcError, match=r"kernels\.cutoff"):
-    kernels.fourier_lowpass_kernel(random_kernel((3, 3, 1, 1)), cutoff)
+    smoothness.fourier_lowpass_kernel(random_kernel((3, 3, 1, 1)), cutoff)
 
 
 # ------------------------------------------------------------------ measures
 
 
 def test_measures_of_a_constant_kernel_are_zero():
-  measures = kernels.smoothness_measures(np.full((3, 3, 3, 4), -2.5, np.float32))
+  measures = smoothness.smoothness_measures(np.full((3, 3, 3, 4), -2.5, np.float32))
   assert measures.keys() == {"adjacent_difference", "total_variation",
                              "total_variation_normalised", "high_frequency_energy_share"}
   for value in measures.values():
@@ -236,7 +236,7 @@ def test_measures_of_a_checkerboard_by_hand():
   #   TV = 12 * 2 = 24; sum |w| = 9, so TV / sum |w| = 24 / 9 = 8 / 3;
   #   adjacent difference = (24 / 12) / (9 / 9) = 2;
   #   DC = sum w = 5 - 4 = 1; energy = sum |F|^2 = 9 * sum w^2 = 81; HF share = 80 / 81.
-  measures = kernels.smoothness_measures(hwio(CHECKERBOARD))
+  measures = smoothness.smoothness_measures(hwio(CHECKERBOARD))
   assert measures["total_variation"] == pytest.approx(24.0)
   assert measures["total_variation_normalised"] == pytest.approx(8 / 3)
   assert measures["adjacent_difference"] == pytest.approx(2.0)
@@ -247,7 +247,7 @@ def test_measures_of_a_spike_by_hand():
   # Unit spike at the centre of 3x3: 4 pairs touch it, each |difference| 1.
   #   TV = 4 = TV / sum |w|; adjacent difference = (4 / 12) / (1 / 9) = 3;
   #   DC = 1, energy = 9 * 1: HF share = 1 - 1 / 9. Three slices: TV sums to 12.
-  measures = kernels.smoothness_measures(hwio(SPIKE, 3, 1))
+  measures = smoothness.smoothness_measures(hwio(SPIKE, 3, 1))
   assert measures["total_variation"] == pytest.approx(12.0)
   assert measures["total_variation_normalised"] == pytest.approx(4.0)
   assert measures["adjacent_difference"] == pytest.approx(3.0)
@@ -255,7 +255,7 @@ def test_measures_of_a_spike_by_hand():
   # Corner spike of 5x5: 2 pairs; 40 pairs and 25 values in all.
   corner = np.zeros((5, 5), np.float32)
   corner[0, 0] = 1.0
-  measures = kernels.smoothness_measures(hwio(corner))
+  measures = smoothness.smoothness_measures(hwio(corner))
   assert measures["total_variation"] == pytest.approx(2.0)
   assert measures["adjacent_difference"] == pytest.approx((2 / 40) / (1 / 25))
   assert measures["high_frequency_energy_share"] == pytest.approx(1 - 1 / 25)
@@ -264,41 +264,41 @@ def test_measures_of_a_spike_by_hand():
 def test_zero_and_1x1_slices_score_zero():
   kernel = np.zeros((3, 3, 2, 2), np.float32)
   kernel[:, :, 0, 0] = CHECKERBOARD  # one non-zero slice among four
-  per_slice = kernels.per_slice_measures(kernel)
+  per_slice = smoothness.per_slice_measures(kernel)
   for name, values in per_slice.items():
     assert values.shape == (2, 2), name
     np.testing.assert_array_equal(values.ravel()[1:], 0.0)
-  assert kernels.adjacent_difference(kernel) == pytest.approx(2.0 / 4)
-  assert kernels.high_frequency_energy_share(kernel) == pytest.approx(80 / 81 / 4)
-  assert kernels.total_variation(kernel, normalised=True) == pytest.approx(24 / 9)
-  for value in kernels.smoothness_measures(random_kernel((1, 1, 3, 4))).values():
+  assert smoothness.adjacent_difference(kernel) == pytest.approx(2.0 / 4)
+  assert smoothness.high_frequency_energy_share(kernel) == pytest.approx(80 / 81 / 4)
+  assert smoothness.total_variation(kernel, normalised=True) == pytest.approx(24 / 9)
+  for value in smoothness.smoothness_measures(random_kernel((1, 1, 3, 4))).values():
     assert value == 0.0
 
 
 def test_hf_share_matches_the_explicit_dft():
   kernel = random_kernel((5, 4, 3, 2), seed=7)
-  shares = kernels.high_frequency_energy_share(kernel, per_slice=True)
+  shares = smoothness.high_frequency_energy_share(kernel, per_slice=True)
   for i, o in itertools.product(range(3), range(2)):
     spectrum = np.fft.fft2(kernel[:, :, i, o].astype(np.float64))
     energy = np.abs(spectrum) ** 2
     np.testing.assert_allclose(shares[i, o], 1 - energy[0, 0] / energy.sum(), rtol=1e-5)
-  assert float(kernels.high_frequency_energy_share(kernel)) == pytest.approx(
+  assert float(smoothness.high_frequency_energy_share(kernel)) == pytest.approx(
       float(np.mean(shares)))
 
 
 def test_measures_are_scale_free_json_floats_and_smoothing_lowers_them():
   kernel = random_kernel((3, 3, 3, 16), seed=8)
-  measures = kernels.smoothness_measures(kernel)
+  measures = smoothness.smoothness_measures(kernel)
   assert json.loads(json.dumps(measures)) == measures
   assert all(type(value) is float for value in measures.values())
-  scaled = kernels.smoothness_measures(7.0 * kernel)
+  scaled = smoothness.smoothness_measures(7.0 * kernel)
   for name in ("adjacent_difference", "total_variation_normalised",
                "high_frequency_energy_share"):
     assert scaled[name] == pytest.approx(measures[name], rel=1e-5)
   assert scaled["total_variation"] == pytest.approx(7.0 * measures["total_variation"])
-  per_filter = kernels.per_slice_measures(kernel)["total_variation"].sum(axis=0)
+  per_filter = smoothness.per_slice_measures(kernel)["total_variation"].sum(axis=0)
   np.testing.assert_allclose(per_filter.sum(), measures["total_variation"], rtol=1e-5)
-  low = kernels.smoothness_measures(kernels.fourier_lowpass_kernel(kernel, 1.0))
+  low = smoothness.smoothness_measures(smoothness.fourier_lowpass_kernel(kernel, 1.0))
   assert low["high_frequency_energy_share"] == pytest.approx(0.0, abs=1e-6)
   assert low["adjacent_difference"] == pytest.approx(0.0, abs=1e-5)
 
@@ -308,9 +308,9 @@ def test_measures_are_scale_free_json_floats_and_smoothing_lowers_them():
 
 def test_penalty_by_hand():
   # Checkerboard: 12 adjacent pairs, each squared difference 4; spike: 4 pairs of 1.
-  assert float(kernels.smoothness_penalty(hwio(CHECKERBOARD))) == pytest.approx(48.0)
-  assert float(kernels.smoothness_penalty(hwio(SPIKE, 2, 3))) == pytest.approx(24.0)
-  assert float(kernels.smoothness_penalty(np.full((3, 3, 2, 2), 3.0))) == 0.0
+  assert float(smoothness.smoothness_penalty(hwio(CHECKERBOARD))) == pytest.approx(48.0)
+  assert float(smoothness.smoothness_penalty(hwio(SPIKE, 2, 3))) == pytest.approx(24.0)
+  assert float(smoothness.smoothness_penalty(np.full((3, 3, 2, 2), 3.0))) == 0.0
 
 
 def test_penalty_gradient_matches_central_differences_in_float64():
@@ -318,8 +318,8 @@ def test_penalty_gradient_matches_central_differences_in_float64():
   with jax.enable_x64(True):
     kernel = jnp.asarray(random_kernel((3, 3, 2, 3), seed=9, dtype=np.float64))
     assert kernel.dtype == jnp.float64
-    penalty = jax.jit(kernels.smoothness_penalty)
-    grad = np.asarray(jax.grad(kernels.smoothness_penalty)(kernel))
+    penalty = jax.jit(smoothness.smoothness_penalty)
+    grad = np.asarray(jax.grad(smoothness.smoothness_penalty)(kernel))
     step = 1e-5
     fd = np.zeros(kernel.shape)
     for index in np.ndindex(*kernel.shape):

@@ -1,6 +1,6 @@
-"""First-layer kernel analysis: smoothing, smoothness measures and a smoothness penalty.
+"""Smoothness of first-layer kernels: smoothing, smoothness measures and a penalty.
 
-PAPER.md section 4. Wang et al. (CVPR 2020) smooth the trained first conv layer with
+Wang et al. (CVPR 2020), section 6, smooth the trained first conv layer with
 their eq. 3, `w_ij <- w_ij + rho * (sum of the 8 spatial neighbours of w_ij)`, and ask
 whether smoother kernels make a model more robust; the blog adds low-pass filtering of
 the kernels in Fourier space and a training penalty on adjacent differences (Wang et
@@ -10,7 +10,7 @@ Kernels are HWIO arrays (kh, kw, in_channels, out_channels), as stored in
 `params['first_conv']['kernel']`. A *slice* is one spatial map `kernel[:, :, i, o]`
 (kh, kw). Everything here acts on axes 0 and 1 of each slice independently and never
 mixes channels. (The original code's PyTorch port smoothed the OIHW tensor as if it were
-HWIO, i.e. across channels: tests/kernels_test.py checks that we do not.)
+HWIO, i.e. across channels: tests/smoothness_test.py checks that we do not.)
 
 Conventions:
   * eq. 3 boundary: each slice is padded by one value on every side, repeating its edge

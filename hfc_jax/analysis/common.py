@@ -1,0 +1,164 @@
+"""What every post-training study shares: restore a workdir, load its test set, score
+it in batches, and write `<workdir>/<mode>/`.
+
+A study restores the model of a workdir written on any mesh (a TPU pod, a GPU host)
+onto any mesh (default: one CPU device, a laptop), builds only what the model needs
+(abstract shapes from `nnx.eval_shape`, no optimiser state), and then works on the
+parameters alone. Nothing here imports the trainer.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from hfc_jax import checkpointing, evaluate, fileio, models, records, sharding, xla_flags
+from hfc_jax import data as data_lib
+from hfc_jax.models.functional import Functional
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """A workdir's model at one checkpoint, restored for analysis."""
+  functional: Functional     # the model as pure functions of (params, model_state)
+  params: PyTree             # nested dict of float32 arrays, replicated over the mesh
+  model_state: PyTree        # BatchNorm running statistics ({} without them)
+  config: ml_collections.ConfigDict   # the run's own config
+  history: list              # the per-epoch records up to this checkpoint
+  step: int                  # optimiser steps taken
+  num_classes: int
+  channels: int
+
+  @property
+  def epoch(self) -> int:
+    """Epochs finished at this checkpoint."""
+    return len(self.history)
+
+
+def apply_backend_settings() -> None:
+  """The XLA settings `main` uses (`xla_flags.set_cpu_defaults`), so that a study run
+  from a script computes as `main` does (other CPU convolution code gave FGSM accuracies
+  up to 0.007 apart). XLA reads them when JAX starts its backend: when a script has
+  already run JAX code with other flags, this says so instead."""
+  before = os.environ.get("XLA_FLAGS", "")
+  after = xla_flags.set_cpu_defaults()
+  if after != before and jax._src.xla_bridge.backends_are_initialized():  # pylint: disable=protected-access
+    logging.warning(
+        "JAX started before hfc_jax set XLA_FLAGS=%r, so its CPU convolutions are not "
+        "main's and results can differ from main's in the last digits; call "
+        "hfc_jax.analysis.common.apply_backend_settings() before any JAX computation.",
+        after)
+
+
+def cpu_mesh() -> jax.sharding.Mesh:
+  """A one-device mesh on the first CPU device (a laptop's)."""
+  return jax.sharding.Mesh(np.array(jax.devices("cpu")[:1]), (sharding.DATA_AXIS,))
+
+
+def abstract_model(config: ml_collections.ConfigDict, num_classes: int, channels: int
+                   ) -> tuple[Functional, PyTree, PyTree]:
+  """(functional, abstract params, abstract model state) of `config.model`, built with
+  `nnx.eval_shape`: shapes and dtypes only, no array is allocated."""
+  model = nnx.eval_shape(lambda: models.from_config(
+      config.model, num_classes=num_classes, in_channels=channels, seed=config.seed))
+  return Functional.split(model)
+
+
+def restore(workdir: str, step: int | None = None, *, mesh=None) -> Trained:
+  """Restores the model of `workdir` (local or gs://) at `step` (default: the latest
+  checkpoint, possibly mid-epoch), replicated over `mesh` (default: `cpu_mesh()`),
+  whatever mesh wrote it. Reads the parameters, model state and step only."""
+  apply_backend_settings()
+  ckpt = checkpointing.open_existing(workdir)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    meta = ckpt.restore_meta(step)
+    config = ml_collections.ConfigDict(meta["config"])
+    functional, params, model_state = abstract_model(
+        config, meta["num_classes"], meta["channels"])
+    placed = sharding.replicated(mesh or cpu_mesh())
+    item = {"params": params, "model_state": model_state,
+            "step": jax.ShapeDtypeStruct((), np.int32)}
+    state = ckpt.restore_partial(checkpointing.abstract_like(item, placed), step)
+  finally:
+    ckpt.close()
+  return Trained(functional, state["params"], state["model_state"], config,
+                 meta["history"], int(state["step"]), meta["num_classes"],
+                 meta["channels"])
+
+
+def load_test_set(trained: Trained, num_images: int = 0, *, field: str = ""
+                  ) -> tuple[np.ndarray, np.ndarray, data_lib.Dataset]:
+  """The run's own test set (its config's data section): the first `num_images`
+  images (0: all) as (x uint8 NHWC, y int32, the data set); HfcError naming `field`
+  when more images are asked for than there are."""
+  dataset = data_lib.load(trained.config.data)
+  x, y = dataset.x_test, dataset.y_test
+  if num_images > len(x):
+    from hfc_jax import errors  # pylint: disable=g-import-not-at-top
+    raise errors.HfcError(f"{field}={num_images} exceeds the {len(x)} test images of "
+                          f"data.name={dataset.name!r}.")
+  if num_images:
+    x, y = x[:num_images], y[:num_images]
+  return x, y, dataset
+
+
+def batches(x: np.ndarray, y: np.ndarray, *, mesh, batch_size: int, field: str
+            ) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
+  """Every image once, placed on the mesh: (images float32 in [0, 1], labels int32,
+  mask) global arrays of `batch_size` real images each (`evaluate.eval_batches`, the
+  per-epoch evaluation's padded layout, so batch statistics match it)."""
+  x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
+  return list(evaluate.eval_batches(x, y, mesh=mesh, batch_size=batch_size, field=field))
+
+
+def per_image(fn: Callable[..., jax.Array], placed: list, *args) -> np.ndarray:
+  """Runs the jitted `fn(*args, images, labels, mask, batch_index)` on every placed
+  batch (all dispatched before any is fetched) and returns its per-row outputs of the
+  real images, concatenated in order: (N, ...) numpy. The one batched scorer of the
+  studies; `evaluate.evaluate` is the per-epoch pass's own, which sums on device."""
+  outs = [fn(*args, *batch, i) for i, batch in enumerate(placed)]
+  parts = jax.device_get([(out, batch[2]) for out, batch in zip(outs, placed)])
+  return np.concatenate([np.asarray(o)[np.asarray(m) > 0] for o, m in parts])
+
+
+def output_dir(workdir: str, mode: str) -> str:
+  """`<workdir>/<mode>`, created (process 0)."""
+  out = fileio.join(workdir, mode)
+  if jax.process_index() == 0:
+    fileio.makedirs(out)
+  return out
+
+
+def write_outputs(out: str, *, json_files: dict[str, Any] | None = None,
+                  texts: dict[str, str] | None = None, figures: dict[str, Any] | None = None,
+                  arrays: dict[str, np.ndarray] | None = None, dpi: int = 110) -> None:
+  """Writes a study's files into `out` (process 0 only): JSON (atomic, sorted keys),
+  Markdown/text, matplotlib Figures as PNG and numpy arrays as .npy."""
+  if jax.process_index() != 0:
+    return
+  for name, obj in (json_files or {}).items():
+    records.write_json(fileio.join(out, name), obj)
+  for name, text in (texts or {}).items():
+    fileio.write_text(fileio.join(out, name), text)
+  for name, fig in (figures or {}).items():
+    fileio.save_figure(fig, fileio.join(out, name), dpi=dpi, bbox_inches="tight")
+  for name, array in (arrays or {}).items():
+    fileio.save_npy(fileio.join(out, name), array)
+
+
+def json_ready(obj: Any) -> Any:
+  """`obj` with numpy scalars and arrays turned into JSON types (checked by a dump)."""
+  converted = jax.tree.map(lambda v: v.tolist() if hasattr(v, "tolist") else v, obj)
+  json.dumps(converted)
+  return converted
+

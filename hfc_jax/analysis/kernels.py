@@ -1,0 +1,297 @@
+r"""First-layer kernels of trained models (`--config.mode=kernels`): what they look
+like, how smooth they are, and whether smoothing them buys robustness.
+
+  python -m hfc_jax.main --config=configs/kernels.py --workdir=W \
+      --config.kernels.compare="('W2','W3')"
+
+Wang et al. (CVPR 2020), section 6: adversarially trained models have smoother
+first-layer kernels (their figure 7), and smoothing a plain model's first layer with
+eq. 3, `w_ij <- w_ij + rho * (sum of its 8 neighbours)`, is claimed to make it more
+robust than a PGD-trained model at eps 0.09 (their table 2). For the run's workdir and
+every workdir of `kernels.compare` (same data set and image size), this writes into
+`<workdir>/kernels/`:
+
+  * `kernels_rgb.png`: each model's first-conv filters as images (RGB for 3-channel
+    inputs, grey otherwise), original and after eq. 3 at `kernels.show_rho`, each row on
+    one colour scale of its own; `kernels_channels.png`: every filter per input channel.
+  * `measures.json`, and a table in `kernels.md`: the smoothness measures of
+    `hfc_jax.smoothness` for each model, original and after each smoothing.
+  * `sweep.json`, a table in `kernels.md` and `sweep.png`: table 2 as a sweep. For each
+    rho of `kernels.rhos` (eq. 3) and each cut-off of `kernels.cutoffs` (a Fourier
+    low-pass of each kernel, for comparison), clean accuracy and accuracy under FGSM
+    and PGD (`kernels.pgd_steps` steps of eps/4, random start) at each `kernels.eps`, on
+    the first `kernels.num_images` test images, with the attacks run end to end through
+    the smoothed model. Its rho = 0 row is the plain model's robust evaluation
+    (`robust_eval` with the same settings gives the same numbers).
+
+Only the first conv layer is changed; BatchNorm statistics and every other parameter
+stay as trained.
+"""
+
+import dataclasses
+
+import numpy as np
+from absl import logging
+from matplotlib.figure import Figure
+
+from hfc_jax import errors, fileio, markdown, sharding, smoothness
+from hfc_jax.analysis import common, robustness
+
+MODE = "kernels"
+MAX_FILTERS = 32   # filters drawn per model row
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One way of smoothing the first conv: eq. 3 at `rho`, or a low-pass at `cutoff`."""
+  method: str       # 'eq3' | 'lowpass'
+  value: float      # rho or cut-off
+
+  @property
+  def name(self) -> str:
+    return f"eq3 rho={self.value:g}" if self.method == "eq3" else f"lowpass c={self.value:g}"
+
+  def apply(self, params, model: str):
+    if self.method == "eq3":
+      return smoothness.smooth_first_conv(params, self.value, model=model)
+    return smoothness.lowpass_first_conv(params, self.value, model=model)
+
+
+# ---------------------------------------------------------------------------
+# Checks (all before anything is restored or written)
+# ---------------------------------------------------------------------------
+def check_kernels_config(kc) -> None:
+  """One-line HfcErrors for the `kernels.*` fields."""
+  if not kc.rhos:
+    raise errors.HfcError("kernels.rhos=() must name at least one rho (0 is the model "
+                          "as trained).")
+  for rho in kc.rhos:
+    errors.check_range("kernels.rhos", rho, 0.0, None)
+  errors.check_range("kernels.show_rho", kc.show_rho, 0.0, None)
+  for cutoff in kc.cutoffs:
+    errors.check_range("kernels.cutoffs", cutoff, 1e-9, None)
+  for eps in kc.eps:
+    errors.check_range("kernels.eps", eps, 0.0, 1.0)
+  for name in kc.attacks:
+    errors.check_choice("kernels.attacks", name, ("fgsm", "pgd"))
+  errors.check_range("kernels.pgd_steps", kc.pgd_steps, 1, None, integer=True)
+  errors.check_range("kernels.num_images", kc.num_images, 0, None, integer=True)
+  errors.check_range("kernels.batch_size", kc.batch_size, 1, None, integer=True)
+  for workdir in kc.compare:
+    if not isinstance(workdir, str) or not workdir:
+      raise errors.HfcError(f"kernels.compare={tuple(kc.compare)!r} must list workdirs.")
+
+
+# Data fields that change only the training images, not the test set a study scores.
+TRAINING_ONLY = ("augment", "aug_pad", "aug_pad_mode", "aug_flip", "rescale", "num_train",
+                 "train_limit", "shuffle_labels", "label_seed", "data_dir")
+
+
+def check_comparable(models: list[tuple[str, common.Trained]]) -> None:
+  """Every compared workdir must hold a model of the same test set (data set, image
+  size, channels, classes) as the first: all are scored on the first's test images."""
+  def signature(trained):
+    data = {k: v for k, v in trained.config.data.to_dict().items() if k not in TRAINING_ONLY}
+    return (data, trained.channels, trained.num_classes)
+  first_dir, first = models[0]
+  for workdir, trained in models[1:]:
+    if signature(trained) != signature(first):
+      raise errors.HfcError(
+          f"kernels.compare: {workdir!r} holds a model of another test set than "
+          f"{first_dir!r} (data {_differences(signature(trained)[0], signature(first)[0])}"
+          "); compare models of one data set and image size.")
+
+
+def _differences(a: dict, b: dict) -> str:
+  return ", ".join(f"{k}={a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                   if a.get(k) != b.get(k)) or "channels or classes differ"
+
+
+def variants(kc) -> list[Variant]:
+  return ([Variant("eq3", float(r)) for r in kc.rhos]
+          + [Variant("lowpass", float(c)) for c in kc.cutoffs])
+
+
+# ---------------------------------------------------------------------------
+# The study of one model
+# ---------------------------------------------------------------------------
+def measure(trained: common.Trained, variant_list: list[Variant]) -> dict:
+  """{'original': measures, variant name: measures} of the first-conv kernel."""
+  model = trained.config.model.name
+  kernel = smoothness.first_conv_of(trained.params, model=model)
+  out = {"original": smoothness.smoothness_measures(kernel)}
+  for v in variant_list:
+    smoothed = smoothness.first_conv_of(v.apply(trained.params, model), model=model)
+    out[v.name] = smoothness.smoothness_measures(smoothed)
+  return out
+
+
+def sweep(trained: common.Trained, placed: list, settings: robustness.AttackSettings,
+          variant_list: list[Variant], mesh) -> list[dict]:
+  """Table 2 for one model: [{variant, method, value, clean, attacks: {name: {eps:
+  acc}}}], every attack run through the smoothed model."""
+  model = trained.config.model.name
+  rows = []
+  for v in variant_list:
+    params = v.apply(trained.params, model)
+    table = robustness.attack_table(trained.functional.logits, (params, trained.model_state),
+                                    placed, settings, mesh)
+    rows.append({"variant": v.name, "method": v.method, "value": v.value,
+                 "clean": table["clean"], "attacks": table["attacks"]})
+    logging.info("%s: clean %.4f, %s", v.name, table["clean"], table["attacks"])
+  return rows
+
+
+# ---------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------
+def run(config, workdir: str) -> dict:
+  """Restores `workdir` and `kernels.compare`, studies their first convs, writes
+  `<workdir>/kernels/`; returns the results."""
+  kc = config.kernels
+  check_kernels_config(kc)
+  workdirs = [workdir] + [fileio.check("kernels.compare", w) for w in kc.compare]
+  mesh = sharding.make_mesh(config.get("num_devices"))
+  models = [(w, common.restore(w, mesh=mesh)) for w in workdirs]
+  check_comparable(models)
+  for w, trained in models:
+    smoothness.first_conv_of(trained.params, model=trained.config.model.name)
+  x, y, _ = common.load_test_set(models[0][1], kc.num_images, field="kernels.num_images")
+  placed = common.batches(x, y, mesh=mesh, batch_size=kc.batch_size,
+                          field="kernels.batch_size")
+  settings = robustness.AttackSettings.from_config(kc)
+  variant_list = variants(kc)
+  results = {"eps": [float(e) for e in kc.eps], "attacks": list(kc.attacks),
+             "pgd_steps": kc.pgd_steps, "num_images": int(len(x)), "models": []}
+  for w, trained in models:
+    results["models"].append({
+        "workdir": w, "name": fileio.basename(w), "model": trained.config.model.name,
+        "norm": trained.config.model.norm, "step": trained.step, "epoch": trained.epoch,
+        "measures": measure(trained, variant_list),
+        "sweep": sweep(trained, placed, settings, variant_list, mesh)})
+  show = Variant("eq3", float(kc.show_rho))
+  out = common.output_dir(workdir, MODE)
+  common.write_outputs(out, json_files={"measures.json": _measures_json(results),
+                                        "sweep.json": results},
+                       texts={"kernels.md": to_markdown(results)},
+                       figures={"kernels_rgb.png": filter_figure(models, show),
+                                "kernels_channels.png": channel_figure(models),
+                                "sweep.png": sweep_figure(results)})
+  return results
+
+
+def _measures_json(results: dict) -> dict:
+  return {m["name"]: {"workdir": m["workdir"], "measures": m["measures"]}
+          for m in results["models"]}
+
+
+# ---------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------
+def to_markdown(results: dict) -> str:
+  """The measures table and the table-2 sweep."""
+  names = list(next(iter(results["models"]))["measures"]["original"])
+  rows = [[m["name"], variant] + [f"{values[k]:.4f}" for k in names]
+          for m in results["models"] for variant, values in m["measures"].items()]
+  lines = ["# First-layer kernels", "",
+           "Smoothness of each model's first conv (lower is smoother; the share of "
+           "spectral energy outside each kernel's DC term is 0 for a flat kernel).", "",
+           markdown.table(["model", "kernel"] + names, rows)]
+  eps_keys = [robustness.eps_key(e) for e in results["eps"]]
+  header = ["model", "first conv", "clean"] + [
+      f"{name.upper() if name == 'fgsm' else 'PGD-' + str(results['pgd_steps'])} {k}"
+      for name in results["attacks"] for k in eps_keys]
+  rows = [[m["name"], row["variant"], f"{row['clean']:.4f}"]
+          + [f"{row['attacks'][name][k]:.4f}" for name in results["attacks"]
+             for k in eps_keys]
+          for m in results["models"] for row in m["sweep"]]
+  lines += ["", "## Accuracy after smoothing the first conv (table 2 as a sweep)", "",
+            f"{results['num_images']} test images; attacks run through the smoothed "
+            "model (PGD step eps/4, random start). `eq3 rho=0` is the model as trained.",
+            "", markdown.table(header, rows)]
+  return "\n".join(lines)
+
+
+def _filter_image(kernel: np.ndarray) -> np.ndarray:
+  """(kh, F * (kw + 1), C) image of F filters side by side on one colour scale,
+  0 -> mid grey: 0.5 + w / (2 max|w|)."""
+  kernel = np.asarray(kernel, np.float32)[..., :MAX_FILTERS]
+  kh, kw, c, f = kernel.shape
+  scale = 2 * max(float(np.abs(kernel).max()), 1e-12)
+  tiles = np.ones((kh, f * (kw + 1), c), np.float32)
+  for i in range(f):
+    tiles[:, i * (kw + 1):i * (kw + 1) + kw] = 0.5 + kernel[..., i] / scale
+  return tiles
+
+
+def filter_figure(models: list[tuple[str, common.Trained]], show: Variant) -> Figure:
+  """Each model's filters, original and smoothed (the paper's figure 7)."""
+  rows = []
+  for w, trained in models:
+    model = trained.config.model.name
+    kernel = smoothness.first_conv_of(trained.params, model=model)
+    smoothed = smoothness.first_conv_of(show.apply(trained.params, model), model=model)
+    rows += [(f"{fileio.basename(w)}: as trained", kernel),
+             (f"{fileio.basename(w)}: {show.name}", smoothed)]
+  fig = Figure(figsize=(12, 0.9 * len(rows) + 0.6))
+  for i, (title, kernel) in enumerate(rows):
+    ax = fig.add_subplot(len(rows), 1, i + 1)
+    image = _filter_image(kernel)
+    ax.imshow(image if image.shape[-1] == 3 else image[..., 0], cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_title(title, fontsize=8, loc="left")
+    ax.set_axis_off()
+  fig.suptitle("First-layer filters (each row on its own colour scale, 0 = grey)",
+               fontsize=9)
+  return fig
+
+
+def channel_figure(models: list[tuple[str, common.Trained]]) -> Figure:
+  """Every filter per input channel, one colour scale per model (red +, blue -)."""
+  kernels = [(fileio.basename(w), np.asarray(smoothness.first_conv_of(
+      t.params, model=t.config.model.name))[..., :MAX_FILTERS]) for w, t in models]
+  rows = sum(k.shape[2] for _, k in kernels)
+  filters = max(k.shape[3] for _, k in kernels)
+  fig = Figure(figsize=(0.45 * filters + 1.5, 0.5 * rows + 0.8))
+  grid = fig.add_gridspec(rows, filters, wspace=0.08, hspace=0.15)
+  row = 0
+  for name, kernel in kernels:
+    limit = max(float(np.abs(kernel).max()), 1e-12)
+    for c in range(kernel.shape[2]):
+      for f in range(kernel.shape[3]):
+        ax = fig.add_subplot(grid[row, f])
+        ax.imshow(kernel[:, :, c, f], cmap="RdBu_r", vmin=-limit, vmax=limit,
+                  interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if f == 0:
+          ax.set_ylabel(f"{name}\nin {c}", fontsize=6, rotation=0, ha="right", va="center")
+      row += 1
+  fig.suptitle("First-layer kernels per input channel (one colour scale per model)",
+               fontsize=9)
+  return fig
+
+
+def sweep_figure(results: dict) -> Figure:
+  """Accuracy vs eps under PGD (or the last attack), one panel per model, one line per
+  rho (solid) and per low-pass cut-off (dashed); eps 0 is clean accuracy."""
+  attack = "pgd" if "pgd" in results["attacks"] else results["attacks"][-1]
+  eps = [0.0] + sorted(results["eps"])
+  models = results["models"]
+  fig = Figure(figsize=(4.2 * len(models), 3.4))
+  for i, m in enumerate(models):
+    ax = fig.add_subplot(1, len(models), i + 1)
+    for row in m["sweep"]:
+      acc = [row["clean"]] + [row["attacks"][attack][robustness.eps_key(e)] for e in eps[1:]]
+      ax.plot(eps, acc, "-" if row["method"] == "eq3" else "--", marker="o", ms=3,
+              label=row["variant"])
+    ax.set_title(m["name"], fontsize=9)
+    ax.set_xlabel("L-inf eps")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    if i == 0:
+      ax.set_ylabel(f"accuracy under {attack.upper()}")
+    ax.legend(fontsize="x-small")
+  fig.tight_layout()
+  return fig
+

@@ -1,0 +1,158 @@
+"""The analysis package: restore across meshes, the kernels mode and its bad input."""
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import kernels as kernels_config
+from hfc_jax import errors, main, optimizers, sharding, smoothness, train
+from hfc_jax.analysis import common, kernels
+from tests.conftest import run_main
+from tests.train_test import tiny_config
+
+
+@pytest.fixture(scope="module")
+def workdirs(tmp_path_factory):
+  """Two small trained workdirs on 8 devices: the paper's batch-statistic BN, and none."""
+  root = tmp_path_factory.mktemp("analysis")
+  out = {}
+  for norm in ("batch_stats", "none"):
+    config = tiny_config(**{"train.epochs": 1, "model.norm": norm})
+    train.train_and_evaluate(config, str(root / norm), mesh=sharding.make_mesh(8))
+    out[norm] = str(root / norm)
+  return out
+
+
+def _kernels_config(**overrides):
+  config = kernels_config.get_config()
+  config.kernels.num_images = 60
+  config.kernels.batch_size = 32
+  config.kernels.rhos = (0.0, 1.0)
+  config.kernels.cutoffs = (1.0,)
+  config.kernels.eps = (0.03, 8 / 255)
+  config.kernels.pgd_steps = 3
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  return config
+
+
+def _predict(trained, x):
+  return np.asarray(jax.jit(trained.functional.logits)(trained.params, trained.model_state, x))
+
+
+def test_restore_across_meshes_is_bit_exact_and_builds_no_optimiser(workdirs, monkeypatch):
+  def forbidden(*args, **kwargs):
+    raise AssertionError("restore built optimiser state")
+  monkeypatch.setattr(optimizers, "make_optimizer", forbidden)
+  monkeypatch.setattr(train, "create_train_state", forbidden)
+  x = np.random.default_rng(0).uniform(size=(40, 32, 32, 3)).astype(np.float32)
+  one = common.restore(workdirs["batch_stats"])                  # written on 8 devices
+  eight = common.restore(workdirs["batch_stats"], mesh=sharding.make_mesh(8))
+  assert one.params["first_conv"]["kernel"].devices() == {jax.devices("cpu")[0]}
+  assert len(eight.params["first_conv"]["kernel"].devices()) == 8
+  np.testing.assert_array_equal(_predict(one, x), _predict(eight, x))
+  assert one.step == 8 and one.epoch == 1 and not hasattr(one, "opt_state")
+  # ... and a checkpoint written on 1 device restores on 8 with the same predictions.
+  config = tiny_config(**{"train.epochs": 1})
+  monkeypatch.undo()
+  single = os.path.join(os.path.dirname(workdirs["none"]), "single")
+  train.train_and_evaluate(config, single, mesh=sharding.make_mesh(1))
+  np.testing.assert_array_equal(_predict(common.restore(single), x),
+                                _predict(common.restore(single, mesh=sharding.make_mesh(8)), x))
+
+
+def test_restore_says_when_jax_started_with_other_xla_flags(monkeypatch, caplog):
+  monkeypatch.setenv("XLA_FLAGS", "")           # main would add its CPU flag here
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  with caplog.at_level(logging.WARNING):
+    common.apply_backend_settings()
+  assert any("not main's" in r.getMessage() for r in caplog.records)
+
+
+def test_sweep_rho_0_row_equals_the_robust_evaluation(workdirs, tmp_path):
+  config = _kernels_config()
+  results = kernels.run(config, workdirs["batch_stats"])
+  robust = main.run(_robust_config(config), workdirs["batch_stats"])
+  row = results["models"][0]["sweep"][0]
+  assert row["variant"] == "eq3 rho=0"
+  assert row["clean"] == robust["clean"]
+  assert row["attacks"] == robust["attacks"]
+
+
+def _robust_config(kc_config):
+  config = kernels_config.get_config()
+  config.mode = "robust_eval"
+  kc, rc = kc_config.kernels, config.robust
+  rc.eps, rc.attacks, rc.pgd_steps = kc.eps, kc.attacks, kc.pgd_steps
+  rc.num_images, rc.batch_size, rc.seed = kc.num_images, kc.batch_size, kc.seed
+  rc.defence_radii, rc.min_eps_search_steps = (), 1
+  return config
+
+
+def test_kernels_mode_writes_grids_measures_and_sweep(workdirs):
+  config = _kernels_config(**{"kernels.compare": (workdirs["none"],)})
+  results = main.run(config, workdirs["batch_stats"])
+  out = os.path.join(workdirs["batch_stats"], "kernels")
+  assert sorted(os.listdir(out)) == ["kernels.md", "kernels_channels.png", "kernels_rgb.png",
+                                     "measures.json", "sweep.json", "sweep.png"]
+  names = [m["name"] for m in results["models"]]
+  assert names == ["batch_stats", "none"]
+  measures = json.load(open(os.path.join(out, "measures.json")))
+  for m in results["models"]:
+    trained = common.restore(m["workdir"])
+    kernel = trained.params["first_conv"]["kernel"]
+    assert measures[m["name"]]["measures"]["original"] == pytest.approx(
+        smoothness.smoothness_measures(kernel))
+    smoothed = smoothness.smooth_eq3(kernel, 1.0)
+    assert m["measures"]["eq3 rho=1"] == pytest.approx(smoothness.smoothness_measures(smoothed))
+    assert [r["variant"] for r in m["sweep"]] == ["eq3 rho=0", "eq3 rho=1", "lowpass c=1"]
+    for row in m["sweep"]:
+      assert set(row["attacks"]) == {"fgsm", "pgd"}
+      assert set(row["attacks"]["pgd"]) == {"0.0300", "0.0314"}
+      # PGD is at least as strong as no attack, on the same images.
+      assert row["attacks"]["pgd"]["0.0314"] <= row["clean"]
+  table = open(os.path.join(out, "kernels.md")).read()
+  assert "| batch_stats | eq3 rho=1 |" in table and "| none | lowpass c=1 |" in table
+  from matplotlib.image import imread  # pylint: disable=g-import-not-at-top
+  image = imread(os.path.join(out, "kernels_rgb.png"))
+  assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 600
+  assert np.std(image[..., :3]) > 0.05    # filters drawn, not a blank canvas
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config.kernels.rhos=(-0.5,1.0)"], "kernels.rhos=-0.5 is out of range"),
+    (["--config.kernels.rhos=()"], "kernels.rhos=() must name at least one rho"),
+    (["--config.kernels.eps=(0.03,1.5)"], "kernels.eps=1.5 is out of range; allowed: [0.0, 1.0]"),
+    ([], "kernels.num_images=1000 exceeds the 256 test images"),
+])
+def test_bad_kernels_input_is_one_line_and_writes_nothing(workdirs, flags, message):
+  before = sorted(os.listdir(workdirs["none"]))
+  result = run_main(workdirs["none"], *flags, config="configs/kernels.py", tiny=False,
+                    timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("hfc_jax: error:")]
+  assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+  assert sorted(os.listdir(workdirs["none"])) == before
+
+
+def test_no_checkpoint_and_incomparable_compare_workdirs_are_refused(workdirs, tmp_path):
+  with pytest.raises(errors.HfcError, match="holds no checkpoint"):
+    main.run(_kernels_config(), str(tmp_path / "empty"))
+  other = tiny_config(**{"train.epochs": 1, "data.image_size": 16, "eval.radii": (4,)})
+  train.train_and_evaluate(other, str(tmp_path / "small"), mesh=sharding.make_mesh(8))
+  with pytest.raises(errors.HfcError, match=r"kernels.compare: .*small.* holds a model of another test set.*image_size=16 vs 32"):
+    main.run(_kernels_config(**{"kernels.compare": (str(tmp_path / "small"),)}),
+             workdirs["none"])
+  assert not os.path.exists(os.path.join(workdirs["none"], "kernels"))
+
+
+def test_a_model_without_a_first_conv_is_named(workdirs):
+  trained = common.restore(workdirs["none"])
+  params = {k: v for k, v in trained.params.items() if k != "first_conv"}
+  with pytest.raises(errors.HfcError, match="model 'small_cnn' has no first conv"):
+    smoothness.first_conv_of(params, model="small_cnn")
