@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
                                      # | idx (MNIST-format files at data.path)
   config.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir (None: default).
   config.data.path = ml_collections.config_dict.placeholder(str)  # npz: file; idx: dir.
+  config.data.num_classes = 0  # Classes of an npz/idx set (0: from the data's metadata or inferred).
   config.data.seed = 0               # Seed of the embedded data set.
   config.data.num_train = 10000      # Embedded set: training images.
   config.data.num_test = 2000        # Embedded set: test images.

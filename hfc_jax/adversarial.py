@@ -41,7 +41,7 @@ class Adversary:
     if adv is None or not adv.get("enabled", False):
       return None
     attacks.check_attack_config(adv.name, adv.eps, adv.step_size, adv.steps, adv.restarts,
-                                random_start=adv.random_start)
+                                random_start=adv.random_start, section="adv")
     return cls(adv.name, float(adv.eps), float(adv.step_size), int(adv.steps),
                bool(adv.random_start), int(adv.restarts), bool(adv.get("train_mode", False)))
 

@@ -50,20 +50,22 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 # Validation
 # ---------------------------------------------------------------------------
 def check_attack_config(name: str, eps: float, step_size: float, steps: int,
-                        restarts: int, *, random_start: bool | None = None) -> None:
-  """Raises a one-line HfcError for a bad attack config (fields 'attack.*').
+                        restarts: int, *, random_start: bool | None = None,
+                        section: str = "attack") -> None:
+  """Raises a one-line HfcError for a bad attack config, naming the fields
+  `<section>.name`, `<section>.eps`, ... (e.g. section 'adv' for config.adv).
 
   eps and step_size must lie in [0, 1] (image units), steps be an integer >= 0 and
   restarts an integer >= 1; restarts > 1 needs random_start (when it is given).
   """
-  errors.check_choice("attack.name", name, ATTACKS)
-  errors.check_range("attack.eps", eps, 0.0, 1.0)
-  errors.check_range("attack.step_size", step_size, 0.0, 1.0)
-  errors.check_range("attack.steps", steps, 0, None, integer=True)
-  errors.check_range("attack.restarts", restarts, 1, None, integer=True)
+  errors.check_choice(f"{section}.name", name, ATTACKS)
+  errors.check_range(f"{section}.eps", eps, 0.0, 1.0)
+  errors.check_range(f"{section}.step_size", step_size, 0.0, 1.0)
+  errors.check_range(f"{section}.steps", steps, 0, None, integer=True)
+  errors.check_range(f"{section}.restarts", restarts, 1, None, integer=True)
   if restarts > 1 and random_start is False:
     raise errors.HfcError(
-        f"attack.restarts={restarts!r} needs attack.random_start=True; "
+        f"{section}.restarts={restarts!r} needs {section}.random_start=True; "
         "without it every restart gives the same image.")
 
 

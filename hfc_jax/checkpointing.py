@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from hfc_jax import errors, fileio
 
 CHECKPOINTS = "checkpoints"
+UNREADABLE = "unreadable_checkpoints"   # where unreadable checkpoints are moved
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -60,9 +61,12 @@ class Checkpointer:
   there, so the file never lists an epoch that no finished checkpoint holds.
   """
 
-  def __init__(self, workdir: str, *, keep: int = 3, create: bool = True):
+  def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False):
+    """`read_only`: for studies and checks beside a run that may be writing: creates
+    nothing and leaves the temporary directories of saves in progress alone (a
+    writer removes leftovers of killed saves when it starts, under the workdir lock)."""
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=create, cleanup_tmp_directories=True,
+        max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=True)
     self.directory = checkpoint_dir(workdir)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -80,12 +84,16 @@ class Checkpointer:
     """Starts an asynchronous save of `state` and `meta` under `step`; training goes on
     while it is written. A step that is already saved is not written again."""
     self.wait()
+    self.check()
     if step in self.manager.all_steps():
       if on_commit is not None:
         on_commit()
       return
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as e:  # pylint: disable=broad-except  (disk full, permissions, ...)
+      raise self._failed(e) from None
     if on_commit is not None:
       self._pending.append(on_commit)
 
@@ -116,11 +124,46 @@ class Checkpointer:
     return out["state"]
 
   def wait(self) -> None:
-    """Blocks until the last save is complete, then runs its `on_commit`."""
-    self.manager.wait_until_finished()
+    """Blocks until the last save is complete, then runs its `on_commit`; a save that
+    failed raises `errors.RunFailed` (one line; its `on_commit` never runs)."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  (Orbax wraps OSError and others)
+      self._pending = []
+      raise self._failed(e) from None
     pending, self._pending = self._pending, []
     for callback in pending:
       callback()
+
+  def check(self) -> None:
+    """Raises `errors.RunFailed` now if a background save has failed (cheap)."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      self._pending = []
+      raise self._failed(e) from None
+
+  def _failed(self, error: Exception) -> errors.RunFailed:
+    steps = self.manager.all_steps()
+    kept = f"step {max(steps)}" if steps else "none"
+    cause = error
+    while cause.__cause__ is not None or cause.__context__ is not None:
+      cause = cause.__cause__ or cause.__context__
+    detail = (str(cause).splitlines() or [type(cause).__name__])[0][:200]
+    return errors.RunFailed(
+        f"a checkpoint could not be written to {self.directory} ({type(cause).__name__}: "
+        f"{detail}); the run stopped; the last good checkpoint: {kept}.",
+        errors.EXIT_SAVE_FAILED)
+
+  def set_aside(self, step: int) -> str:
+    """Moves unreadable checkpoint `step` to `<workdir>/unreadable_checkpoints/<step>`
+    (kept for inspection, out of Orbax's way); returns where it went."""
+    source = fileio.join(self.directory, str(step))
+    target = fileio.join(fileio.path(self.directory).parent, UNREADABLE, str(step))
+    fileio.makedirs(fileio.path(target).parent)
+    fileio.path(source).rename(target)
+    self.manager.reload()
+    return target
 
   def close(self) -> None:
     self.wait()
@@ -132,7 +175,7 @@ def open_existing(workdir: str) -> Checkpointer:
   path = checkpoint_dir(workdir)
   if not fileio.is_dir(path):
     raise errors.HfcError(f"workdir={workdir!r} holds no checkpoint (no {path}).")
-  ckpt = Checkpointer(workdir, create=False)
+  ckpt = Checkpointer(workdir, read_only=True)
   if ckpt.latest_step() is None:
     raise errors.HfcError(f"workdir={workdir!r} holds no finished checkpoint in {path}.")
   return ckpt

@@ -32,3 +32,17 @@ def check_range(field: str, value: float, low: float | None = None,
     hi = "inf" if high is None else repr(high)
     raise HfcError(f"{field}={value!r} is out of range; allowed: [{lo}, {hi}].")
   return value
+
+
+class RunFailed(Exception):
+  """A run that cannot go on, though its input was fine: training diverged, a checkpoint
+  could not be written. One line; `main` prints it and exits with `exit_status`. The
+  workdir keeps its last good checkpoint."""
+
+  def __init__(self, message: str, exit_status: int):
+    super().__init__(message)
+    self.exit_status = exit_status
+
+
+EXIT_DIVERGED = 3      # a non-finite loss or parameter stopped training
+EXIT_SAVE_FAILED = 4   # a checkpoint could not be written (disk full, no permission)

@@ -6,12 +6,18 @@ r"""Runs an hfc_jax experiment.
 
 The workdir may be local or remote (`gs://bucket/run`, with the `gcs` extra).
 
-Exit status: 0 when the run is done; 2 for bad input, with one line on stderr
-("hfc_jax: error: ...") and nothing in the workdir changed before the config is
-checked; 143 when a SIGTERM (a preemption) stopped the run after saving a
-checkpoint at the current step: the same command resumes from it.
+Exit status, each failure with one line on stderr ("hfc_jax: ..."):
+  0    the run is done (a finished workdir returns at once, untouched);
+  2    bad input (a config value, a flag, the data, a locked or differently-configured
+       workdir): nothing in the workdir is changed;
+  3    training diverged (a non-finite loss or parameter): nothing of it was saved;
+  4    a checkpoint could not be written (disk full, permissions): the run stopped;
+  130  Ctrl-C; 143  SIGTERM (a preemption), after saving a checkpoint at the current
+       step. After 3, 4, 130 and 143 the workdir keeps its last good checkpoint and the
+       same command resumes from it.
 """
 
+import functools
 import os
 import re
 import sys
@@ -32,12 +38,18 @@ flags.DEFINE_bool("jax_distributed", False,
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (manual set-up).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (manual set-up).")
 flags.DEFINE_integer("process_id", None, "This process's id (manual set-up).")
+flags.DEFINE_bool("allow_changed_config", False,
+                  "Resume a workdir although fields that change the result (model, data, "
+                  "optimiser, learning rate, batch size, seed, adversarial training) "
+                  "differ from its checkpoint's; the change is recorded in "
+                  "config_history.jsonl.")
 # --config and --workdir are required; parse_flags checks that rather than
 # flags.mark_flags_as_required, whose validators would bind every program that
 # imports this module (the report command, tests) to these two flags.
 REQUIRED = ("config", "workdir")
 
 MODES = ("train", *analysis.MODES)
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def check_workdir(workdir: str) -> str:
@@ -54,19 +66,25 @@ def check_paths(config) -> None:
       fileio.check(f"data.{field}", value)
 
 
-def run(config, workdir: str):
+def run(config, workdir: str, *, allow_changed_config: bool = False):
   """Dispatches on `config.mode`; returns what the driver returns."""
   mode = errors.check_choice("mode", config.get("mode", "train"), MODES)
   workdir = fileio.check("workdir", workdir)
   check_paths(config)
   if mode == "train":
-    from hfc_jax import sweep, train  # pylint: disable=g-import-not-at-top
+    from hfc_jax import sweep, train, validation  # pylint: disable=g-import-not-at-top
     if sweep.is_sweep(config):
-      sweep.expand(config)                         # checks every run before any work
+      for _, run_config, _ in sweep.expand(config):   # every run, before any work
+        validation.check(run_config)
       check_workdir(workdir)
-      return sweep.run_sweep(config, workdir, train.train_and_evaluate)
+      return sweep.run_sweep(config, workdir, functools.partial(
+          train.train_and_evaluate, allow_changes=allow_changed_config))
+    validation.check(config)
+    done = train.finished_history(config, workdir, allow_changes=allow_changed_config)
+    if done is not None:
+      return done
     check_workdir(workdir)
-    return train.train_and_evaluate(config, workdir)
+    return train.train_and_evaluate(config, workdir, allow_changes=allow_changed_config)
   from hfc_jax import checkpointing  # pylint: disable=g-import-not-at-top
   checkpointing.open_existing(workdir).close()   # fails at once on an empty workdir
   check_workdir(workdir)
@@ -89,8 +107,13 @@ def parse_flags(argv: list[str]) -> list[str]:
   `--config=x.py:bogus`) arrives as a traceback inside the flag error: its last line
   is the message. A `--config.*` override of a field that does not exist raises from
   inside ml_collections, and a missing config file only when the config is first read,
-  so the config is read here.
+  so the config is read here. `--help`, `-h`, `--helpfull` print the usage, the flags and
+  every config field with its default and meaning (`config_help`), and exit 0.
   """
+  from hfc_jax import config_help  # pylint: disable=g-import-not-at-top
+  if config_help.wants_help(argv):
+    config_help.print_help(FLAGS, __doc__)
+    sys.exit(0)
   try:
     argv = FLAGS(argv)
     missing = [f"--{name}" for name in REQUIRED if FLAGS[name].value is None]
@@ -112,7 +135,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    print(f"hfc_jax: error: unexpected arguments {argv[1:]}; every setting is a flag "
+          "(--workdir, --config, --config.FIELD=VALUE; see --help).", file=sys.stderr)
+    sys.exit(2)
   xla_flags.set_cpu_defaults()   # before JAX creates its backend, which reads XLA_FLAGS
   import jax  # pylint: disable=g-import-not-at-top
   from hfc_jax import preemption, records  # pylint: disable=g-import-not-at-top
@@ -125,13 +150,20 @@ def main(argv):
                jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind,
                os.environ.get("XLA_FLAGS", ""))
   try:
-    run(FLAGS.config, FLAGS.workdir)
+    run(FLAGS.config, FLAGS.workdir, allow_changed_config=FLAGS.allow_changed_config)
   except errors.HfcError as e:
     print(f"hfc_jax: error: {e}", file=sys.stderr)
     sys.exit(2)
+  except errors.RunFailed as e:
+    print(f"hfc_jax: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_status)
   except preemption.Preempted as e:
     print(f"hfc_jax: {e}", file=sys.stderr, flush=True)
     sys.exit(preemption.EXIT_PREEMPTED)
+  except KeyboardInterrupt:
+    print("hfc_jax: interrupted (Ctrl-C); the workdir keeps its last finished checkpoint; "
+          "run the same command to resume from it.", file=sys.stderr, flush=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

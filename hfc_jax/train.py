@@ -7,6 +7,7 @@ driver `train_and_evaluate`, split by banner comments as in big_vision's trainer
 import collections
 import dataclasses
 import functools
+import math
 import time
 from typing import Any
 
@@ -18,8 +19,9 @@ import numpy as np
 import optax
 from absl import logging
 
-from hfc_jax import adversarial, checkpointing, errors, evaluate, fileio, frequency, models
-from hfc_jax import optimizers, preemption, records, sharding, smoothness, transforms
+from hfc_jax import adversarial, checkpointing, errors, evaluate, fileio, frequency, lock
+from hfc_jax import models
+from hfc_jax import optimizers, preemption, records, resume, sharding, smoothness, transforms
 from hfc_jax import workdirs
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
@@ -97,8 +99,9 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
       "Smooth kernels improve adversarial robustness") to the loss.
 
   Returns:
-    The new state and {'loss', 'accuracy'} batch means (device scalars); they are
-    measured on the images trained on (adversarial, mixed), accuracy against `labels`.
+    The new state and {'loss', 'accuracy'} batch means (device scalars), measured on
+    the images trained on (adversarial, mixed), accuracy against `labels`, and
+    'params_finite' (bool: no parameter became inf or NaN in this step).
   """
   x = input_fn(evaluate.to_float(images)) if input_fn else preprocess(images, rescale)
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -126,7 +129,9 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   new_state = state.replace(step=state.step + 1, params=params,
                             model_state=model_state, opt_state=opt_state)
-  return new_state, {"loss": loss, "accuracy": accuracy}
+  params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
+                                     for p in jax.tree.leaves(params)]))
+  return new_state, {"loss": loss, "accuracy": accuracy, "params_finite": params_finite}
 
 
 def make_train_step(functional: Functional, tx, mesh, *, rescale: str,
@@ -182,12 +187,6 @@ def check_config(config: ml_collections.ConfigDict, dataset, mesh) -> None:
                      integer=True)
   errors.check_range("checkpoint.keep", config.checkpoint.keep, 2, None, integer=True)
   transforms.check_config(config.train, size)
-
-
-def _fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """The config fields that must match for a checkpoint to be resumed."""
-  return {"model": config.model.to_dict(), "data": config.data.to_dict(),
-          "seed": config.seed}
 
 
 # ---------------------------------------------------------------------------
@@ -262,6 +261,7 @@ class _StepMetrics:
       return
     step, metrics, seconds = interval
     fetched = jax.device_get(metrics)
+    _check_finite(fetched, step - len(fetched) + 1)
     losses = [float(m["loss"]) for m in fetched]
     accuracies = [float(m["accuracy"]) for m in fetched]
     self.progress.add(losses, accuracies)
@@ -269,26 +269,75 @@ class _StepMetrics:
                            float(np.mean(accuracies)), len(losses) * self.batch_size / seconds)
 
 
+def _check_finite(fetched: list[dict], first_step: int) -> None:
+  """Stops the run at the first step whose loss or parameters are not finite. Every
+  checkpoint and epoch record comes after its steps' metrics were checked here, so no
+  bad state is ever saved."""
+  for step, m in enumerate(fetched, first_step):
+    loss = float(m["loss"])
+    if not math.isfinite(loss) or not bool(m["params_finite"]):
+      what = (f"the loss is {loss}" if not math.isfinite(loss)
+              else "some parameters are inf or NaN")
+      raise errors.RunFailed(
+          f"training diverged at step {step}: {what}; nothing from that step on was "
+          "saved, the last checkpoint is kept (lower optim.learning_rate, or add "
+          "optim.grad_clip_norm).", errors.EXIT_DIVERGED)
+
+
 # ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       *, mesh=None) -> list[dict]:
+                       *, mesh=None, allow_changes: bool = False) -> list[dict]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
-  Returns the per-epoch metric history (also in `<workdir>/metrics.jsonl`). Raises
-  `preemption.Preempted` after saving a checkpoint when a SIGTERM stops the run (one
-  that comes while the data load or compiles is honoured at the first step).
+  Returns the per-epoch metric history (also in `<workdir>/metrics.jsonl`). A finished
+  workdir returns at once, before any data is loaded, and is not touched. Raises
+  HfcError when another run holds the workdir or the resumed run's settings changed
+  the result (`resume`; `allow_changes` lets it go on); `preemption.Preempted` after
+  saving a checkpoint when a SIGTERM stops the run (one that comes while the data
+  load or compiles is honoured at the first step); `errors.RunFailed` when training
+  diverges or a checkpoint cannot be written.
   """
-  watch = preemption.Watch()
+  done = finished_history(config, workdir, allow_changes=allow_changes)
+  if done is not None:
+    return done
+  watch, workdir_lock = preemption.Watch(), lock.WorkdirLock(workdir)
   try:
-    return _train_and_evaluate(config, workdir, mesh, watch)
+    workdir_lock.acquire()
+    return _train_and_evaluate(config, workdir, mesh, watch, workdir_lock, allow_changes)
   finally:
+    workdir_lock.release()
     watch.close()
 
 
-def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch) -> list[dict]:
-  """`train_and_evaluate`, with the preemption `watch` already listening."""
+def finished_history(config, workdir: str, *, allow_changes: bool = False) -> list | None:
+  """The history of a workdir whose latest checkpoint already holds all
+  `train.epochs` (None otherwise); read without loading data or locking, and
+  touching nothing. Its settings must match as for a resume."""
+  if not fileio.is_dir(checkpointing.checkpoint_dir(workdir)):
+    return None
+  ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    step = ckpt.latest_step()
+    meta = ckpt.restore_meta(step) if step is not None else None
+  except Exception:  # pylint: disable=broad-except  (an unreadable one: the full path decides)
+    meta = None
+  finally:
+    ckpt.close()
+  if meta is None or len(meta["history"]) < config.train.epochs:
+    return None
+  resume.check(meta["config"], config.to_dict(), workdir, allow=allow_changes)
+  if jax.process_index() == 0:
+    print(f"hfc_jax: {workdir} is finished: it holds all {len(meta['history'])} epochs "
+          f"(step {step}); nothing to do. Metrics: "
+          f"{fileio.join(workdir, workdirs.METRICS)}", flush=True)
+  return meta["history"]
+
+
+def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
+                        workdir_lock: lock.WorkdirLock, allow_changes: bool) -> list[dict]:
+  """`train_and_evaluate`, with the preemption `watch` listening and the lock held."""
   # ----- Set up mesh and data ----------------------------------------------
   mesh = mesh or sharding.make_mesh(config.get("num_devices"))
   dataset = data_lib.load(config.data)
@@ -313,11 +362,17 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch) -> 
 
   # ----- Resume ------------------------------------------------------------
   ckpt = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
-  state, history, progress = _resume(ckpt, state, config, workdir, steps_per_epoch)
-  if len(history) >= tc.epochs:
-    logging.info("workdir %s already holds all %d epochs; nothing to do", workdir, tc.epochs)
+  state, history, progress, changed = _resume(ckpt, state, config, workdir, steps_per_epoch,
+                                              allow_changes=allow_changes)
+  if len(history) >= tc.epochs:   # finished, but its newest checkpoint was unreadable
     ckpt.close()
     return history
+  if "train.epochs" in changed and config.optim.schedule != "constant":
+    logging.warning("train.epochs changed %s -> %s: the %s learning-rate schedule now "
+                    "spans the new length, so the run differs from one started with it",
+                    *changed["train.epochs"], config.optim.schedule)
+  if jax.process_index() == 0:
+    resume.record(workdir, int(state.step), changed)
   records.write_json(fileio.join(workdir, workdirs.CONFIG), config.to_dict())
   recorder = records.Recorder(workdir, tensorboard=config.get("tensorboard", True),
                               history=history)
@@ -332,9 +387,9 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch) -> 
   robust_on = adversarial.robust_evaluator(config, adversary, functional, mesh, test_x, test_y)
 
   def save(state, history, progress, on_commit=None):
-    meta = {"config": config.to_dict(), "history": history, "fingerprint": _fingerprint(config),
+    meta = {"config": config.to_dict(), "history": history,
             "num_classes": dataset.num_classes, "channels": dataset.channels,
-            "image_size": dataset.image_size, "epoch_progress": dataclasses.asdict(progress)}
+            "epoch_progress": dataclasses.asdict(progress)}
     ckpt.save(int(state.step), state, meta, on_commit=on_commit)
 
   # ----- Train loop --------------------------------------------------------
@@ -342,6 +397,7 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch) -> 
     for epoch in range(len(history), tc.epochs):
       state = _train_epoch(state, step_fn, dataset, mesh, config, epoch, steps_per_epoch,
                            progress, recorder=recorder, watch=watch,
+                           heartbeat=workdir_lock.heartbeat,
                            save=lambda s, p: save(s, history, p), ckpt=ckpt)
       t0 = time.perf_counter()
       record = {"epoch": epoch + 1, "step": int(state.step),
@@ -369,33 +425,56 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch) -> 
 
 
 def _resume(ckpt: checkpointing.Checkpointer, state: TrainState, config, workdir: str,
-            steps_per_epoch: int) -> tuple[TrainState, list[dict], EpochProgress]:
-  """The latest checkpoint's state, epoch history and partial-epoch sums (or a fresh
-  start); HfcError when the checkpoint belongs to another config."""
-  if ckpt.latest_step() is None:
-    return state, [], EpochProgress()
-  meta = ckpt.restore_meta()
-  if meta.get("fingerprint") != _fingerprint(config):
-    raise errors.HfcError(
-        f"workdir={workdir!r} holds a run of another model/data config; "
-        "use a new --workdir or the same config.")
-  state, meta = ckpt.restore(checkpointing.abstract_like(state))
-  history = meta["history"]
-  progress = EpochProgress(**meta.get("epoch_progress", {}))
-  step = int(state.step)
-  if step != len(history) * steps_per_epoch + progress.steps:
-    raise errors.HfcError(
-        f"workdir={workdir!r}: its checkpoint at step {step} does not fit "
-        f"{steps_per_epoch} steps per epoch (train.batch_size or the data changed); "
-        "use a new --workdir or the same config.")
-  logging.info("resumed at step %d: epoch %d, %d of its %d steps done", step,
-               len(history) + 1, progress.steps, steps_per_epoch)
-  return state, history, progress
+            steps_per_epoch: int, *, allow_changes: bool = False):
+  """(state, history, partial-epoch sums, config changes) from the newest readable
+  checkpoint, or a fresh start. A checkpoint that cannot be read (a truncated file, a
+  missing metadata file) is reported in one line, deleted, and the one before used.
+  HfcError when the run's settings changed in a way that changes the result
+  (`resume.check`) or its step does not fit the epoch length."""
+  for step in reversed(ckpt.all_steps()):
+    try:
+      meta = ckpt.restore_meta(step)
+    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+      _set_aside(ckpt, step, e)
+      continue
+    found = resume.check(meta["config"], config.to_dict(), workdir, allow=allow_changes)
+    try:
+      restored, meta = ckpt.restore(checkpointing.abstract_like(state), step)
+    except Exception as e:  # pylint: disable=broad-except
+      fixed = [k for k in found if resume.changes_result(k)]
+      if fixed:   # allowed changes that give the state another shape (a new optimiser)
+        raise errors.HfcError(
+            f"workdir={workdir!r}: its checkpoint at step {step} does not fit the changed "
+            f"settings ({', '.join(fixed[:4])}); use a new --workdir.") from None
+      _set_aside(ckpt, step, e)
+      continue
+    history = meta["history"]
+    progress = EpochProgress(**meta.get("epoch_progress", {}))
+    if int(restored.step) != len(history) * steps_per_epoch + progress.steps:
+      raise errors.HfcError(
+          f"workdir={workdir!r}: its checkpoint at step {int(restored.step)} does not fit "
+          f"{steps_per_epoch} steps per epoch (the data changed); use a new --workdir or "
+          "the same config.")
+    logging.info("resumed at step %d: epoch %d, %d of its %d steps done", step,
+                 len(history) + 1, progress.steps, steps_per_epoch)
+    return restored, history, progress, found
+  if ckpt.all_steps():
+    raise errors.HfcError(f"workdir={workdir!r}: no checkpoint in {ckpt.directory} can be read.")
+  return state, [], EpochProgress(), {}
+
+
+def _set_aside(ckpt: checkpointing.Checkpointer, step: int, error: Exception) -> None:
+  """Reports an unreadable checkpoint in one line and moves it out of the way."""
+  where = ckpt.set_aside(step)
+  logging.warning("checkpoint %s/%d cannot be read (%s: %s); moved to %s, resuming from "
+                  "the one before", ckpt.directory, step, type(error).__name__,
+                  (str(error).splitlines() or [""])[0][:200], where)
 
 
 def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int, steps_per_epoch: int,
                  progress: EpochProgress, *, recorder: records.Recorder,
-                 watch: preemption.Watch, save, ckpt: checkpointing.Checkpointer):
+                 watch: preemption.Watch, save, ckpt: checkpointing.Checkpointer,
+                 heartbeat=lambda: None):
   """Runs the remaining steps of epoch `epoch` (from `progress.steps` on), adding
   their metrics to `progress`; returns the state.
 
@@ -434,6 +513,8 @@ def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int, steps_per_ep
     step = epoch * steps_per_epoch + i + 1
     if (i + 1) % tc.log_every_steps == 0:
       metrics.mark(step)
+      ckpt.check()     # a failed background save stops the run here, not at the next save
+      heartbeat()
     if watch.reached(step):
       checkpoint(step)
       raise preemption.Preempted(step, ckpt.directory)

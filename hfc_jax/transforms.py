@@ -83,12 +83,15 @@ def mixup(key: jax.Array, x: jax.Array, labels: jax.Array, num_classes: int,
   return mixed_x.astype(x.dtype), mixed_y, lam
 
 
-def check_config(train_config, image_size: int) -> None:
-  """One-line HfcErrors for bad train.input_component/input_radius/mixup_alpha."""
+def check_config(train_config, image_size: int | None) -> None:
+  """One-line HfcErrors for bad train.input_component/input_radius/mixup_alpha; the
+  radius is checked against `image_size` when it is known (else only >= 1)."""
   component = errors.check_choice("train.input_component",
                                   train_config.get("input_component", "original"),
                                   COMPONENTS)
-  if component != "original":
-    frequency.check_radius(train_config.get("input_radius", 0.0), image_size, image_size,
-                           field="train.input_radius")
+  radius = train_config.get("input_radius", 0.0)
+  if component != "original" and image_size:
+    frequency.check_radius(radius, image_size, image_size, field="train.input_radius")
+  elif component != "original":
+    errors.check_range("train.input_radius", radius, 1, None)
   errors.check_range("train.mixup_alpha", train_config.get("mixup_alpha", 0.0), 0.0, 100.0)

@@ -7,6 +7,8 @@
 # with the exit status of COMMAND (python -m hfc_jax.main ...):
 #   0      finished (a finished run returns at once): stop, exit 0
 #   2      bad input: stop, exit 2 (the same command would fail the same way)
+#   3      training diverged (a non-finite loss or parameter; nothing bad was saved):
+#          stop, exit 3 (resuming would diverge again at the same step)
 #   130    Ctrl-C: stop, exit 130
 #   143    stopped by SIGTERM after saving a checkpoint at the current step: run the
 #          same command again at once, which resumes at that step (at most 100 times).
@@ -48,7 +50,7 @@ while :; do
   say "starting: $(quote "$@")"
   "$@" && status=0 || status=$?
   case $status in
-    0|2|130) break;;
+    0|2|3|130) break;;
     143)
       [[ -z $signalled ]] || { say "exit status 143 and this loop got $signalled too: stopping"; break; }
       (( resumes++ < MAX_RESUMES )) || { say "resumed $MAX_RESUMES times already: stopping"; break; }

@@ -13,6 +13,7 @@ import pytest
 from hfc_jax import data
 from hfc_jax.data import idx_source, npz_source, pipeline, synthetic, tfds_source
 from hfc_jax.errors import HfcError
+from tests.conftest import run_main
 
 
 def _config(**overrides):
@@ -402,7 +403,7 @@ def _write_idx_dir(directory, arrays, compression="gz"):
 def test_idx_round_trip(tmp_path, compression):
   arrays = _idx_arrays()
   path = _write_idx_dir(tmp_path / "mnist", arrays, compression)
-  ds = data.load(_config(name="idx", path=path))
+  ds = data.load(_config(name="idx", path=path, num_classes=6))  # class 5 is only in the test set
   assert ds.x_train.shape == (7, 6, 6, 1) and ds.x_test.shape == (3, 6, 6, 1)
   assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32
   np.testing.assert_array_equal(ds.x_train[..., 0], arrays["x_train"])
@@ -588,3 +589,176 @@ def test_default_config_has_every_data_field_with_its_default():
   section = module.get_config().data
   for field, value in data.default_data_config().items():
     assert field in section and section[field] == value, field
+
+
+# ---------------------------------------------------------------- labels and classes, any source
+
+
+def _labelled(y_train, y_test=(0, 1, 2), size=4, **extra):
+  """npz arrays with the given labels (any dtype) and random uint8 images."""
+  rng = np.random.default_rng(0)
+  y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+  return {"x_train": rng.integers(0, 256, (len(y_train), size, size, 3), dtype=np.uint8),
+          "y_train": y_train, "y_test": y_test,
+          "x_test": rng.integers(0, 256, (len(y_test), size, size, 3), dtype=np.uint8), **extra}
+
+
+def _npz_error(tmp_path, arrays, **config) -> str:
+  """The one-line HfcError message of loading `arrays` as an npz set."""
+  path = _save(tmp_path / "x.npz", **arrays)
+  with pytest.raises(HfcError) as info:
+    data.load(_config(name="npz", path=path, **config))
+  message = str(info.value)
+  assert "\n" not in message
+  return message.replace(repr(path), "P")
+
+
+def test_stray_label_255_is_refused_not_a_256_way_head(tmp_path):
+  labels = np.concatenate([np.arange(20) % 10, [255, 255, 255]]).astype(np.uint8)
+  assert _npz_error(tmp_path, _labelled(labels)) == (
+      "data.path=P: num_classes inferred as max label + 1 = 256, but 245 classes (10..254) "
+      "have no example in y_train; set --config.data.num_classes to the true number of "
+      "classes (every label must then lie in [0, num_classes)) or fix the labels.")
+  assert _npz_error(tmp_path, _labelled(labels), num_classes=10) == (
+      "data.path=P: y_train has 3 labels outside [0, 10): 255 (3 times); allowed: class ids "
+      "0..9 (num_classes=10, data.num_classes).")
+
+
+def test_one_based_labels_are_refused(tmp_path):
+  labels = np.arange(20) % 10 + 1  # 1..10
+  message = _npz_error(tmp_path, _labelled(labels, y_test=(1, 5, 10)))
+  assert message.startswith("data.path=P: num_classes inferred as max label + 1 = 11, but 1 "
+                            "class (0) has no example in y_train (class ids start at 0); "
+                            "set --config.data.num_classes")
+  assert _npz_error(tmp_path, _labelled(labels, y_test=(1, 5, 10)), num_classes=10) == (
+      "data.path=P: y_train has 2 labels outside [0, 10): 10 (2 times); allowed: class ids "
+      "0..9 (num_classes=10, data.num_classes).")
+
+
+def test_uint64_labels_beyond_int32_are_refused_before_the_cast(tmp_path):
+  labels = np.array([0, 1, 2, 2**40, 1], np.uint64)  # 2**40 would wrap to 0 as int32
+  assert _npz_error(tmp_path, _labelled(labels), num_classes=3) == (
+      "data.path=P: y_train has 1 label outside the int32 range: 1099511627776 (1 time); "
+      "class ids must be in [0, num_classes) with num_classes <= 2147483647.")
+
+
+@pytest.mark.parametrize("split,word", [("test", "test"), ("train", "training")])
+def test_an_empty_split_is_refused(tmp_path, split, word):
+  arrays = _labelled(np.arange(6) % 3)
+  arrays[f"x_{split}"], arrays[f"y_{split}"] = np.zeros((0, 4, 4, 3), np.uint8), np.zeros(0)
+  assert _npz_error(tmp_path, arrays) == (
+      f"data.path=P: x_{split} holds no images; the {word} set must hold at least one image.")
+
+
+def test_a_class_without_training_example_is_a_gap(tmp_path):
+  arrays = _labelled([0, 1, 3, 3, 1, 0], y_test=(0, 2, 3))
+  assert _npz_error(tmp_path, arrays) == (
+      "data.path=P: num_classes inferred as max label + 1 = 4, but 1 class (2) has no example "
+      "in y_train; set --config.data.num_classes to the true number of classes (every label "
+      "must then lie in [0, num_classes)) or fix the labels.")
+  ds = data.load(_config(name="npz", path=str(tmp_path / "x.npz"), num_classes=4))
+  assert ds.num_classes == 4  # stated, so a class without examples is allowed
+
+
+def test_num_classes_key_in_the_file_gives_the_head_size(tmp_path):
+  arrays = _labelled(np.arange(30) % 10, num_classes=np.int64(12))
+  path = _save(tmp_path / "x.npz", **arrays)
+  ds = data.load(_config(name="npz", path=path))
+  assert ds.num_classes == 12 and ds.y_train.dtype == np.int32
+  np.testing.assert_array_equal(ds.y_train, np.arange(30) % 10)
+  assert data.load(_config(name="npz", path=path, num_classes=12)).num_classes == 12
+  assert _npz_error(tmp_path, arrays, num_classes=10) == (
+      "data.num_classes=10 disagrees with the 12 classes of data.path=P (its num_classes "
+      "key); allowed: 0 (use 12) or 12.")
+
+
+def test_num_classes_key_must_be_one_positive_integer(tmp_path):
+  for bad in (np.float64(12.0), np.array([10, 12]), np.int64(0)):
+    message = _npz_error(tmp_path, _labelled(np.arange(6) % 3, num_classes=bad))
+    assert message.startswith("data.path=P: num_classes is ")
+    assert message.endswith("; expected one integer in [1, 2147483647].")
+
+
+def test_data_num_classes_when_the_file_has_none(tmp_path):
+  path = _save(tmp_path / "x.npz", **_labelled(np.arange(6) % 3))
+  assert data.load(_config(name="npz", path=path)).num_classes == 3
+  assert data.load(_config(name="npz", path=path, num_classes=7)).num_classes == 7
+  with pytest.raises(HfcError, match=r"^data.num_classes=-1 is out of range; allowed: \[0, "):
+    data.load(_config(name="npz", path=path, num_classes=-1))
+
+
+def test_inferred_num_classes_is_logged(tmp_path, caplog):
+  path = _save(tmp_path / "x.npz", **_labelled(np.arange(6) % 3))
+  with caplog.at_level("INFO"):
+    data.load(_config(name="npz", path=path))
+  assert f"data.path={path!r}: num_classes=3, inferred as max label + 1" in caplog.text
+
+
+def test_whole_float_labels_are_accepted_others_refused(tmp_path):
+  path = _save(tmp_path / "x.npz", **_labelled(np.arange(6.0) % 3, y_test=(0.0, 2.0)))
+  ds = data.load(_config(name="npz", path=path))
+  assert ds.y_train.dtype == np.int32 and ds.num_classes == 3
+  np.testing.assert_array_equal(ds.y_train, [0, 1, 2, 0, 1, 2])
+  assert _npz_error(tmp_path, _labelled([0.0, 1.0, 2.5, np.nan, 2.0])) == (
+      "data.path=P: y_train has dtype float64 with 2 non-whole values, e.g. 2.5; "
+      "expected integer class ids (floats only when every value is a whole number).")
+  for labels, dtype in (([True, False, True], "bool"), (["0", "1", "2"], "<U1")):
+    assert _npz_error(tmp_path, _labelled(labels)) == (
+        f"data.path=P: y_train has dtype {dtype}; expected integer class ids (floats only "
+        "when every value is a whole number).")
+
+
+def test_negative_labels_are_outside_the_range(tmp_path):
+  assert _npz_error(tmp_path, _labelled([0, 1, 2], y_test=(0, -1, -1, -7))) == (
+      "data.path=P: y_test has 3 labels outside [0, 3): -1 (2 times), -7 (1 time); allowed: "
+      "class ids 0..2 (num_classes=3, inferred as max label + 1).")
+
+
+@pytest.mark.parametrize("case,message", [
+    ("float images", "x_train has dtype float32; expected uint8 in [0, 255]."),
+    ("5-d images", "x_test has shape (3, 4, 4, 3, 1); expected (N, H, W) or (N, H, W, C)."),
+    ("size mismatch", "x_train images are (4, 4, 3) but x_test images are (6, 6, 3); "
+                      "expected the same (H, W, C).")])
+def test_npz_image_errors_are_one_exact_line(tmp_path, case, message):
+  arrays = _labelled(np.arange(6) % 3)
+  if case == "float images":
+    arrays["x_train"] = arrays["x_train"].astype(np.float32)
+  elif case == "5-d images":
+    arrays["x_test"] = arrays["x_test"][..., None]
+  else:
+    arrays["x_test"] = np.zeros((3, 6, 6, 3), np.uint8)
+  assert _npz_error(tmp_path, arrays) == f"data.path=P: {message}"
+
+
+def test_idx_labels_are_checked_too(tmp_path):
+  path = _write_idx_dir(tmp_path / "mnist", _idx_arrays())  # class 5 only in the test set
+  with pytest.raises(HfcError) as info:
+    data.load(_config(name="idx", path=path))
+  assert str(info.value) == (
+      f"data.path={path!r}: num_classes inferred as max label + 1 = 6, but 1 class (5) has no "
+      "example in train-labels-idx1-ubyte; set --config.data.num_classes to the true number "
+      "of classes (every label must then lie in [0, num_classes)) or fix the labels.")
+  with pytest.raises(HfcError, match=r"t10k-labels-idx1-ubyte has 1 label outside \[0, 5\)"):
+    data.load(_config(name="idx", path=path, num_classes=5))
+
+
+def test_metadata_num_classes_wins_and_must_agree():
+  kwargs = dict(num_train=100, num_test=20)
+  assert data.load(_config(num_classes=10, **kwargs)).num_classes == 10
+  with pytest.raises(HfcError) as info:
+    data.load(_config(num_classes=12, **kwargs))
+  assert str(info.value) == ("data.num_classes=12 disagrees with the 10 classes of "
+                             "data.name='embedded' (the embedded set); allowed: 0 (use 10) or 10.")
+
+
+def test_main_refuses_an_empty_test_set_before_training(tmp_path):
+  arrays = _labelled(np.arange(64) % 4, size=8)
+  arrays["x_test"], arrays["y_test"] = np.zeros((0, 8, 8, 3), np.uint8), np.zeros(0, np.int64)
+  path = _save(tmp_path / "x.npz", **arrays)
+  result = run_main(tmp_path / "run", "--config.data.name=npz", f"--config.data.path={path}",
+                    "--config.eval.radii=(2,)", timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"hfc_jax: error: data.path={path!r}: x_test holds no images; the test set must hold at "
+      "least one image.")
+  assert not (tmp_path / "run" / "checkpoints").exists()

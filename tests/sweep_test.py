@@ -98,7 +98,7 @@ def test_sweep_runs_two_tiny_variants_end_to_end(tmp_path):
   again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "images/s" not in again.stderr       # no training progress lines the second time
-  assert again.stderr.count("already holds all 1 epochs; nothing to do") == 2
+  assert again.stdout.count("is finished: it holds all 1 epochs") == 2
 
 
 def test_a_bad_override_fails_before_any_run(tmp_path):

@@ -19,7 +19,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from hfc_jax import checkpointing, evaluate, fileio, models, records, sharding, xla_flags
+from hfc_jax import checkpointing, errors, evaluate, fileio, models, records, sharding
+from hfc_jax import xla_flags
 from hfc_jax import data as data_lib
 from hfc_jax.models.functional import Functional
 
@@ -74,23 +75,35 @@ def abstract_model(config: ml_collections.ConfigDict, num_classes: int, channels
 
 
 def restore(workdir: str, step: int | None = None, *, mesh=None) -> Trained:
-  """Restores the model of `workdir` (local or gs://) at `step` (default: the latest
-  checkpoint, possibly mid-epoch), replicated over `mesh` (default: `cpu_mesh()`),
-  whatever mesh wrote it. Reads the parameters, model state and step only."""
+  """Restores the model of `workdir` (local or gs://) at `step` (default: the newest
+  readable checkpoint, possibly mid-epoch; an unreadable one is reported in one line
+  and skipped), replicated over `mesh` (default: `cpu_mesh()`), whatever mesh wrote
+  it. Reads the parameters, model state and step only; changes nothing."""
   apply_backend_settings()
   ckpt = checkpointing.open_existing(workdir)
   try:
-    step = ckpt.latest_step() if step is None else step
-    meta = ckpt.restore_meta(step)
-    config = ml_collections.ConfigDict(meta["config"])
-    functional, params, model_state = abstract_model(
-        config, meta["num_classes"], meta["channels"])
-    placed = sharding.replicated(mesh or cpu_mesh())
-    item = {"params": params, "model_state": model_state,
-            "step": jax.ShapeDtypeStruct((), np.int32)}
-    state = ckpt.restore_partial(checkpointing.abstract_like(item, placed), step)
+    steps = [step] if step is not None else list(reversed(ckpt.all_steps()))
+    for i, candidate in enumerate(steps):
+      try:
+        return _restore_step(ckpt, candidate, sharding.replicated(mesh or cpu_mesh()))
+      except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+        if step is not None or i == len(steps) - 1:
+          raise errors.HfcError(f"workdir={workdir!r}: checkpoint {candidate} cannot be "
+                                f"read ({type(e).__name__}).") from None
+        logging.warning("checkpoint %s/%d cannot be read (%s); using the one before",
+                        ckpt.directory, candidate, type(e).__name__)
   finally:
     ckpt.close()
+
+
+def _restore_step(ckpt: checkpointing.Checkpointer, step: int, placed) -> Trained:
+  meta = ckpt.restore_meta(step)
+  config = ml_collections.ConfigDict(meta["config"])
+  functional, params, model_state = abstract_model(
+      config, meta["num_classes"], meta["channels"])
+  item = {"params": params, "model_state": model_state,
+          "step": jax.ShapeDtypeStruct((), np.int32)}
+  state = ckpt.restore_partial(checkpointing.abstract_like(item, placed), step)
   return Trained(functional, state["params"], state["model_state"], config,
                  meta["history"], int(state["step"]), meta["num_classes"],
                  meta["channels"])
@@ -104,7 +117,6 @@ def load_test_set(trained: Trained, num_images: int = 0, *, field: str = ""
   dataset = data_lib.load(trained.config.data)
   x, y = dataset.x_test, dataset.y_test
   if num_images > len(x):
-    from hfc_jax import errors  # pylint: disable=g-import-not-at-top
     raise errors.HfcError(f"{field}={num_images} exceeds the {len(x)} test images of "
                           f"data.name={dataset.name!r}.")
   if num_images:

@@ -118,8 +118,9 @@ def load_idx(path: str) -> dict:
   """Reads and validates the four IDX files in directory `path`.
 
   Returns:
-    A dict with x_train (N, S, S, 1) uint8, y_train (N,) int32, x_test (M, S, S, 1), y_test
-    (M,) int32, and num_classes = max label + 1 over both splits.
+    A dict with x_train (N, S, S, 1) uint8, y_train (N,) uint8, x_test (M, S, S, 1), y_test
+    (M,) uint8; `hfc_jax.data.load` checks the labels and finds num_classes (data.num_classes,
+    else max label + 1).
   """
   if not path or not os.path.isdir(path):
     raise _fail(path, f"no such directory; set --config.data.path to a directory with "
@@ -134,11 +135,8 @@ def load_idx(path: str) -> dict:
     if x.shape[1] != x.shape[2]:
       raise _fail(path, f"{FILES['x_' + split]} images are {x.shape[1]}x{x.shape[2]}; "
                   "expected square images.")
-    out[f"x_{split}"], out[f"y_{split}"] = x[..., None], y.astype(np.int32)
+    out[f"x_{split}"], out[f"y_{split}"] = x[..., None], y
   if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
     raise _fail(path, f"training images are {out['x_train'].shape[1:3]} but test images are "
                 f"{out['x_test'].shape[1:3]}; expected the same size.")
-  if len(out["y_train"]) == 0:
-    raise _fail(path, f"{FILES['x_train']} holds no images.")
-  out["num_classes"] = int(max(out["y_train"].max(), out["y_test"].max(initial=0))) + 1
   return out

@@ -1,7 +1,10 @@
 """Bring-your-own data: one `.npz` file with x_train, y_train, x_test, y_test.
 
-Images are uint8, NHWC or NHW (a channel axis is then added), square, with 1 or 3 channels;
-labels are integers in [0, num_classes), and num_classes = max label + 1 over both splits.
+Images are uint8, NHWC or NHW (a channel axis is then added), square, with 1 or 3 channels,
+the same (H, W, C) in both splits. Labels are (N,) or (N, 1) class ids in [0, num_classes).
+An optional scalar integer key `num_classes` gives the class count; without it
+data.num_classes does, else max label + 1. This module reads the file and checks its layout;
+`hfc_jax.data.load` then checks the labels and the class count for every source.
 Every problem is reported as a one-line HfcError naming `data.path`.
 """
 
@@ -13,6 +16,8 @@ import numpy as np
 from hfc_jax.errors import HfcError
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
+NUM_CLASSES_KEY = "num_classes"  # optional scalar integer in the file
+INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 def _fail(path: str, what: str) -> HfcError:
@@ -36,15 +41,20 @@ def _images(path: str, key: str, x: np.ndarray) -> np.ndarray:
 
 
 def _labels(path: str, key: str, y: np.ndarray, n: int) -> np.ndarray:
-  """Returns `y` as (n,) int32 with non-negative values, or raises HfcError."""
-  if not np.issubdtype(y.dtype, np.integer):
-    raise _fail(path, f"{key} has dtype {y.dtype}; expected integer class ids.")
+  """Returns `y` as (n,), dtype unchanged (load checks the values), or raises HfcError."""
   y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
   if y.shape != (n,):
     raise _fail(path, f"{key} has shape {y.shape} but there are {n} images; expected ({n},).")
-  if n and y.min() < 0:
-    raise _fail(path, f"{key} has negative labels; expected class ids >= 0.")
-  return y.astype(np.int32)
+  return y
+
+
+def _num_classes(path: str, value: np.ndarray) -> int:
+  """Returns the file's num_classes key as an int, or raises HfcError."""
+  if (value.shape != () or not np.issubdtype(value.dtype, np.integer)
+      or not 1 <= value <= INT32_MAX):
+    raise _fail(path, f"{NUM_CLASSES_KEY} is {value.tolist()!r} ({value.dtype}, shape "
+                f"{value.shape}); expected one integer in [1, {INT32_MAX}].")
+  return int(value)
 
 
 def _read(path: str) -> dict[str, np.ndarray]:
@@ -61,7 +71,7 @@ def _read(path: str) -> dict[str, np.ndarray]:
       have = ", ".join(f.files) or "nothing"
       raise _fail(path, f"missing key(s) {', '.join(missing)}; the file has {have}.")
     try:
-      return {k: f[k] for k in KEYS}
+      return {k: f[k] for k in (*KEYS, NUM_CLASSES_KEY) if k in f.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
       raise _fail(path, f"cannot read its arrays ({type(e).__name__}).") from e
 
@@ -70,7 +80,8 @@ def load_npz(path: str) -> dict:
   """Reads and validates the file.
 
   Returns:
-    A dict with x_train (N, S, S, C) uint8, y_train (N,) int32, x_test, y_test, num_classes.
+    A dict with x_train (N, S, S, C) uint8, y_train (N,) labels as stored, x_test, y_test,
+    and num_classes if the file has that key.
   """
   if not path or not os.path.isfile(path):
     raise _fail(path, f"no such file; set --config.data.path to an .npz with {', '.join(KEYS)}.")
@@ -83,7 +94,6 @@ def load_npz(path: str) -> dict:
   if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
     raise _fail(path, f"x_train images are {out['x_train'].shape[1:]} but x_test images are "
                 f"{out['x_test'].shape[1:]}; expected the same (H, W, C).")
-  if len(out["y_train"]) == 0:
-    raise _fail(path, "x_train is empty.")
-  out["num_classes"] = int(max(out["y_train"].max(), out["y_test"].max(initial=0))) + 1
+  if NUM_CLASSES_KEY in arrays:
+    out["num_classes"] = _num_classes(path, arrays[NUM_CLASSES_KEY])
   return out

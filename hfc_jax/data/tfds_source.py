@@ -52,13 +52,13 @@ def prepared_builder(tfds_name: str, data_dir: str | None):
 
 
 def _read_data_source(source, image_key: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-  """Returns all records of a random-access data source as images and int32 labels."""
+  """Returns all records of a random-access data source as images and labels as stored."""
   images, labels = [], []
   for start in range(0, len(source), _CHUNK):
     records = source.__getitems__(list(range(start, min(start + _CHUNK, len(source)))))
     images.extend(r[image_key] for r in records)
     labels.extend(r[label_key] for r in records)
-  return np.stack(images), np.asarray(labels, np.int32)
+  return np.stack(images), np.asarray(labels)
 
 
 def _read_with_tensorflow(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -74,11 +74,12 @@ def _read_with_tensorflow(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
         f"tensorflow`, or rebuild it with `tfds build {name} --data_dir=DIR "
         f"--file_format=array_record`.") from None
   x, y = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
-  return x, y.astype(np.int32)
+  return x, y
 
 
 def read_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Returns one split as images (N, H, W, C) uint8 and labels (N,) int32."""
+  """Returns one split as images (N, H, W, C) uint8 and labels (N,) as stored (int64);
+  `hfc_jax.data.load` checks them and casts them to int32."""
   image_key, label_key = builder.info.supervised_keys
   try:
     source = builder.as_data_source(split)
@@ -96,7 +97,8 @@ def load_tfds(name: str, data_dir: str | None) -> dict:
   """Loads `name` (a key of TFDS_NAMES) from `data_dir`.
 
   Returns:
-    A dict with x_train (N, H, W, C) uint8, y_train (N,) int32, x_test, y_test, num_classes.
+    A dict with x_train (N, H, W, C) uint8, y_train (N,) int64, x_test, y_test, and
+    num_classes from the tfds metadata.
   """
   builder = prepared_builder(TFDS_NAMES[name], data_dir)
   x_train, y_train = read_split(builder, "train")

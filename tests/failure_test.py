@@ -1,0 +1,225 @@
+"""Failure safety: runs that die cleanly, never save a bad state, and say what happened.
+
+Each test is one failure seen on a real workdir: a diverged run, a corrupt checkpoint,
+a changed config, two runs on one workdir, a full disk, Ctrl-C, a bad value, and a
+finished run started again.
+"""
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from hfc_jax import errors, lock, sharding, train
+from hfc_jax.analysis import common
+from tests.conftest import ROOT, main_command, run_main
+from tests.train_test import tiny_config
+
+
+def _snapshot(workdir):
+  """Every file under `workdir` with its size and modification time."""
+  return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in workdir.rglob("*") if p.is_file()}
+
+
+def _error_lines(stderr: str) -> list[str]:
+  return [l for l in stderr.splitlines() if l.startswith("hfc_jax:")]
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+  """A finished 1-epoch default.py workdir (8 steps), made by main."""
+  workdir = tmp_path_factory.mktemp("failure") / "run"
+  result = run_main(workdir, "--config.train.epochs=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def test_a_finished_run_started_again_returns_at_once_and_writes_nothing(one_epoch):
+  before = _snapshot(one_epoch)
+  start = time.time()
+  result = run_main(one_epoch, "--config.train.epochs=1", timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert time.time() - start < 30
+  assert "is finished: it holds all 1 epochs (step 8); nothing to do" in result.stdout
+  assert "images/s" not in result.stderr and "data embedded" not in result.stderr
+  assert _snapshot(one_epoch) == before
+
+
+@pytest.mark.parametrize("flag,shown", [
+    ("--config.optim.name=sgd", "optim.name 'adam' -> 'sgd'"),
+    ("--config.optim.learning_rate=0.01", "optim.learning_rate 0.001 -> 0.01"),
+    ("--config.train.batch_size=32", "train.batch_size 64 -> 32"),
+])
+def test_a_changed_result_field_refuses_in_one_line_and_changes_nothing(one_epoch, flag,
+                                                                        shown):
+  before = _snapshot(one_epoch)
+  result = run_main(one_epoch, "--config.train.epochs=2", flag, timeout=120)
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = _error_lines(result.stderr)
+  assert len(lines) == 1 and shown in lines[0] and "--allow_changed_config" in lines[0]
+  assert "Traceback" not in result.stderr
+  assert _snapshot(one_epoch) == before
+
+
+def test_extending_epochs_is_allowed_and_recorded(tmp_path):
+  mesh = sharding.make_mesh(8)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), workdir, mesh=mesh)
+  history = train.train_and_evaluate(
+      tiny_config(**{"train.epochs": 2, "eval.radii": (4, 8)}), workdir, mesh=mesh)
+  assert [r["epoch"] for r in history] == [1, 2] and "test/hfc_16" not in history[-1]
+  entries = [json.loads(l) for l in open(os.path.join(workdir, "config_history.jsonl"))]
+  assert entries[-1]["step"] == 8
+  assert entries[-1]["changes"]["train.epochs"] == [1, 2]
+  assert entries[-1]["changes"]["eval.radii"] == [[4, 8, 12, 16], [4, 8]]
+  assert json.load(open(os.path.join(workdir, "config.json")))["train"]["epochs"] == 2
+
+
+def test_a_diverged_run_stops_at_once_and_keeps_the_good_checkpoint(tmp_path):
+  # The issue's case: SGD without BN, continued at lr 1e6, reaches NaN in a few steps.
+  workdir = tmp_path / "diverge"
+  sgd = {"optim.name": "sgd", "optim.learning_rate": 0.01, "model.norm": "none",
+         "train.epochs": 1}
+  train.train_and_evaluate(tiny_config(**sgd), str(workdir), mesh=sharding.make_mesh(8))
+  good = common.restore(str(workdir))
+  before_metrics = (workdir / "metrics.jsonl").read_text()
+  result = run_main(workdir, "--config.train.epochs=2", "--config.optim.name=sgd",
+                    "--config.optim.learning_rate=1e6", "--config.model.norm=none",
+                    "--config.checkpoint.every_steps=2", "--allow_changed_config")
+  assert result.returncode == errors.EXIT_DIVERGED == 3, result.stderr[-3000:]
+  lines = _error_lines(result.stderr)
+  assert len(lines) == 1 and "training diverged at step" in lines[0], lines
+  assert "the last checkpoint is kept" in lines[0]
+  diverged = int(lines[0].split("training diverged at step ")[1].split(":")[0])
+  steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints"))
+  assert 8 in steps and max(steps) < diverged, (steps, diverged)
+  assert (workdir / "metrics.jsonl").read_text() == before_metrics
+  for step in steps:   # every checkpoint holds finite parameters; step 8 the good ones
+    restored = common.restore(str(workdir), step)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params))
+  for a, b in zip(jax.tree.leaves(common.restore(str(workdir), 8).params),
+                  jax.tree.leaves(good.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
+  mesh = sharding.make_mesh(8)
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(), str(workdir), mesh=mesh)   # checkpoints 8, 16
+  data_files = [p for p in (workdir / "checkpoints" / "16").rglob("*")
+                if p.is_file() and "ocdbt.process_0" in str(p) and p.stat().st_size > 1000]
+  assert data_files
+  for path in data_files:      # as a copy or a disk cut short would leave them
+    with open(path, "r+b") as f:
+      f.truncate(100)
+  reference = train.train_and_evaluate(tiny_config(**{"train.epochs": 3}),
+                                       str(tmp_path / "reference"), mesh=mesh)
+  with caplog.at_level("WARNING"):
+    history = train.train_and_evaluate(tiny_config(**{"train.epochs": 3}), str(workdir),
+                                       mesh=mesh)
+  warnings = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+  assert len(warnings) == 1 and "/16 cannot be read" in warnings[0]
+  assert os.listdir(workdir / "unreadable_checkpoints") == ["16"]
+  assert [r["epoch"] for r in history] == [1, 2, 3]
+  assert history[-1]["test/clean"] == reference[-1]["test/clean"]
+  # A missing metadata file is the same: the newest readable checkpoint is used.
+  (workdir / "checkpoints" / "24" / "meta" / "metadata").unlink()
+  trained = common.restore(str(workdir))
+  assert trained.step == 16
+
+
+def test_a_second_run_on_a_locked_workdir_refuses_naming_the_holder(tmp_path):
+  workdir = tmp_path / "locked"
+  workdir.mkdir()
+  holder = subprocess.Popen(["sleep", "60"])
+  try:
+    (workdir / lock.NAME).write_text(json.dumps({
+        "host": socket.gethostname(), "pid": holder.pid, "started": time.time(),
+        "heartbeat": time.time(), "token": "other"}))
+    result = run_main(workdir, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1 and f"is in use by another run (pid {holder.pid} on" in lines[0]
+    assert sorted(os.listdir(workdir)) == [lock.NAME]
+  finally:
+    holder.kill()
+    holder.wait()
+  # The holder is dead now: its lock is stale and the next run takes it over.
+  history = train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), str(workdir),
+                                     mesh=sharding.make_mesh(8))
+  assert len(history) == 1 and not (workdir / lock.NAME).exists()
+
+
+def test_a_full_disk_stops_the_run_at_once_with_the_last_checkpoint_intact(tmp_path,
+                                                                           monkeypatch):
+  """The second checkpoint write fails with ENOSPC (a patched array writer)."""
+  calls = {"n": 0}
+  original = ocp.type_handlers.ArrayHandler.serialize
+
+  async def full_disk(self, *args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] > 1:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return await original(self, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.type_handlers.ArrayHandler, "serialize", full_disk)
+  workdir = tmp_path / "full"
+  with pytest.raises(errors.RunFailed) as raised:
+    train.train_and_evaluate(tiny_config(**{"checkpoint.every_steps": 3}), str(workdir),
+                             mesh=sharding.make_mesh(8))
+  message = str(raised.value)
+  assert raised.value.exit_status == errors.EXIT_SAVE_FAILED
+  assert "\n" not in message and "No space left on device" in message
+  assert "the last good checkpoint: step 3" in message
+  monkeypatch.undo()
+  assert common.restore(str(workdir)).step == 3
+  assert (workdir / "metrics.jsonl").read_text() == ""     # no epoch was saved
+  assert not (workdir / lock.NAME).exists()
+
+
+def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
+  proc = subprocess.Popen(main_command(tmp_path / "run", "--config.train.log_every_steps=1",
+                                       "--config.train.epochs=3"),
+                          cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stderr:
+    lines.append(line)
+    if "] step 3/" in line:
+      proc.send_signal(signal.SIGINT)
+      break
+  lines.extend(proc.stderr)
+  assert proc.wait(timeout=120) == 130
+  stderr = "".join(lines)
+  assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+  assert [l for l in _error_lines(stderr)] == [
+      "hfc_jax: interrupted (Ctrl-C); the workdir keeps its last finished checkpoint; "
+      "run the same command to resume from it."]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config.adv.enabled=True", "--config.adv.eps=1.5"],
+     "hfc_jax: error: adv.eps=1.5 is out of range; allowed: [0.0, 1.0]."),
+    (["--config.eval.rescale=max"],
+     "hfc_jax: error: eval.rescale='max' is not allowed; choose one of: 'none', "
+     "'per_image_max'."),
+    (["--config.optim.learning_rate=-1.0"],
+     "hfc_jax: error: optim.learning_rate=-1.0 is out of range"),
+    (["extra_argument"], "hfc_jax: error: unexpected arguments ['extra_argument']"),
+])
+def test_a_bad_value_is_reported_in_seconds_and_creates_no_workdir(tmp_path, flags, message):
+  start = time.time()
+  result = run_main(tmp_path / "new", *flags, timeout=120)
+  assert result.returncode == 2
+  assert time.time() - start < 20
+  lines = _error_lines(result.stderr)
+  assert len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
+  assert not (tmp_path / "new").exists()
