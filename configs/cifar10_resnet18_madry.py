@@ -5,7 +5,7 @@ r"""Madry et al.'s CIFAR-10 PGD adversarial training, on the CIFAR ResNet-18.
       --config.mode=robust_eval
 
 eps 8/255, 7 steps of 2/255 with random start, adversarial examples only; evaluated
-with PGD-20. Reference (PAPER.md section 5): 87.3% clean, 45.8% PGD-20 for Madry's
+with PGD-20. Reference (Madry et al., ICLR 2018): 87.3% clean, 45.8% PGD-20 for Madry's
 wide ResNet. About 8x the cost of a plain epoch.
 """
 

@@ -1,4 +1,4 @@
-r"""The paper's adversarial training on CIFAR-10 (PAPER.md section 4, as the code ran it).
+r"""The paper's adversarial training on CIFAR-10 (Wang et al., CVPR 2020, section 6, as the code ran it).
 
   python -m hfc_jax.main --config=configs/cifar10_resnet32_adv.py --workdir=DIR
   python -m hfc_jax.main --config=configs/cifar10_resnet32_adv.py --workdir=DIR \

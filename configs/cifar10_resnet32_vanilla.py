@@ -1,4 +1,4 @@
-r"""The paper's vanilla CIFAR-10 setup (PAPER.md section 3), as the original code ran it.
+r"""The paper's vanilla CIFAR-10 setup (Wang et al., CVPR 2020; the original code's settings), as the original code ran it.
 
   python -m hfc_jax.main --config=configs/cifar10_resnet32_vanilla.py --workdir=DIR
 

@@ -18,7 +18,8 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.mode = "train"              # What main runs: train | robust_eval | figure2 | kernels.
+  config.mode = "train"              # What main runs: train | robust_eval | figure2 | kernels
+                                     # | perturbation_spectrum | bands.
   config.seed = 0                    # Model init, data order, dropout.
   config.num_devices = ml_collections.config_dict.placeholder(int)  # Mesh size (None: all).
   config.tensorboard = True          # Write TensorBoard event files.
@@ -83,6 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.radii = (4, 8, 12, 16)  # LFC/HFC radii, frequency-index units.
+  config.eval.bands = ()             # (r1, r2) annuli also scored each epoch as band_R1_R2
+                                     # (r1 <= dist < r2), e.g. ((0, 4), (4, 8)); (): none.
   config.eval.inclusive = False      # Disc boundary: dist < r (code) or <= r (paper).
   config.eval.rescale = "none"       # LFC/HFC images: none | per_image_max (original code).
   config.eval.batch_size = 500
@@ -147,4 +150,38 @@ def get_config() -> ml_collections.ConfigDict:
   config.kernels.num_images = 1000   # First test images evaluated (0: all).
   config.kernels.batch_size = 250
   config.kernels.seed = 0            # Attack randomness.
+
+  # `--config.mode=perturbation_spectrum` on a trained workdir
+  # (hfc_jax/analysis/perturbation_spectrum.py): the power spectrum of FGSM/PGD
+  # perturbations x_adv - x (robust_eval's attacks) beside that of the clean images.
+  config.perturbation_spectrum = ml_collections.ConfigDict()
+  config.perturbation_spectrum.attacks = ("fgsm", "pgd")
+  config.perturbation_spectrum.eps = 8 / 255  # L-inf radius, [0, 1] pixel units (> 0).
+  config.perturbation_spectrum.pgd_steps = 10  # PGD steps of eps/4, random start.
+  config.perturbation_spectrum.num_images = 1000  # First test images attacked (0: all).
+  config.perturbation_spectrum.batch_size = 250  # Real images per batch.
+  config.perturbation_spectrum.seed = 0  # Attack randomness.
+
+  # `--config.mode=bands` on trained workdirs (hfc_jax/analysis/bands.py): accuracy on
+  # band-pass test images and LFC/HFC accuracy at every integer radius up to the corner.
+  config.bands = ml_collections.ConfigDict()
+  config.bands.bands = ((0, 4), (4, 8), (8, 12), (12, 16), (16, 23))  # (r1, r2) annuli
+                                     # r1 <= dist < r2, frequency-index units.
+  config.bands.compare = ()          # Other workdirs (same test set) scored beside this one.
+  config.bands.num_images = 0        # First test images scored (0: all).
+  config.bands.batch_size = 0        # Real images per batch (0: the checkpoint's
+                                     # eval.batch_size, per model).
+
+  # `--config.mode=fourier_heatmap` on trained workdirs (hfc_jax/analysis/fourier_heatmap.py):
+  # Yin et al. (NeurIPS 2019): test error under clip(x + eps * s * U_ij, 0, 1) for every
+  # Fourier basis image U_ij (unit L2 norm), s = +-1 per image and channel.
+  config.fourier_heatmap = ml_collections.ConfigDict()
+  config.fourier_heatmap.eps = ml_collections.config_dict.placeholder(float)  # L2 norm per
+                                     # channel, [0, 1] units (None: 4 * H / 32, 4 at 32x32).
+  config.fourier_heatmap.num_images = 1000  # First test images perturbed (0: all).
+  config.fourier_heatmap.batch_size = 500  # Real images per batch (0: the run's eval.batch_size).
+  config.fourier_heatmap.frequencies_per_call = 64  # Frequencies scored per jitted call.
+  config.fourier_heatmap.max_radius = 0.0  # Only frequencies with |k| <= this (0: all).
+  config.fourier_heatmap.seed = 0    # Signs: fold_in(fold_in(key(seed), frequency), image).
+  config.fourier_heatmap.compare = ()  # Other workdirs (same test set) drawn beside this one.
   return config

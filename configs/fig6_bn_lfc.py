@@ -5,7 +5,7 @@ r"""Figure 6 of the paper: BatchNorm or not, trained on LFC images only.
 
 Two runs trained on the LFC of the training images at r = 12 (`train.input_component`):
 without BatchNorm, and with the paper's batch-statistic BatchNorm. Both are tested on
-the original test images and their LFC/HFC. PAPER.md gives no number for this
+the original test images and their LFC/HFC. The paper gives no number for this
 figure; it asks whether BatchNorm still helps once the HFC is gone from training.
 """
 

@@ -8,7 +8,7 @@ set as their config argument, `--config=configs/fig5_heuristics.py:fashion_mnist
   fashion_mnist  Fashion-MNIST from the OS package `dataset-fashion-mnist` (IDX files
                  in /usr/share/datasets/fashion-mnist), a fixed 10,000-image training
                  subset and 2,000 test images, 6 epochs, sized for a 2-core CPU.
-  cifar10        the paper's setting (PAPER.md section 3): pre-activation ResNet-32
+  cifar10        the paper's setting (Wang et al., CVPR 2020, and its code): pre-activation ResNet-32
                  without BatchNorm, Adam 1e-4, batch 128 (the code: 100), 100 epochs, per-image-max
                  rescaling; needs CIFAR-10 prepared with tensorflow-datasets.
 

@@ -1,4 +1,5 @@
-"""Adversarial training's attacker, and the per-epoch robust evaluation (PAPER.md 4).
+"""Adversarial training's attacker, and the per-epoch robust evaluation
+(Wang et al., CVPR 2020, section 6).
 
 `Adversary` is what `config.adv` asks for: the train step (`train.train_step`) calls
 `perturb` on every batch and trains on the attacked images only (Madry et al.).

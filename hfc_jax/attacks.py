@@ -1,4 +1,5 @@
-"""Batched white-box attacks: FGSM, L-inf PGD, L2 PGD and a minimal-eps search (PAPER.md 4).
+"""Batched white-box attacks: FGSM, L-inf PGD, L2 PGD and a minimal-eps search
+(Wang et al., CVPR 2020, section 6: adversarial attack and defence).
 
 The classifier is any `logits_fn(images) -> logits`, mapping NHWC float32 images in
 [0, 1] to float32 logits (N, K); the caller closes over the variables, e.g.
@@ -22,7 +23,7 @@ per-image (N,) arrays, and are used in float32.
 Loops: `unroll=True` writes the steps out in Python (one long program, compile time
 grows with `steps`); `unroll=False` uses `jax.lax.fori_loop` (compile time flat in
 `steps`). `unroll=None` picks per backend: unrolled on CPU, where XLA ran a rolled PGD
-loop several times slower (FACTS.md: 3.4x for ResNet-18 PGD-7; 2.2x for the small CNN,
+loop several times slower (measured on 2 CPU cores: 3.4x for ResNet-18 PGD-7; 2.2x for the small CNN,
 see `choose_unroll`), and `fori_loop` on GPU/TPU.
 
 Constraints hold exactly in float32: every returned L-inf image satisfies

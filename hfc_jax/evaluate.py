@@ -3,7 +3,9 @@
 Each batch is split once (one forward FFT, one inverse FFT per radius, see
 `frequency.split_many`) and the 1 + 2R variants are scored by one vmapped forward
 pass inside one jitted function. vmap keeps each variant a batch of its own, so
-models that normalise with batch statistics see each variant separately.
+models that normalise with batch statistics see each variant separately. With
+`eval.bands`, B band-pass variants (`frequency.band_pass_many`, each band (r1, r2)
+keeping r1 <= dist < r2) follow the HFC ones: 1 + 2R + B variants.
 """
 
 import functools
@@ -18,9 +20,23 @@ from hfc_jax import frequency, sharding
 from hfc_jax.data import pipeline
 
 
-def variant_names(radii: Sequence[float]) -> list[str]:
-  """['clean', 'lfc_4', 'lfc_8', ..., 'hfc_4', 'hfc_8', ...] in evaluation order."""
-  return (["clean"] + [f"lfc_{r:g}" for r in radii] + [f"hfc_{r:g}" for r in radii])
+def variant_names(radii: Sequence[float], bands: Sequence[tuple[float, float]] = ()
+                  ) -> list[str]:
+  """['clean', 'lfc_4', 'lfc_8', ..., 'hfc_4', 'hfc_8', ..., 'band_0_4', 'band_4_8',
+  ...] in evaluation order."""
+  return (["clean"] + [f"lfc_{r:g}" for r in radii] + [f"hfc_{r:g}" for r in radii]
+          + [band_name(r1, r2) for r1, r2 in bands])
+
+
+def band_name(r1: float, r2: float) -> str:
+  """The metric name of band (r1, r2): 'band_4_8'."""
+  return f"band_{r1:g}_{r2:g}"
+
+
+def bands_of(eval_config) -> tuple[tuple[float, float], ...]:
+  """`eval.bands` of a config section as float pairs (() when the field is absent, as
+  in configs written before it existed)."""
+  return tuple((float(r1), float(r2)) for r1, r2 in eval_config.get("bands", ()))
 
 
 def to_float(images: jax.Array) -> jax.Array:
@@ -31,12 +47,15 @@ def to_float(images: jax.Array) -> jax.Array:
 
 
 def make_variants(x: jax.Array, radii: Sequence[float], *, inclusive: bool,
-                  rescale: str) -> jax.Array:
-  """Stacks the clean images and their LFC and HFC at each radius: (1 + 2R, N, H, W, C)."""
-  if not radii:
-    return x[None]
-  lfc, hfc = frequency.split_many(x, radii, inclusive=inclusive, rescale=rescale)
-  return jnp.concatenate([x[None], lfc, hfc], axis=0)
+                  rescale: str, bands: Sequence[tuple[float, float]] = ()) -> jax.Array:
+  """Stacks the clean images, their LFC and HFC at each radius and their band-pass
+  images of each band (`rescale` applied to all but the clean): (1 + 2R + B, N, H, W, C)."""
+  parts = [x[None]]
+  if radii:
+    parts += frequency.split_many(x, radii, inclusive=inclusive, rescale=rescale)
+  if bands:
+    parts.append(frequency.band_pass_many(x, bands, inclusive=inclusive, rescale=rescale))
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
 
 
 def eval_step(params, model_state, images, labels, mask, *, logits_fn, variants_fn):
@@ -66,20 +85,24 @@ def eval_step(params, model_state, images, labels, mask, *, logits_fn, variants_
           "loss": jnp.sum(loss * mask), "count": jnp.sum(mask)}
 
 
-def sharded_variants_fn(mesh, radii: Sequence[float], *, inclusive: bool, rescale: str):
+def sharded_variants_fn(mesh, radii: Sequence[float], *, inclusive: bool, rescale: str,
+                        bands: Sequence[tuple[float, float]] = ()):
   """`make_variants` run per device with `shard_map`: each device splits its own
   images. Left to the SPMD partitioner, the FFT of a batch-sharded array was gathered
   (20x slower on 8 devices)."""
   fn = functools.partial(make_variants, radii=tuple(radii), inclusive=inclusive,
-                         rescale=rescale)
+                         rescale=rescale, bands=tuple(tuple(b) for b in bands))
   spec = jax.sharding.PartitionSpec(sharding.DATA_AXIS)
   out_spec = jax.sharding.PartitionSpec(None, sharding.DATA_AXIS)
   return jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=out_spec)
 
 
-def make_eval_fn(logits_fn, mesh, *, radii, inclusive: bool, rescale: str):
-  """Jits `eval_step` for a mesh: replicated variables, batch-sharded inputs."""
-  variants_fn = sharded_variants_fn(mesh, radii, inclusive=inclusive, rescale=rescale)
+def make_eval_fn(logits_fn, mesh, *, radii, inclusive: bool, rescale: str,
+                 bands: Sequence[tuple[float, float]] = ()):
+  """Jits `eval_step` for a mesh: replicated variables, batch-sharded inputs; the
+  variants are those of `variant_names(radii, bands)`."""
+  variants_fn = sharded_variants_fn(mesh, radii, inclusive=inclusive, rescale=rescale,
+                                    bands=bands)
   step = functools.partial(eval_step, logits_fn=logits_fn, variants_fn=variants_fn)
   return jax.jit(step, out_shardings=sharding.replicated(mesh))
 
@@ -97,10 +120,12 @@ def eval_batches(x: np.ndarray, y: np.ndarray, *, mesh, batch_size: int,
 
 
 def evaluate(eval_fn, params, model_state, x: np.ndarray, y: np.ndarray, *, mesh,
-             batch_size: int, radii: Sequence[float]) -> dict[str, float]:
+             batch_size: int, radii: Sequence[float],
+             bands: Sequence[tuple[float, float]] = ()) -> dict[str, float]:
   """Accuracy of every variant and the clean loss over (x, y), summed on device and
-  fetched once at the end. `batch_size` real images per batch, on any mesh.
-  Returns {'clean': acc, 'lfc_4': acc, ..., 'loss': mean}."""
+  fetched once at the end. `batch_size` real images per batch, on any mesh; `radii`
+  and `bands` those `eval_fn` was made with.
+  Returns {'clean': acc, 'lfc_4': acc, ..., 'band_4_8': acc, ..., 'loss': mean}."""
   totals = None
   for batch in eval_batches(x, y, mesh=mesh, batch_size=batch_size):
     out = eval_fn(params, model_state, *batch)
@@ -108,7 +133,7 @@ def evaluate(eval_fn, params, model_state, x: np.ndarray, y: np.ndarray, *, mesh
   totals = jax.device_get(totals)
   count = max(float(totals["count"]), 1.0)
   result = {name: float(c) / count
-            for name, c in zip(variant_names(radii), totals["correct"])}
+            for name, c in zip(variant_names(radii, bands), totals["correct"], strict=True)}
   result["loss"] = float(totals["loss"]) / count
   return result
 

@@ -176,5 +176,55 @@ def overlay_figure(runs: Mapping[str, Records], title: str = "") -> Figure:
 
 def save(fig: Figure, path: str, dpi: int = DPI) -> str:
   """Writes `fig` as a PNG at `path` (local or remote) and returns the path."""
-  fileio.save_figure(fig, path, dpi=dpi)
+  fileio.save_figure(fig, path, dpi=dpi, bbox_inches="tight")   # titles, legends never cut
   return path
+
+
+def bands(records: Records, split: str = "test") -> list[tuple[str, str]]:
+  """Band labels (r1, r2), as formatted in the keys `{split}/band_R1_R2` (e.g.
+  ('0', '4'), `eval.bands`), that `split` logged anywhere in the records, sorted by
+  value."""
+  found = set()
+  prefix = f"{split}/band_"
+  for record in records:
+    for key in record:
+      parts = key[len(prefix):].split("_") if key.startswith(prefix) else []
+      if len(parts) == 2 and all(_is_float(p) for p in parts):
+        found.add(tuple(parts))
+  return sorted(found, key=lambda b: (float(b[0]), float(b[1])))
+
+
+def _final(records: Records, key: str) -> float:
+  """The newest finite value of `key` in the records (NaN when none)."""
+  values = series(records, key)[1]
+  finite = values[np.isfinite(values)]
+  return float(finite[-1]) if finite.size else math.nan
+
+
+def band_figure(runs: Mapping[str, Records], split: str = "test") -> Figure:
+  """Accuracy on band-pass images vs band at each run's last epoch: one Axes, one
+  colour per run, its `{split}/band_R1_R2` accuracies as a solid line over the bands
+  (x: '[r1, r2)', sorted) and its `{split}/clean` accuracy as a dotted line; a band a run
+  did not log is a gap. So the Axes holds 2 * len(runs) lines (band, clean, band, ...)."""
+  if not runs:
+    raise ValueError("band_figure needs at least one run")
+  labels = sorted({b for recs in runs.values() for b in bands(recs, split)},
+                  key=lambda b: (float(b[0]), float(b[1])))
+  fig = _new_figure(max(4.5, 0.9 * len(labels) + 2.0), 3.8)
+  ax = fig.subplots()
+  x = np.arange(len(labels))
+  for i, (name, recs) in enumerate(runs.items()):
+    colour = f"C{i % 10}"
+    ax.plot(x, [_final(recs, f"{split}/band_{a}_{b}") for a, b in labels], "-o", ms=4,
+            color=colour, label=name)
+    ax.plot(x, [_final(recs, f"{split}/clean")] * len(labels), ":", color=colour,
+            label=f"{name} clean")
+  ax.set_xticks(x, [f"[{a}, {b})" for a, b in labels])
+  ax.set_xlabel("band r1 <= dist < r2 (frequency-index units)")
+  ax.set_ylabel("accuracy")
+  ax.set_ylim(0.0, 1.0)
+  ax.grid(alpha=0.3)
+  ax.set_title(f"{split} accuracy on band-pass images, last epoch (dotted: clean)",
+               fontsize="medium")
+  ax.legend(fontsize="x-small", ncol=2 if len(runs) > 4 else 1)
+  return fig

@@ -97,26 +97,55 @@ class Recorder:
       self._tb.flush()
     self._sent = max(self._sent, len(history))
 
-  def log_epoch(self, record: dict) -> None:
-    """Logs one epoch's record as a line."""
-    if not self.active:
-      return
-    summary = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in record.items())
-    logging.info("epoch %s: %s", record.get("epoch"), summary)
+  def log_epoch(self, record: dict, epochs: int) -> None:
+    """Logs one epoch as a short summary; the full record is in metrics.jsonl."""
+    if self.active:
+      logging.info("%s", epoch_summary(record, epochs))
 
   def progress(self, step: int, total_steps: int, loss: float, accuracy: float,
-               rate: float) -> None:
-    """Logs `step, loss, accuracy, images/s` of the interval that ended at `step`."""
+               rate: float, seconds_per_step: float) -> None:
+    """Logs `step, loss, accuracy, images/s, ETA` of the interval that ended at
+    `step`; the ETA counts training steps only (each evaluation adds its own time)."""
     if self.active:
-      logging.info("step %d/%d  loss %.4f  accuracy %.4f  %.1f images/s",
-                   step, total_steps, loss, accuracy, rate)
+      eta = duration((total_steps - step) * seconds_per_step)
+      logging.info("step %d/%d  loss %.4f  accuracy %.4f  %.0f images/s  ETA %s",
+                   step, total_steps, loss, accuracy, rate, eta)
       if self._tb is not None and math.isfinite(rate):
         self._tb.add_scalar("train/images_per_second", rate, step)
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def duration(seconds: float) -> str:
+  """'42 s', '3.5 min', '2.1 h'."""
+  if not math.isfinite(seconds):
+    return "?"
+  if seconds < 90:
+    return f"{seconds:.0f} s"
+  return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def epoch_summary(record: dict, epochs: int) -> str:
+  """One short line per epoch: train loss/accuracy, test clean accuracy, LFC and HFC
+  test accuracy at each radius, and the epoch's time, e.g.
+  `epoch 3/6  loss 0.232 acc 0.937 | test clean 0.935 | r: 4 8 12 16 | LFC 0.700 ...
+  | HFC 0.900 ... | 8 s`."""
+  def num(key):
+    value = record.get(key)
+    return "-" if value is None else f"{value:.3f}"
+  radii = [k[len("test/lfc_"):] for k in record if k.startswith("test/lfc_")]
+  parts = [f"epoch {record.get('epoch')}/{epochs}  loss {num('train_loss')} "
+           f"acc {num('train_accuracy')}", f"test clean {num('test/clean')}"]
+  if "test/pgd" in record:
+    parts.append(f"PGD {num('test/pgd')}")
+  if radii:
+    parts += ["r: " + " ".join(radii),
+              "LFC " + " ".join(num(f"test/lfc_{r}") for r in radii),
+              "HFC " + " ".join(num(f"test/hfc_{r}") for r in radii)]
+  parts.append(duration(record.get("epoch_time_s") or float("nan")))
+  return " | ".join(parts)
 
 
 class _DropLibraryInfo(pylogging.Filter):
@@ -131,8 +160,10 @@ class _DropLibraryInfo(pylogging.Filter):
         m in record.pathname for m in self.markers)
 
 
-def quiet_library_logs(libraries: tuple[str, ...] = ("orbax", "tensorflow_datasets")) -> None:
-  """Keeps Orbax's per-save INFO chatter (dozens of lines per checkpoint) out of the
-  run's log, leaving warnings and errors; our own progress lines stay."""
+def quiet_library_logs(libraries: tuple[str, ...] = ("orbax", "tensorflow_datasets", "jax",
+                                                     "etils", "gcsfs")) -> None:
+  """Keeps library INFO chatter (Orbax's dozens of lines per checkpoint, JAX's probe of
+  a TPU backend on a CPU host) out of the run's log, leaving warnings and errors; our
+  own progress lines stay."""
   handler = logging.get_absl_handler()
   handler.addFilter(_DropLibraryInfo(libraries))

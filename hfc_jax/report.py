@@ -32,7 +32,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "Comma-separated run and/or sweep workdirs.")
 flags.DEFINE_string("out", None, "Output directory (default: <first workdir>/report).")
 
-# Sweep kind -> what it reproduces of the paper (PAPER.md section 3).
+# Sweep kind -> the figure or table of Wang et al. (CVPR 2020) it reproduces.
 PAPER = {
     "heuristics": "Figure 5: vanilla, dropout, mix-up, BatchNorm, adversarial training",
     "batch_size": "Figure 4: batch size",
@@ -144,7 +144,8 @@ def group_figures(group: Group) -> list[tuple[str, str, object]]:
   """The figures of one group as (file suffix, caption, Figure), in report order:
   for shuffled_labels the training-image panels first (the paper's figure 3), then the
   test panels; for the others the test panels, the training-image panels when logged,
-  and for batch_size / optimizers the overlay of train and test accuracy curves."""
+  and for batch_size / optimizers the overlay of train and test accuracy curves; last,
+  when any run logged `eval.bands`, the band-pass accuracy of each run vs band."""
   runs = {run.name: run.records for run in group.present}
   if not runs:
     return []
@@ -162,6 +163,10 @@ def group_figures(group: Group) -> list[tuple[str, str, object]]:
     figures.append(("curves", "Train accuracy (dashed) and clean test accuracy (solid) "
                     "per epoch, one colour per run.",
                     plots.overlay_figure(runs, title=group.name)))
+  if any(plots.bands(recs) for recs in runs.values()):
+    figures.append(("bands", "Test accuracy on band-pass images (only r1 <= dist < r2 of "
+                    "the spectrum kept, `eval.bands`) at each run's last epoch, one colour "
+                    "per run; dotted: clean test accuracy.", plots.band_figure(runs)))
   return figures
 
 

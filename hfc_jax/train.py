@@ -21,13 +21,15 @@ from absl import logging
 
 from hfc_jax import adversarial, checkpointing, errors, evaluate, fileio, frequency, lock
 from hfc_jax import models
-from hfc_jax import optimizers, preemption, records, resume, sharding, smoothness, transforms
+from hfc_jax import optimizers, plots, preemption, records, resume, sharding, smoothness
+from hfc_jax import transforms
 from hfc_jax import workdirs
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 from hfc_jax.models.functional import Functional
 
 PyTree = Any
+CURVES = "curves.png"   # the run's accuracy-vs-epoch figure, written at its end
 
 
 @flax.struct.dataclass
@@ -172,6 +174,7 @@ def check_config(config: ml_collections.ConfigDict, dataset, mesh) -> None:
   size = dataset.image_size
   for r in config.eval.radii:
     frequency.check_radius(r, size, size, field="eval.radii")
+  frequency.check_bands(config.eval.get("bands", ()), size, size, field="eval.bands")
   if config.model.input_filter != "none":
     frequency.check_radius(config.model.filter_radius, size, size,
                            field="model.filter_radius")
@@ -266,7 +269,8 @@ class _StepMetrics:
     accuracies = [float(m["accuracy"]) for m in fetched]
     self.progress.add(losses, accuracies)
     self.recorder.progress(step, self.total_steps, float(np.mean(losses)),
-                           float(np.mean(accuracies)), len(losses) * self.batch_size / seconds)
+                           float(np.mean(accuracies)), len(losses) * self.batch_size / seconds,
+                           seconds / len(losses))
 
 
 def _check_finite(fetched: list[dict], first_step: int) -> None:
@@ -350,9 +354,10 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
       dataset.x_train, dataset.y_train, ec.train_subset, config.seed)
   test_x, test_y = evaluate.eval_subset(
       dataset.x_test, dataset.y_test, ec.test_subset, config.seed)
-  logging.info("data %s: %d train, %d test images of %dx%dx%d; mesh %s",
-               dataset.name, len(dataset.x_train), len(dataset.x_test),
-               dataset.image_size, dataset.image_size, dataset.channels, mesh.shape)
+  logging.info("data %s: %d train, %d test images of %dx%dx%d; devices: %d; %d epochs of "
+               "%d steps", dataset.name, len(dataset.x_train), len(dataset.x_test),
+               dataset.image_size, dataset.image_size, dataset.channels, mesh.devices.size,
+               tc.epochs, steps_per_epoch)
 
   # ----- Model, optimiser, state -------------------------------------------
   model = create_model(config, dataset.num_classes, dataset.channels)
@@ -380,11 +385,26 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
 
   # ----- Update and evaluation functions -----------------------------------
   step_fn = make_config_train_step(config, functional, tx, mesh, dataset.num_classes)
-  eval_fn = evaluate.make_eval_fn(functional.logits, mesh, radii=radii,
+  bands = evaluate.bands_of(ec)
+  eval_fn = evaluate.make_eval_fn(functional.logits, mesh, radii=radii, bands=bands,
                                   inclusive=ec.inclusive, rescale=ec.rescale)
   evaluate_on = functools.partial(evaluate.evaluate, eval_fn, mesh=mesh,
-                                  batch_size=ec.batch_size, radii=radii)
+                                  batch_size=ec.batch_size, radii=radii, bands=bands)
   robust_on = adversarial.robust_evaluator(config, adversary, functional, mesh, test_x, test_y)
+  eval_sets = {"test": (test_x, test_y), "train_eval": (train_eval_x, train_eval_y)}
+
+  def score(state) -> dict:
+    """The epoch-end evaluation: clean/LFC/HFC per set, PGD, first-conv smoothness."""
+    logging.info("evaluating: %s", ", ".join(f"{len(y)} {name} images"
+                                              for name, (_, y) in eval_sets.items()))
+    record = {}
+    for prefix, (x, y) in eval_sets.items():
+      scores = evaluate_on(state.params, state.model_state, x, y)
+      record.update({f"{prefix}/{k}": v for k, v in scores.items()})
+    if robust_on is not None:
+      record["test/pgd"] = robust_on(state.params, state.model_state)
+    record["first_conv_smoothness"] = float(smoothness.first_conv_penalty(state.params))
+    return record
 
   def save(state, history, progress, on_commit=None):
     meta = {"config": config.to_dict(), "history": history,
@@ -393,6 +413,7 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
     ckpt.save(int(state.step), state, meta, on_commit=on_commit)
 
   # ----- Train loop --------------------------------------------------------
+  started = time.perf_counter()
   try:
     for epoch in range(len(history), tc.epochs):
       state = _train_epoch(state, step_fn, dataset, mesh, config, epoch, steps_per_epoch,
@@ -401,27 +422,37 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
                            save=lambda s, p: save(s, history, p), ckpt=ckpt)
       t0 = time.perf_counter()
       record = {"epoch": epoch + 1, "step": int(state.step),
-                **progress.means(steps_per_epoch), "train_time_s": progress.train_time_s}
-      for prefix, (x, y) in (("test", (test_x, test_y)),
-                             ("train_eval", (train_eval_x, train_eval_y))):
-        scores = evaluate_on(state.params, state.model_state, x, y)
-        record.update({f"{prefix}/{k}": v for k, v in scores.items()})
-      if robust_on is not None:
-        record["test/pgd"] = robust_on(state.params, state.model_state)
-      record["first_conv_smoothness"] = float(smoothness.first_conv_penalty(state.params))
+                **progress.means(steps_per_epoch), "train_time_s": progress.train_time_s,
+                **score(state)}
       record["epoch_time_s"] = progress.train_time_s + time.perf_counter() - t0
       history.append({k: records.json_scalar(v) for k, v in record.items()})
       progress = EpochProgress()
       save(state, history, progress,
            on_commit=functools.partial(recorder.write_history, list(history)))
-      recorder.log_epoch(history[-1])
+      recorder.log_epoch(history[-1], tc.epochs)
       if watch.requested:   # a SIGTERM during evaluation: this epoch's checkpoint is saved
         ckpt.wait()
         raise preemption.Preempted(int(state.step), ckpt.directory)
+    ckpt.wait()
   finally:
     ckpt.close()
     recorder.close()
+  _closing(workdir, history, time.perf_counter() - started)
   return history
+
+
+def _closing(workdir: str, history: list[dict], seconds: float) -> None:
+  """The run's last lines (process 0): its accuracy-vs-epoch figure, `curves.png`, and
+  where the results are."""
+  if jax.process_index() != 0 or not history:
+    return
+  figure = fileio.join(workdir, CURVES)
+  plots.save(plots.panel_figure({fileio.basename(workdir): history}), figure)
+  last = history[-1]
+  print(f"hfc_jax: done in {records.duration(seconds)}: {last['epoch']} epochs, test clean "
+        f"accuracy {last.get('test/clean') or float('nan'):.4f}. Metrics: {fileio.join(workdir, workdirs.METRICS)}; "
+        f"figure: {figure}; checkpoints: {checkpointing.checkpoint_dir(workdir)}; "
+        f"TensorBoard: {fileio.join(workdir, 'tensorboard')}", flush=True)
 
 
 def _resume(ckpt: checkpointing.Checkpointer, state: TrainState, config, workdir: str,

@@ -87,6 +87,7 @@ def check_eval(ec: ml_collections.ConfigDict, size: int | None) -> None:
     raise errors.HfcError("eval.radii=() must name at least one radius.")
   for r in ec.radii:
     _check_radius("eval.radii", r, size)
+  frequency.check_bands(ec.get("bands", ()), size, size, field="eval.bands")
   errors.check_choice("eval.inclusive", ec.inclusive, (False, True))
   errors.check_choice("eval.rescale", ec.rescale, RESCALES)
   errors.check_range("eval.batch_size", ec.batch_size, 1, None, integer=True)

@@ -1,4 +1,4 @@
-"""The split against a literal NumPy transcription of PAPER.md section 1."""
+"""The split against a literal NumPy transcription of the paper's split."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ from hfc_jax import errors, frequency
 
 
 def numpy_split(images, radius, inclusive=False):
-  """PAPER.md section 1, written out as the original code does it, channel by channel."""
+  """The paper's split, written out as the original code does it, channel by channel."""
   n, h, w, c = images.shape
   mask = np.zeros((h, w))
   for i in range(h):

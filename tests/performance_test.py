@@ -30,7 +30,7 @@ def test_two_epochs_compile_train_and_eval_steps_once(tmp_path):
   old_level = logging.getLogger("jax").level
   logging.getLogger("jax").setLevel(logging.WARNING)
   old_verbosity = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.INFO)   # so that "epoch 1: ..." is logged
+  absl_logging.set_verbosity(absl_logging.INFO)   # so that "epoch 1/2 ..." is logged
   try:
     with jax.log_compiles(True):
       train.train_and_evaluate(tiny_config(**{"eval.robust_subset": 64}), str(tmp_path),
@@ -45,7 +45,7 @@ def test_two_epochs_compile_train_and_eval_steps_once(tmp_path):
   assert named("eval_step") == 1
   assert named("attack_eval_step") == 1
   # Nothing at all is compiled once the first epoch has been recorded.
-  first_epoch = next(i for i, m in enumerate(handler.messages) if m.startswith("epoch 1:"))
+  first_epoch = next(i for i, m in enumerate(handler.messages) if m.startswith("epoch 1/"))
   later = [m for m in handler.messages[first_epoch:]
            if m.startswith("Finished XLA compilation of")]
   assert later == []

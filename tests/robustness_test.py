@@ -67,10 +67,10 @@ def test_adversarial_step_is_the_same_on_one_and_eight_devices():
 
 def test_adversary_config_errors():
   for field, value, message in (
-      ("adv.eps", 1.5, "attack.eps=1.5 is out of range; allowed: [0.0, 1.0]"),
-      ("adv.step_size", -0.1, "attack.step_size=-0.1 is out of range"),
-      ("adv.steps", -1, "attack.steps=-1 is out of range"),
-      ("adv.name", "cw", "attack.name='cw' is not allowed; choose one of: 'fgsm', 'pgd'")):
+      ("adv.eps", 1.5, "adv.eps=1.5 is out of range; allowed: [0.0, 1.0]"),
+      ("adv.step_size", -0.1, "adv.step_size=-0.1 is out of range"),
+      ("adv.steps", -1, "adv.steps=-1 is out of range"),
+      ("adv.name", "cw", "adv.name='cw' is not allowed; choose one of: 'fgsm', 'pgd'")):
     with pytest.raises(errors.HfcError, match=message.replace("[", r"\[").replace("]", r"\]")
                        .replace("(", r"\(").replace(")", r"\)")):
       adversarial.Adversary.from_config(_adv_config(True, **{field: value}).adv)

@@ -13,6 +13,9 @@ MODES = {
     "robust_eval": "hfc_jax.analysis.robustness",   # attacks, minimal eps, low-pass defence
     "figure2": "hfc_jax.analysis.figure2",          # HFC keeps / LFC changes the prediction
     "kernels": "hfc_jax.analysis.kernels",          # first-layer kernels, eq. 3 smoothing
+    "fourier_heatmap": "hfc_jax.analysis.fourier_heatmap",  # error per Fourier basis perturbation
+    "perturbation_spectrum": "hfc_jax.analysis.perturbation_spectrum",  # where attacks put energy
+    "bands": "hfc_jax.analysis.bands",              # band-pass and every-radius LFC/HFC accuracy
 }
 
 

@@ -1,4 +1,4 @@
-"""The paper's model: CIFAR pre-activation ResNet-32 (n = 5), section 2 of PAPER.md.
+"""The paper's model: CIFAR pre-activation ResNet-32 (n = 5), as the original code builds it.
 
 conv3x3(16) stem -> 3 stages x 5 pre-activation basic blocks at 16/32/64 channels,
 stride 2 in the first block of stages 2 and 3 -> norm -> ReLU -> global average pool ->
