@@ -8,8 +8,9 @@ Sections (`--sections`, default all): train (the jitted train step of each model
 FLOP rate against a measured matmul peak, and PyTorch's ResNet-18 when torch imports),
 pgd (PGD-7/10 adversarial steps against the plain step), eval (clean + 8 LFC/HFC
 variants against clean only), split (jitted split_many against NumPy), input (the host
-pipeline against the small_cnn step), scaling (1, 2, 4, 8 devices) and checkpoint (Orbax
-save/restore of a ResNet-18 + Adam state). The pgd and eval sections use small_cnn
+pipeline against the small_cnn step), scaling (1, 2, 4, 8 devices), checkpoint (Orbax
+save/restore of a ResNet-18 + Adam state) and heatmap (the Fourier heat map's perturbed
+images/s against plain evaluation). The pgd, eval and heatmap sections use small_cnn
 unless `--models` is given. Output: a fixed-width table on stdout and, with `--json`,
 every number in a nested dict {'meta': ..., '<section>': ...}. The sections live in
 the `hfc_jax.benchmarks` package; this module is the driver (flags, table, JSON).
@@ -58,7 +59,7 @@ MODEL_NAMES = tuple(benchmarks.CONFIGS)
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sections", list(SECTION_NAMES), f"Sections to run: {SECTION_NAMES}.")
 flags.DEFINE_list("models", list(Options.models),
-                  "Models of the train section; given, also of the pgd and eval sections.")
+                  "Models of the train section; given, also of the pgd, eval and heatmap sections.")
 flags.DEFINE_integer("batch_size", 0, "Global train batch; 0: each model's config "
                      "(128 small_cnn and resnet18, 100 preact_resnet32).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model compute dtype.")

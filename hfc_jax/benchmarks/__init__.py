@@ -8,14 +8,15 @@ units, the timing protocol and the shared train-step cache). Modules:
   torch_reference    PyTorch's ResNet-18 step for the train section (optional)
   frequency_passes   eval, split
   host_io            input, checkpoint
+  heatmap            heatmap (the Fourier heat map's chunk against plain evaluation)
 """
 
-from hfc_jax.benchmarks import frequency_passes, host_io, train_steps
+from hfc_jax.benchmarks import frequency_passes, heatmap, host_io, train_steps
 from hfc_jax.benchmarks.common import CONFIGS
 
 SECTIONS = {"train": train_steps.train_section, "pgd": train_steps.pgd_section,
             "eval": frequency_passes.eval_section, "split": frequency_passes.split_section,
             "input": host_io.input_section, "scaling": train_steps.scaling_section,
-            "checkpoint": host_io.checkpoint_section}
+            "checkpoint": host_io.checkpoint_section, "heatmap": heatmap.heatmap_section}
 
 __all__ = ["CONFIGS", "SECTIONS"]
