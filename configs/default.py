@@ -19,7 +19,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.mode = "train"              # What main runs: train | robust_eval | figure2 | kernels
-                                     # | perturbation_spectrum | bands.
+                                     # | fourier_heatmap | perturbation_spectrum | bands.
   config.seed = 0                    # Model init, data order, dropout.
   config.num_devices = ml_collections.config_dict.placeholder(int)  # Mesh size (None: all).
   config.tensorboard = True          # Write TensorBoard event files.
