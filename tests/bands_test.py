@@ -173,11 +173,12 @@ def test_compared_workdirs_must_share_the_test_set(workdir):
   with pytest.raises(errors.HfcError,
                      match=r"bands.compare: 'other' holds a model of another test set.*"
                      r"image_size=16 vs 32"):
-    bands.check_comparable([(workdir, trained), ("other", other)])
+    common.check_same_test_set([(workdir, trained), ("other", other)], "bands.compare")
   augmented = trained.config.copy_and_resolve_references()
   augmented.data.augment = True                   # training-only: still comparable
-  bands.check_comparable([(workdir, trained),
-                          ("aug", dataclasses.replace(trained, config=augmented))])
+  common.check_same_test_set([(workdir, trained),
+                              ("aug", dataclasses.replace(trained, config=augmented))],
+                             "bands.compare")
 
 
 @pytest.mark.parametrize("flags,message", [

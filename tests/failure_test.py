@@ -58,6 +58,7 @@ def test_a_finished_run_started_again_returns_at_once_and_writes_nothing(one_epo
     ("--config.optim.name=sgd", "optim.name 'adam' -> 'sgd'"),
     ("--config.optim.learning_rate=0.01", "optim.learning_rate 0.001 -> 0.01"),
     ("--config.train.batch_size=32", "train.batch_size 64 -> 32"),
+    ("--config.model.name=preact_resnet32", "model.name 'small_cnn' -> 'preact_resnet32'"),
 ])
 def test_a_changed_result_field_refuses_in_one_line_and_changes_nothing(one_epoch, flag,
                                                                         shown):

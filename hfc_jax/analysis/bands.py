@@ -27,7 +27,7 @@ from absl import logging
 from matplotlib.figure import Figure
 
 from hfc_jax import errors, evaluate, fileio, frequency, markdown, sharding
-from hfc_jax.analysis import common, kernels
+from hfc_jax.analysis import common
 
 MODE = "bands"
 
@@ -45,27 +45,6 @@ def check_bands_config(bc) -> None:
       raise errors.HfcError(f"bands.compare={tuple(bc.compare)!r} must list workdirs.")
 
 
-def check_comparable(models: list[tuple[str, common.Trained]]) -> None:
-  """Every compared workdir must hold a model of the first's test set (data fields
-  other than `kernels.TRAINING_ONLY`, channels, classes): all are scored on it."""
-  def signature(trained):
-    data = {k: v for k, v in trained.config.data.to_dict().items()
-            if k not in kernels.TRAINING_ONLY}
-    return data, trained.channels, trained.num_classes
-  first_dir, first = models[0]
-  for workdir, trained in models[1:]:
-    if signature(trained) != signature(first):
-      a, b = signature(trained)[0], signature(first)[0]
-      differ = ", ".join(f"{k}={a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b))
-                         if a.get(k) != b.get(k)) or "channels or classes differ"
-      raise errors.HfcError(
-          f"bands.compare: {workdir!r} holds a model of another test set than "
-          f"{first_dir!r} (data {differ}); compare models of one data set and image size.")
-
-
-# ---------------------------------------------------------------------------
-# Scoring
-# ---------------------------------------------------------------------------
 def accuracies(eval_fn, variables, placed: list, names: list[str]) -> dict[str, float]:
   """{variant name: accuracy} of `eval_fn` (`evaluate.make_eval_fn`) over the placed
   batches, summed on device and fetched once."""
@@ -107,10 +86,8 @@ def run(config, workdir: str) -> dict:
   returns the results."""
   bc = config.bands
   check_bands_config(bc)
-  workdirs = [workdir] + [fileio.check("bands.compare", w) for w in bc.compare]
   mesh = sharding.make_mesh(config.get("num_devices"))
-  models = [(w, common.restore(w, mesh=mesh)) for w in workdirs]
-  check_comparable(models)
+  models = common.restore_compared(workdir, bc.compare, field="bands.compare", mesh=mesh)
   x, y, dataset = common.load_test_set(models[0][1], bc.num_images, field="bands.num_images")
   height, width = x.shape[1:3]
   bands = frequency.check_bands(bc.bands, height, width, field="bands.bands")

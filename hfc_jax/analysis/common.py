@@ -109,6 +109,45 @@ def _restore_step(ckpt: checkpointing.Checkpointer, step: int, placed) -> Traine
                  meta["channels"])
 
 
+# Data fields that change only the training images, not the test set a study scores.
+TRAINING_ONLY = ("augment", "aug_pad", "aug_pad_mode", "aug_flip", "rescale", "num_train",
+                 "train_limit", "shuffle_labels", "label_seed", "data_dir")
+
+
+def check_same_test_set(models: list[tuple[str, Trained]], field: str) -> None:
+  """Every model must be of the first's test set (data set, image size, channels,
+  classes): a study scores them all on the first's test images. HfcError naming
+  `field` (the study's `compare`) otherwise, listing the data fields that differ."""
+  def signature(trained):
+    data = {k: v for k, v in trained.config.data.to_dict().items()
+            if k not in TRAINING_ONLY}
+    return data, trained.channels, trained.num_classes
+  first_dir, first = models[0]
+  for workdir, trained in models[1:]:
+    if signature(trained) != signature(first):
+      a, b = signature(trained)[0], signature(first)[0]
+      differ = ", ".join(f"{k}={a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                         if a.get(k) != b.get(k)) or "channels or classes differ"
+      raise errors.HfcError(
+          f"{field}: {workdir!r} holds a model of another test set than {first_dir!r} "
+          f"(data {differ}); compare models of one data set and image size.")
+
+
+def restore_compared(workdir: str, compare, *, field: str, mesh) -> list[tuple[str, Trained]]:
+  """[(workdir, Trained)] for the run's workdir and each of `compare` (the study's
+  `field`, e.g. 'kernels.compare'), all of one test set (`check_same_test_set`)."""
+  models = [(workdir, restore(workdir, mesh=mesh))]
+  for other in compare:
+    if not isinstance(other, str) or not other:
+      raise errors.HfcError(f"{field}={tuple(compare)!r} must list workdirs.")
+    try:
+      models.append((other, restore(fileio.check(field, other), mesh=mesh)))
+    except errors.HfcError as e:
+      raise errors.HfcError(f"{field}: {e}") from None
+  check_same_test_set(models, field)
+  return models
+
+
 def load_test_set(trained: Trained, num_images: int = 0, *, field: str = ""
                   ) -> tuple[np.ndarray, np.ndarray, data_lib.Dataset]:
   """The run's own test set (its config's data section): the first `num_images`

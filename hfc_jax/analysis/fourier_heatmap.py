@@ -57,7 +57,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
 from hfc_jax import errors, evaluate, fileio, sharding
-from hfc_jax.analysis import common, kernels
+from hfc_jax.analysis import common
 
 MODE = "fourier_heatmap"
 REFERENCE_EPS = 4.0    # Yin et al.'s L2 norm on 32x32 CIFAR-10 images in [0, 1]
@@ -240,31 +240,6 @@ def check_heatmap_config(fc) -> None:
                             "workdirs.")
 
 
-def check_comparable(models: list[tuple[str, common.Trained]]) -> None:
-  """Every compared workdir must hold a model of the first's test set (data set, image
-  size, channels, classes): all are scored on the first's test images."""
-  def signature(trained):
-    data = {k: v for k, v in trained.config.data.to_dict().items()
-            if k not in kernels.TRAINING_ONLY}
-    return data, trained.channels, trained.num_classes
-  first_dir, first = models[0]
-  for workdir, trained in models[1:]:
-    if signature(trained) != signature(first):
-      a, b = signature(trained)[0], signature(first)[0]
-      diff = ", ".join(f"{k}={a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b))
-                       if a.get(k) != b.get(k)) or "channels or classes differ"
-      raise errors.HfcError(
-          f"fourier_heatmap.compare: {workdir!r} holds a model of another test set than "
-          f"{first_dir!r} (data {diff}); compare models of one data set and image size.")
-
-
-def _restore_compared(workdir: str, mesh) -> common.Trained:
-  try:
-    return common.restore(fileio.check("fourier_heatmap.compare", workdir), mesh=mesh)
-  except errors.HfcError as e:
-    raise errors.HfcError(f"fourier_heatmap.compare: {e}") from None
-
-
 def default_eps(height: int, width: int) -> float:
   """4 * sqrt(H W) / 32: Yin et al.'s eps = 4 at 32x32, same per-pixel amplitude."""
   return REFERENCE_EPS * math.sqrt(height * width) / REFERENCE_SIZE
@@ -276,9 +251,8 @@ def run(config, workdir: str) -> dict:
   fc = config.fourier_heatmap
   check_heatmap_config(fc)
   mesh = sharding.make_mesh(config.get("num_devices"))
-  models = [(workdir, common.restore(workdir, mesh=mesh))]
-  models += [(w, _restore_compared(w, mesh)) for w in fc.compare]
-  check_comparable(models)
+  models = common.restore_compared(workdir, fc.compare, field="fourier_heatmap.compare",
+                                   mesh=mesh)
   x, y, dataset = common.load_test_set(models[0][1], fc.num_images,
                                        field="fourier_heatmap.num_images")
   height, width = x.shape[1:3]

@@ -77,34 +77,6 @@ def check_kernels_config(kc) -> None:
   errors.check_range("kernels.pgd_steps", kc.pgd_steps, 1, None, integer=True)
   errors.check_range("kernels.num_images", kc.num_images, 0, None, integer=True)
   errors.check_range("kernels.batch_size", kc.batch_size, 1, None, integer=True)
-  for workdir in kc.compare:
-    if not isinstance(workdir, str) or not workdir:
-      raise errors.HfcError(f"kernels.compare={tuple(kc.compare)!r} must list workdirs.")
-
-
-# Data fields that change only the training images, not the test set a study scores.
-TRAINING_ONLY = ("augment", "aug_pad", "aug_pad_mode", "aug_flip", "rescale", "num_train",
-                 "train_limit", "shuffle_labels", "label_seed", "data_dir")
-
-
-def check_comparable(models: list[tuple[str, common.Trained]]) -> None:
-  """Every compared workdir must hold a model of the same test set (data set, image
-  size, channels, classes) as the first: all are scored on the first's test images."""
-  def signature(trained):
-    data = {k: v for k, v in trained.config.data.to_dict().items() if k not in TRAINING_ONLY}
-    return (data, trained.channels, trained.num_classes)
-  first_dir, first = models[0]
-  for workdir, trained in models[1:]:
-    if signature(trained) != signature(first):
-      raise errors.HfcError(
-          f"kernels.compare: {workdir!r} holds a model of another test set than "
-          f"{first_dir!r} (data {_differences(signature(trained)[0], signature(first)[0])}"
-          "); compare models of one data set and image size.")
-
-
-def _differences(a: dict, b: dict) -> str:
-  return ", ".join(f"{k}={a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b))
-                   if a.get(k) != b.get(k)) or "channels or classes differ"
 
 
 def variants(kc) -> list[Variant]:
@@ -150,10 +122,8 @@ def run(config, workdir: str) -> dict:
   `<workdir>/kernels/`; returns the results."""
   kc = config.kernels
   check_kernels_config(kc)
-  workdirs = [workdir] + [fileio.check("kernels.compare", w) for w in kc.compare]
   mesh = sharding.make_mesh(config.get("num_devices"))
-  models = [(w, common.restore(w, mesh=mesh)) for w in workdirs]
-  check_comparable(models)
+  models = common.restore_compared(workdir, kc.compare, field="kernels.compare", mesh=mesh)
   for w, trained in models:
     smoothness.first_conv_of(trained.params, model=trained.config.model.name)
   x, y, _ = common.load_test_set(models[0][1], kc.num_images, field="kernels.num_images")
