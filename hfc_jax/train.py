@@ -459,7 +459,7 @@ def _resume(ckpt: checkpointing.Checkpointer, state: TrainState, config, workdir
             steps_per_epoch: int, *, allow_changes: bool = False):
   """(state, history, partial-epoch sums, config changes) from the newest readable
   checkpoint, or a fresh start. A checkpoint that cannot be read (a truncated file, a
-  missing metadata file) is reported in one line, deleted, and the one before used.
+  missing metadata file) is reported in one line, set aside, and the one before used.
   HfcError when the run's settings changed in a way that changes the result
   (`resume.check`) or its step does not fit the epoch length."""
   for step in reversed(ckpt.all_steps()):
