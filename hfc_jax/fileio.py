@@ -76,10 +76,6 @@ def join(base, *parts: str) -> str:
   return os.fspath(path(base).joinpath(*parts))
 
 
-def exists(p) -> bool:
-  return path(p).exists()
-
-
 def is_dir(p) -> bool:
   return path(p).is_dir()
 
@@ -92,11 +88,6 @@ def is_file(p) -> bool:
 def makedirs(p) -> None:
   """Creates directory `p` and its parents (on object stores: nothing to create)."""
   path(p).mkdir(parents=True, exist_ok=True)
-
-
-def listdir(p) -> list[str]:
-  """Names of the entries of directory `p`, sorted."""
-  return sorted(child.name for child in path(p).iterdir())
 
 
 def basename(p) -> str:
@@ -115,10 +106,6 @@ def remove(p) -> None:
 
 def read_text(p) -> str:
   return path(p).read_text()
-
-
-def read_bytes(p) -> bytes:
-  return path(p).read_bytes()
 
 
 def write_bytes(p, data: bytes) -> None:
