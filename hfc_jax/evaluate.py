@@ -1,9 +1,9 @@
 """The per-epoch evaluation: clean, LFC and HFC accuracy at every radius, one pass.
 
 Each batch is split once (one forward FFT, one inverse FFT per radius, see
-`frequency.split_many`) and the 1 + 2R variants are scored by one vmapped forward
-pass inside one jitted function. vmap keeps each variant a batch of its own, so
-models that normalise with batch statistics see each variant separately. With
+`frequency.split_many`) and the 1 + 2R variants are scored one after another by
+`lax.map` inside one jitted function, each variant a batch of its own, so models that
+normalise with batch statistics see each variant separately. With
 `eval.bands`, B band-pass variants (`frequency.band_pass_many`, each band (r1, r2)
 keeping r1 <= dist < r2) follow the HFC ones: 1 + 2R + B variants.
 """

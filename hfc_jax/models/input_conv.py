@@ -16,10 +16,8 @@ How: a custom JVP. The value and the kernel tangent are lax's convolution; the i
 tangent is `patch_conv` (im2col and one matmul), and reverse mode transposes that into
 the matmul and col2im above. Forward mode (`jax.jvp`, `jax.jacfwd`, Hessians) keeps
 working, and a plain train step, which never asks for the image gradient, computes
-exactly what lax's convolution computes (its gradients are bit-identical). Measured on
-2 CPU cores, small_cnn, batch 128, timed in turns with the old code: the PGD-7 train
-step went from 337 to 281 ms on 8 simulated devices and from 241 to 215 ms on one
-device (with the project's XLA:CPU flags); the plain step stayed at 42-46 ms.
+exactly what lax's convolution computes (its gradients are bit-identical). Its speed-up
+of the PGD train step is measured in docs/performance.md.
 
 The patch-gradient array is kh * kw times the size of the image gradient, so this is
 meant for the first conv only (few input channels). `conv_general_dilated` is a
