@@ -49,7 +49,6 @@ flags.DEFINE_bool("allow_changed_config", False,
 REQUIRED = ("config", "workdir")
 
 MODES = ("train", *analysis.MODES)
-EXIT_INTERRUPTED = 130   # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def check_workdir(workdir: str) -> str:
@@ -157,13 +156,13 @@ def main(argv):
   except errors.RunFailed as e:
     print(f"hfc_jax: error: {e}", file=sys.stderr, flush=True)
     sys.exit(e.exit_status)
-  except preemption.Preempted as e:
+  except preemption.Preempted as e:   # SIGTERM or Ctrl-C during training, saved
     print(f"hfc_jax: {e}", file=sys.stderr, flush=True)
-    sys.exit(preemption.EXIT_PREEMPTED)
-  except KeyboardInterrupt:
+    sys.exit(e.exit_status)
+  except KeyboardInterrupt:            # Ctrl-C anywhere else (a second one, a study)
     print("hfc_jax: interrupted (Ctrl-C); the workdir keeps its last finished checkpoint; "
           "run the same command to resume from it.", file=sys.stderr, flush=True)
-    sys.exit(EXIT_INTERRUPTED)
+    sys.exit(preemption.EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -432,7 +432,7 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
       recorder.log_epoch(history[-1], tc.epochs)
       if watch.requested:   # a SIGTERM during evaluation: this epoch's checkpoint is saved
         ckpt.wait()
-        raise preemption.Preempted(int(state.step), ckpt.directory)
+        raise watch.stopped(int(state.step), ckpt.directory)
     ckpt.wait()
   finally:
     ckpt.close()
@@ -548,7 +548,7 @@ def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int, steps_per_ep
       heartbeat()
     if watch.reached(step):
       checkpoint(step)
-      raise preemption.Preempted(step, ckpt.directory)
+      raise watch.stopped(step, ckpt.directory)
     if every and step % every == 0 and i + 1 < steps_per_epoch:
       checkpoint(step)
   metrics.flush(epoch * steps_per_epoch + steps_per_epoch)

@@ -205,9 +205,12 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
   assert proc.wait(timeout=120) == 130
   stderr = "".join(lines)
   assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-  assert [l for l in _error_lines(stderr)] == [
-      "hfc_jax: interrupted (Ctrl-C); the workdir keeps its last finished checkpoint; "
-      "run the same command to resume from it."]
+  lines = _error_lines(stderr)
+  assert len(lines) == 1 and lines[0].startswith("hfc_jax: stopped by Ctrl-C at step "), lines
+  step = int(lines[0].split("at step ")[1].split(";")[0])
+  assert str(step) in os.listdir(tmp_path / "run" / "checkpoints")
+  result = run_main(tmp_path / "run", "--config.train.epochs=3")     # resumes there
+  assert result.returncode == 0 and f"resumed at step {step}" in result.stderr
 
 
 @pytest.mark.parametrize("flags,message", [
