@@ -1,4 +1,4 @@
-"""The frequency split of Wang et al. (CVPR 2020), section 1 of PAPER.md.
+"""The frequency split of Wang et al. (CVPR 2020), as the paper and its code define it.
 
 Each channel of each image is taken to the centred 2-D Fourier spectrum
 (`fftshift(fft2(x))` over H, W). A disc of radius `r` around the DC position

@@ -1,7 +1,6 @@
 """Band-pass images, the per-epoch band variants, the bands mode and its report figure."""
 
 import dataclasses
-import inspect
 import json
 import os
 
@@ -88,8 +87,6 @@ def test_eval_step_scores_band_variants_after_the_hfc_ones():
   assert evaluate.variant_names(radii) == ["clean", "lfc_4", "hfc_4"]
 
 
-@pytest.mark.skipif("bands=" not in inspect.getsource(train),
-                    reason="train.py does not pass eval.bands to evaluate yet")
 def test_training_records_band_accuracies_and_the_report_plots_them(tmp_path):
   config = tiny_config(**{"train.epochs": 1, "eval.bands": ((0, 4), (4, 23))})
   history = train.train_and_evaluate(config, str(tmp_path / "run"), mesh=sharding.make_mesh(8))
