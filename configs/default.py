@@ -48,12 +48,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.label_seed = 0         # Seed of that label permutation.
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "small_cnn"    # small_cnn | resnet18 | preact_resnet32
+  config.model.name = "small_cnn"    # small_cnn | plain_cnn | resnet18 | preact_resnet32
   config.model.norm = "batch_stats"  # none | batch_stats (paper) | batchnorm (running averages)
   config.model.dropout = 0.0         # Dropout rate before the classifier.
   config.model.input_filter = "none"  # none | lowpass | highpass input layer.
   config.model.filter_radius = 0.0   # Radius of that input layer.
   config.model.dtype = "float32"     # Compute dtype: float32 | bfloat16 (params stay float32).
+  config.model.widths = ()           # Channel widths replacing the model's defaults, e.g.
+                                     # plain_cnn (32, 32, 64, 128): 3 convs + dense; (): default.
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "adam"         # sgd | adam | adamw | adagrad | adadelta | rmsprop

@@ -127,6 +127,13 @@ def write_text(p, text: str) -> None:
   write_bytes(p, text.encode("utf-8"))
 
 
+def append_line(p, line: str) -> None:
+  """Appends `line` and a newline to a text file, creating it. Object stores cannot
+  append, so the whole file is rewritten (these files are a few lines long)."""
+  before = read_text(p) if is_file(p) else ""
+  write_text(p, before + line + "\n")
+
+
 def save_npy(p, array) -> None:
   """`numpy.save` to a local or remote path."""
   import numpy as np  # pylint: disable=g-import-not-at-top

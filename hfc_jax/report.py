@@ -25,7 +25,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from hfc_jax import errors, fileio, plots
+from hfc_jax import errors, fileio, plots, provenance
 from hfc_jax.workdirs import Group, Run, collect
 
 FLAGS = flags.FLAGS
@@ -226,7 +226,20 @@ def replicate_rows(groups: list[Group]) -> tuple[list[str], list[list[str]], dic
 def _run_summary(run: Run) -> dict:
   return {"workdir": run.workdir, "missing": run.missing,
           "epochs": len(run.records), "wall_time_s": wall_time_s(run),
-          "final": {k: _finite(v) for k, v in run.final.items()}}
+          "final": {k: _finite(v) for k, v in run.final.items()}, "starts": run.starts}
+
+
+def made_by(group: Group) -> list[str]:
+  """One entry per distinct (code, command) that started the group's runs: 'commit
+  1a2b3c4, jax 0.10.2, with `python -m hfc_jax.main ...`'. Resumes that continued a run
+  are listed too, so a run made by two commits shows both."""
+  seen = []
+  for run in group.runs:
+    for start in run.starts:
+      entry = f"{provenance.short(start)}, with `{start.get('command', '?')}`"
+      if entry not in seen:
+        seen.append(entry)
+  return seen
 
 
 def _section(group: Group, figure_files: list[tuple[str, str]]) -> list[str]:
@@ -236,6 +249,9 @@ def _section(group: Group, figure_files: list[tuple[str, str]]) -> list[str]:
     lines[-1] += f" (Unknown sweep kind {group.kind!r}: shown as generic.)"
   if group.workdir:
     lines[-1] += f" Sweep dir: `{group.workdir}`."
+  made = made_by(group)
+  if made:
+    lines += ["", "Made by " + "; ".join(made) + "."]
   if group.missing:
     lines += ["", "Missing (no epoch recorded yet): "
               + ", ".join(f"`{r.name}` ({r.workdir})" for r in group.missing) + "."]

@@ -74,13 +74,10 @@ def check(saved: dict, config: dict, workdir: str, *, allow: bool = False
 
 
 def record(workdir: str, step: int, found: dict[str, tuple[Any, Any]]) -> None:
-  """Appends this start's changes to config_history.jsonl (whole-file rewrite, so it
-  works on object stores too). Call from process 0 only."""
+  """Appends this start's changes to config_history.jsonl. Call from process 0 only."""
   if not found:
     return
-  path = fileio.join(workdir, HISTORY)
-  before = fileio.read_text(path) if fileio.is_file(path) else ""
   entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step,
            "changes": {k: [old, new] for k, (old, new) in found.items()}}
-  fileio.write_text(path, before + json.dumps(entry, default=str) + "\n")
+  fileio.append_line(fileio.join(workdir, HISTORY), json.dumps(entry, default=str))
 

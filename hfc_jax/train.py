@@ -21,7 +21,8 @@ from absl import logging
 
 from hfc_jax import adversarial, checkpointing, errors, evaluate, fileio, frequency, lock
 from hfc_jax import models
-from hfc_jax import optimizers, plots, preemption, records, resume, sharding, smoothness
+from hfc_jax import optimizers, plots, preemption, provenance, records, resume, sharding
+from hfc_jax import smoothness
 from hfc_jax import transforms
 from hfc_jax import workdirs
 from hfc_jax import data as data_lib
@@ -45,10 +46,12 @@ class TrainState:
 # ---------------------------------------------------------------------------
 # Model and state
 # ---------------------------------------------------------------------------
-def create_model(config: ml_collections.ConfigDict, num_classes: int, channels: int):
-  """The NNX model that `config.model` names, initialised from `config.seed`."""
+def create_model(config: ml_collections.ConfigDict, num_classes: int, channels: int,
+                 image_size: int):
+  """The NNX model that `config.model` names for square `image_size` images, initialised
+  from `config.seed`."""
   return models.from_config(config.model, num_classes=num_classes, in_channels=channels,
-                            seed=config.seed)
+                            image_size=(image_size, image_size), seed=config.seed)
 
 
 def create_train_state(model, tx: optax.GradientTransformation, seed: int, mesh
@@ -360,7 +363,7 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
                tc.epochs, steps_per_epoch)
 
   # ----- Model, optimiser, state -------------------------------------------
-  model = create_model(config, dataset.num_classes, dataset.channels)
+  model = create_model(config, dataset.num_classes, dataset.channels, dataset.image_size)
   tx = optimizers.make_optimizer(config.optim, steps_per_epoch, tc.epochs)
   functional, state = create_train_state(model, tx, config.seed, mesh)
   del model
@@ -378,6 +381,7 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
                     *changed["train.epochs"], config.optim.schedule)
   if jax.process_index() == 0:
     resume.record(workdir, int(state.step), changed)
+    provenance.record_start(workdir, int(state.step))
   records.write_json(fileio.join(workdir, workdirs.CONFIG), config.to_dict())
   recorder = records.Recorder(workdir, tensorboard=config.get("tensorboard", True),
                               history=history)
@@ -409,6 +413,7 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
   def save(state, history, progress, on_commit=None):
     meta = {"config": config.to_dict(), "history": history,
             "num_classes": dataset.num_classes, "channels": dataset.channels,
+            "image_size": dataset.image_size,
             "epoch_progress": dataclasses.asdict(progress)}
     ckpt.save(int(state.step), state, meta, on_commit=on_commit)
 

@@ -63,6 +63,7 @@ def check_model(m: ml_collections.ConfigDict, size: int | None) -> None:
   errors.check_choice("model.input_filter", m.input_filter, layers.INPUT_FILTERS)
   errors.check_choice("model.dtype", m.dtype, models.DTYPES)
   errors.check_range("model.dropout", m.dropout, 0, 1)
+  models.check_widths(m.name, m.widths)
   if m.input_filter != "none":
     _check_radius("model.filter_radius", m.filter_radius, size)
 

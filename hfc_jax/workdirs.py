@@ -1,8 +1,9 @@
 """Reading finished (or running) run and sweep workdirs, without JAX.
 
 A run workdir holds `metrics.jsonl` (one JSON object per finished epoch, written by
-`records.Recorder`) and `config.json` (the run's full config as a nested dict; absent
-in old workdirs). A sweep workdir holds `sweep.json`:
+`records.Recorder`), `config.json` (the run's full config as a nested dict; absent
+in old workdirs) and `provenance.jsonl` (the commit and command of each start, see
+`hfc_jax.provenance`). A sweep workdir holds `sweep.json`:
 
   {"name": str, "kind": "heuristics" | "batch_size" | "optimizers" | "train_component"
    | "shuffled_labels" | "bn_lfc" | "generic",
@@ -21,7 +22,7 @@ from typing import Any
 
 from absl import logging
 
-from hfc_jax import errors, fileio
+from hfc_jax import errors, fileio, provenance
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
@@ -37,6 +38,7 @@ class Run:
   records: list[dict]
   config: dict | None = None
   overrides: dict = dataclasses.field(default_factory=dict)
+  starts: list[dict] = dataclasses.field(default_factory=list)  # provenance.jsonl lines
 
   @property
   def missing(self) -> bool:
@@ -122,7 +124,17 @@ def load_run(workdir: str, name: str, overrides: dict | None = None) -> Run:
       config = None
   return Run(name=name, workdir=workdir,
              records=read_metrics(fileio.join(workdir, METRICS), workdir),
-             config=config, overrides=dict(overrides or {}))
+             config=config, overrides=dict(overrides or {}),
+             starts=_read_starts(workdir))
+
+
+def _read_starts(workdir: str) -> list[dict]:
+  """The run's `provenance.jsonl` records (empty for runs made before it existed)."""
+  try:
+    return provenance.read(workdir)
+  except (OSError, json.JSONDecodeError) as e:
+    logging.warning("%s: cannot read %s (%s); ignored", workdir, provenance.FILE, e)
+    return []
 
 
 def load_sweep(sweep_dir: str) -> Group:

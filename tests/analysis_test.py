@@ -99,7 +99,8 @@ def test_kernels_mode_writes_grids_measures_and_sweep(workdirs):
   results = main.run(config, workdirs["batch_stats"])
   out = os.path.join(workdirs["batch_stats"], "kernels")
   assert sorted(os.listdir(out)) == ["kernels.md", "kernels_channels.png", "kernels_rgb.png",
-                                     "measures.json", "sweep.json", "sweep.png"]
+                                     "measures.json", "provenance.json", "sweep.json",
+                                     "sweep.png"]
   names = [m["name"] for m in results["models"]]
   assert names == ["batch_stats", "none"]
   measures = json.load(open(os.path.join(out, "measures.json")))

@@ -134,7 +134,7 @@ def _config(**overrides):
 def test_mode_writes_band_and_radius_curves(workdir):
   results = main.run(_config(**{"bands.compare": (workdir,)}), workdir)
   out = os.path.join(workdir, bands.MODE)
-  assert sorted(os.listdir(out)) == ["bands.json", "bands.md", "bands.png"]
+  assert sorted(os.listdir(out)) == ["bands.json", "bands.md", "bands.png", "provenance.json"]
   assert json.load(open(os.path.join(out, "bands.json"))) == json.loads(
       json.dumps(common.json_ready(results)))
   assert results["corner"] == 23 and results["radii"] == [float(r) for r in range(1, 24)]

@@ -24,12 +24,12 @@ from hfc_jax.models import layers
 from hfc_jax.models.functional import Functional
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODEL_NAMES = ("small_cnn", "resnet18", "preact_resnet32")
+MODEL_NAMES = ("small_cnn", "plain_cnn", "resnet18", "preact_resnet32")
 
 
 def _batch_stats_model(name, seed=0):
   return Functional.split(models.create(name, num_classes=10, in_channels=3,
-                                        norm="batch_stats", seed=seed))
+                                        norm="batch_stats", image_size=(8, 8), seed=seed))
 
 
 def _pad(x, extra, fill=0.0):

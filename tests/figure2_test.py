@@ -63,7 +63,7 @@ def test_counts_equal_numpy_computation_on_eight_devices(norm):
   config = tiny_config(**{"model.norm": norm})
   mesh = sharding.make_mesh(8)
   tx = optimizers.make_optimizer(config.optim, 1, 1)
-  functional, state = train.create_train_state(train.create_model(config, 10, 3), tx,
+  functional, state = train.create_train_state(train.create_model(config, 10, 3, 32), tx,
                                                config.seed, mesh)
   data = synthetic.generate(seed=1, num_train=8, num_test=100, image_size=16)
   x, y = data["x_test"], data["y_test"]
@@ -111,7 +111,7 @@ def test_figure2_mode_writes_consistent_outputs(trained_workdir, capsys):
   workdir, config = trained_workdir
   results = main.run(_figure2_config(config), workdir)
   out = os.path.join(workdir, figure2.MODE)
-  assert sorted(os.listdir(out)) == ["figure2.json", "figure2.md", "figure2.png"]
+  assert sorted(os.listdir(out)) == ["figure2.json", "figure2.md", "figure2.png", "provenance.json"]
   assert os.path.getsize(os.path.join(out, "figure2.png")) > 1000
   on_disk = json.load(open(os.path.join(out, "figure2.json")))
   assert on_disk == json.loads(json.dumps(results))

@@ -153,7 +153,7 @@ def test_mode_equals_a_direct_loop_over_every_frequency(workdirs, capsys):
   results = main.run(_heatmap_config(config), workdir)
   out = os.path.join(workdir, fourier_heatmap.MODE)
   assert sorted(os.listdir(out)) == ["heatmap.json", "heatmap.npy", "heatmap.png",
-                                     "loss.npy"]
+                                     "loss.npy", "provenance.json"]
   heat, loss = np.load(os.path.join(out, "heatmap.npy")), np.load(os.path.join(out, "loss.npy"))
   assert heat.shape == loss.shape == (SIZE, SIZE) and heat.dtype == np.float32
   on_disk = json.load(open(os.path.join(out, "heatmap.json")))

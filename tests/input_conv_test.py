@@ -139,9 +139,9 @@ def _make_model(name):
   if name == "small_cnn":
     return small_cnn.SmallCNN(num_classes=10, in_channels=3, norm="batch_stats", rngs=rngs)
   if name == "resnet18":
-    return resnet.ResNet18(num_classes=10, in_channels=3, stage_widths=(8, 8, 8, 8),
+    return resnet.ResNet18(num_classes=10, in_channels=3, widths=(8, 8, 8, 8),
                            stage_blocks=(1, 1, 1, 1), rngs=rngs)
-  return preact_resnet.PreActResNet32(num_classes=10, in_channels=3, stage_widths=(4, 4, 4),
+  return preact_resnet.PreActResNet32(num_classes=10, in_channels=3, widths=(4, 4, 4),
                                       blocks_per_stage=1, rngs=rngs)
 
 

@@ -57,30 +57,77 @@ def preact_resnet32_params(c, k, norm):
   return total + _norm(64, norm) + 64 * k + k
 
 
+def plain_cnn_params(c, k, norm, size=32):
+  widths = (32, 32, 64)
+  convs = sum(_conv(3, a, b, bias=True) + _norm(b, norm)
+              for a, b in zip((c,) + widths[:-1], widths))
+  features = (size // 4) ** 2 * 64  # two 2x2 max pools: 32 -> 8, 28 -> 7
+  return convs + features * 128 + 128 + 128 * k + k
+
+
 PARAM_FORMULAS = {"small_cnn": small_cnn_params, "resnet18": resnet18_params,
-                  "preact_resnet32": preact_resnet32_params}
-FIRST_CONV_FEATURES = {"small_cnn": 16, "resnet18": 64, "preact_resnet32": 16}
+                  "preact_resnet32": preact_resnet32_params, "plain_cnn": plain_cnn_params}
+FIRST_CONV_FEATURES = {"small_cnn": 16, "resnet18": 64, "preact_resnet32": 16, "plain_cnn": 32}
 
 
 def test_formulas_match_known_counts():
   assert resnet18_params(3, 10, "batchnorm") == 11_173_962
   assert preact_resnet32_params(3, 10, "none") == 461_882  # the usual "0.46M" ResNet-32
   assert small_cnn_params(3, 10, "none") == 61_162
+  assert plain_cnn_params(1, 10, "none", size=28) == 430_890
 
 
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_shapes_and_param_counts(name, norm):
   for shape, classes in (((2, 32, 32, 3), 10), ((2, 28, 28, 1), 7)):
-    model = models.create(name, num_classes=classes, in_channels=shape[-1], norm=norm)
+    model = models.create(name, num_classes=classes, in_channels=shape[-1], norm=norm,
+                          image_size=shape[1:3])
     logits = model(_images(shape), train=False)
     assert logits.shape == (shape[0], classes) and logits.dtype == jnp.float32
     assert np.all(np.isfinite(logits))
     params = nnx.state(model, nnx.Param)
-    assert _count(params) == PARAM_FORMULAS[name](shape[-1], classes, norm)
+    expected = PARAM_FORMULAS[name](shape[-1], classes, norm)
+    if name == "plain_cnn":
+      expected = plain_cnn_params(shape[-1], classes, norm, size=shape[1])
+    assert _count(params) == expected
     kernel = models.first_conv_kernel(params)
     assert kernel.shape == (3, 3, shape[-1], FIRST_CONV_FEATURES[name])
     assert params["first_conv"]["kernel"].shape == kernel.shape
+
+
+@pytest.mark.parametrize("name,widths", [("small_cnn", (8, 8, 16, 24)),
+                                         ("plain_cnn", (8, 12, 16, 20)),
+                                         ("preact_resnet32", (4, 8, 8))])
+def test_widths_replace_the_defaults(name, widths):
+  model = models.create(name, num_classes=7, in_channels=1, widths=widths,
+                        image_size=(12, 12))
+  assert model(_images((3, 12, 12, 1)), train=False).shape == (3, 7)
+  assert models.first_conv_kernel(model).shape == (3, 3, 1, widths[0])
+  if name == "plain_cnn":  # convs 1->8->12->16, then 3x3x16 features -> 20 -> 7
+    expected = (_conv(3, 1, 8, True) + _conv(3, 8, 12, True) + _conv(3, 12, 16, True)
+                + 9 * 16 * 20 + 20 + 20 * 7 + 7)
+    assert _count(nnx.state(model, nnx.Param)) == expected
+
+
+def test_plain_cnn_head_is_a_dense_layer_on_the_flattened_features():
+  """The head's input is the (H/4, W/4, 64) feature map flattened, for odd sizes too."""
+  for size, cells in ((16, 16), (28, 49), (30, 64)):
+    model = models.create("plain_cnn", num_classes=10, in_channels=1, image_size=(size, size))
+    assert model.hidden.kernel.shape == (cells * 64, 128)
+    assert model(_images((2, size, size, 1)), train=False).shape == (2, 10)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"name": "plain_cnn"}, r"model.name='plain_cnn' needs the image size"),
+    ({"name": "plain_cnn", "image_size": (28, 28), "widths": (8, 8)},
+     r"model.widths=\(8, 8\): plain_cnn takes 4 positive integers \(default \(32, 32, 64, 128\)\)"),
+    ({"name": "small_cnn", "widths": (8, 0, 8, 8)}, r"model.widths=\(8, 0, 8, 8\): small_cnn"),
+    ({"name": "resnet18", "widths": (8.5, 8, 8, 8)}, r"model.widths=\(8.5, 8, 8, 8\)"),
+])
+def test_bad_widths_and_missing_image_size_raise(kwargs, message):
+  with pytest.raises(errors.HfcError, match=message):
+    models.create(num_classes=10, in_channels=1, **kwargs)
 
 
 def test_first_conv_kernel_accepts_model_state_and_dict():
@@ -94,6 +141,7 @@ def test_first_conv_kernel_accepts_model_state_and_dict():
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_split_gives_only_params_and_batch_stats(name):
   model = nnx.eval_shape(lambda: models.create(name, num_classes=10, in_channels=3,
+                                               image_size=(32, 32),
                                                norm="batchnorm", dropout=0.5))
   _, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
   assert _count(rest) == 0

@@ -84,7 +84,7 @@ def test_mode_writes_consistent_spectra(workdir):
   results = main.run(_config(), workdir)
   out = os.path.join(workdir, MODE)
   assert sorted(os.listdir(out)) == ["power_clean.npy", "power_fgsm.npy", "power_pgd.npy",
-                                     "spectrum.json", "spectrum.png"]
+                                     "provenance.json", "spectrum.json", "spectrum.png"]
   on_disk = json.load(open(os.path.join(out, "spectrum.json")))
   assert on_disk == json.loads(json.dumps(common.json_ready(results)))
   assert results["num_images"] == 100 and results["corner"] == 23

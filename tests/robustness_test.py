@@ -39,7 +39,7 @@ def _adv_steps(mesh, n=2):
   """n SGD adversarial-training steps on a fixed batch; returns params, loss and the
   adversarial images of the first step."""
   config = _adv_config(True, **{"optim.name": "sgd", "optim.learning_rate": 0.05})
-  model = train.create_model(config, 10, 3)
+  model = train.create_model(config, 10, 3, 32)
   tx = optimizers.make_optimizer(config.optim, 10, 1)
   functional, state = train.create_train_state(model, tx, 0, mesh)
   adversary = adversarial.Adversary.from_config(config.adv)
@@ -100,7 +100,7 @@ def test_robust_eval_writes_consistent_tables(trained_workdir):
   workdir, config = trained_workdir
   results = main.run(_robust_config(config), workdir)
   files = sorted(os.listdir(os.path.join(workdir, robustness.MODE)))
-  assert files == ["min_eps.npy", "robust_eval.json", "robust_eval.md",
+  assert files == ["min_eps.npy", "provenance.json", "robust_eval.json", "robust_eval.md",
                    "robustness_curve.png"]
   on_disk = json.load(open(os.path.join(workdir, robustness.MODE, "robust_eval.json")))
   assert on_disk["attacks"] == results["attacks"]

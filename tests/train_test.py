@@ -42,7 +42,7 @@ def _run_steps(mesh, num_steps, norm="batchnorm", dropout=0.3):
   # SGD, not Adam: with BatchNorm the conv biases get gradients that are float noise
   # around 0, which Adam would blow up to full-size steps of random sign.
   config.optim.name, config.optim.learning_rate = "sgd", 0.05
-  model = train.create_model(config, 10, 3)
+  model = train.create_model(config, 10, 3, 32)
   tx = optimizers.make_optimizer(config.optim, 10, 1)
   functional, state = train.create_train_state(model, tx, 0, mesh)
   step = train.make_train_step(functional, tx, mesh, rescale="none")

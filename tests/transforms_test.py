@@ -50,7 +50,7 @@ def _setup(config, seed):
   random uint8 batch of 32 images with labels."""
   mesh = sharding.make_mesh(8)
   tx = optimizers.make_optimizer(config.optim, 10, 1)
-  functional, state = train.create_train_state(train.create_model(config, 10, 3), tx, 0,
+  functional, state = train.create_train_state(train.create_model(config, 10, 3, 32), tx, 0,
                                                mesh)
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)

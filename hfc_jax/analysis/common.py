@@ -19,7 +19,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from hfc_jax import checkpointing, errors, evaluate, fileio, models, records, sharding
+from hfc_jax import checkpointing, errors, evaluate, fileio, models, provenance, records
+from hfc_jax import sharding
 from hfc_jax import xla_flags
 from hfc_jax import data as data_lib
 from hfc_jax.models.functional import Functional
@@ -38,6 +39,8 @@ class Trained:
   step: int                  # optimiser steps taken
   num_classes: int
   channels: int
+  image_size: int | None     # image side the model was built for (None: written before
+                             # checkpoints recorded it; only plain_cnn needs it)
 
   @property
   def epoch(self) -> int:
@@ -65,12 +68,15 @@ def cpu_mesh() -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.array(jax.devices("cpu")[:1]), (sharding.DATA_AXIS,))
 
 
-def abstract_model(config: ml_collections.ConfigDict, num_classes: int, channels: int
-                   ) -> tuple[Functional, PyTree, PyTree]:
-  """(functional, abstract params, abstract model state) of `config.model`, built with
-  `nnx.eval_shape`: shapes and dtypes only, no array is allocated."""
+def abstract_model(config: ml_collections.ConfigDict, num_classes: int, channels: int,
+                   image_size: int | None) -> tuple[Functional, PyTree, PyTree]:
+  """(functional, abstract params, abstract model state) of `config.model` for square
+  `image_size` images, built with `nnx.eval_shape`: shapes and dtypes only, no array is
+  allocated."""
+  size = None if image_size is None else (image_size, image_size)
   model = nnx.eval_shape(lambda: models.from_config(
-      config.model, num_classes=num_classes, in_channels=channels, seed=config.seed))
+      config.model, num_classes=num_classes, in_channels=channels, image_size=size,
+      seed=config.seed))
   return Functional.split(model)
 
 
@@ -100,13 +106,13 @@ def _restore_step(ckpt: checkpointing.Checkpointer, step: int, placed) -> Traine
   meta = ckpt.restore_meta(step)
   config = ml_collections.ConfigDict(meta["config"])
   functional, params, model_state = abstract_model(
-      config, meta["num_classes"], meta["channels"])
+      config, meta["num_classes"], meta["channels"], meta.get("image_size"))
   item = {"params": params, "model_state": model_state,
           "step": jax.ShapeDtypeStruct((), np.int32)}
   state = ckpt.restore_partial(checkpointing.abstract_like(item, placed), step)
   return Trained(functional, state["params"], state["model_state"], config,
                  meta["history"], int(state["step"]), meta["num_classes"],
-                 meta["channels"])
+                 meta["channels"], meta.get("image_size"))
 
 
 # Data fields that change only the training images, not the test set a study scores.
@@ -194,9 +200,11 @@ def write_outputs(out: str, *, json_files: dict[str, Any] | None = None,
                   texts: dict[str, str] | None = None, figures: dict[str, Any] | None = None,
                   arrays: dict[str, np.ndarray] | None = None, dpi: int = 110) -> None:
   """Writes a study's files into `out` (process 0 only): JSON (atomic, sorted keys),
-  Markdown/text, matplotlib Figures as PNG and numpy arrays as .npy."""
+  Markdown/text, matplotlib Figures as PNG, numpy arrays as .npy, and
+  `provenance.json` (the commit, versions and command that made them)."""
   if jax.process_index() != 0:
     return
+  records.write_json(fileio.join(out, "provenance.json"), provenance.describe())
   for name, obj in (json_files or {}).items():
     records.write_json(fileio.join(out, name), obj)
   for name, text in (texts or {}).items():

@@ -197,7 +197,8 @@ def _lowpass_defence(trained, variables, placed, rc, settings: AttackSettings, c
     cfg = trained.config.copy_and_resolve_references()
     cfg.model.input_filter, cfg.model.filter_radius = "lowpass", float(radius)
     # The filter has no variables: the trained ones fit the defended model as they are.
-    defended, _, _ = common.abstract_model(cfg, trained.num_classes, trained.channels)
+    defended, _, _ = common.abstract_model(cfg, trained.num_classes, trained.channels,
+                                           trained.image_size)
     score = jax.jit(functools.partial(hits, logits_fn=defended.logits), out_shardings=rep)
     fn = jax.jit(functools.partial(craft, logits_fn=defended.logits, name="pgd",
                                    steps=rc.pgd_steps, restarts=rc.restarts))

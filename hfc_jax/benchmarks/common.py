@@ -259,7 +259,7 @@ def _build_train_step(name: str, batch: int, devices: int, adversary, dtype: str
   mesh = sharding.make_mesh(devices)
   tx = optimizers.make_optimizer(config.optim, 100, config.train.epochs)
   functional, state = train.create_train_state(
-      train.create_model(config, 10, 3), tx, config.seed, mesh)
+      train.create_model(config, 10, 3, 32), tx, config.seed, mesh)
   step = train.make_train_step(functional, tx, mesh, rescale=config.data.rescale,
                                adversary=adversary)
   images, labels = sharding.put_batch(mesh, *random_batch(batch))

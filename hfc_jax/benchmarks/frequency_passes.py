@@ -21,7 +21,7 @@ from hfc_jax.models.functional import Functional
 def _eval_args(name: str, dtype: str, batch: int, mesh):
   """(functional, config, eval_fn arguments) for a fresh `name` model and a random batch."""
   config = model_config(name, dtype)
-  functional, params, model_state = Functional.split(train.create_model(config, 10, 3))
+  functional, params, model_state = Functional.split(train.create_model(config, 10, 3, 32))
   variables = sharding.put_replicated((params, model_state), mesh)
   images, labels = random_batch(batch)
   batch_arrays = sharding.put_batch(mesh, images, labels, np.ones(batch, np.float32))

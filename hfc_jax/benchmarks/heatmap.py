@@ -31,7 +31,7 @@ def _contenders(name: str, dtype: str, batch: int, frequencies: int, mesh) -> di
   """name -> (compiled call, its arguments, compile seconds) for a fresh `name` model
   on a random batch: the plain clean evaluation and the heat-map chunk."""
   config = model_config(name, dtype)
-  functional, params, model_state = Functional.split(train.create_model(config, 10, 3))
+  functional, params, model_state = Functional.split(train.create_model(config, 10, 3, 32))
   variables = sharding.put_replicated((params, model_state), mesh)
   images, labels = random_batch(batch)
   batch_arrays = sharding.put_batch(mesh, images, labels, np.ones(batch, np.float32))

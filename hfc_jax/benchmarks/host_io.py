@@ -84,7 +84,7 @@ def _adam_state(name: str, dtype: str):
   config.optim.name = "adam"
   tx = optimizers.make_optimizer(config.optim, 100, 1)
   mesh = sharding.make_mesh()
-  state = train.create_train_state(train.create_model(config, 10, 3), tx, config.seed, mesh)[1]
+  state = train.create_train_state(train.create_model(config, 10, 3, 32), tx, config.seed, mesh)[1]
   rng = np.random.default_rng(0)
   noisy = lambda x: (np.asarray(x) + rng.normal(0, 1e-3, x.shape).astype(x.dtype)
                      if jnp.issubdtype(x.dtype, jnp.floating) else x)

@@ -1,8 +1,9 @@
 """Models picked by name: `create('preact_resnet32', num_classes=10, in_channels=3)`.
 
 Every model is an `nnx.Module` built as
-`Model(*, num_classes, in_channels, norm, dropout, input_filter, filter_radius, dtype, rngs)`
-and called as `model(x, train=..., rngs=..., mask=...)`, mapping NHWC float32 images in
+`Model(*, num_classes, in_channels, norm, dropout, input_filter, filter_radius, dtype,
+widths, rngs)` (plus `image_size` for a model whose `needs_image_size` is set, as plain_cnn's
+flattened head) and called as `model(x, train=..., rngs=..., mask=...)`, mapping NHWC float32 images in
 [0, 1] (any size, any channel count) to float32 logits (N, num_classes). `rngs` is only
 needed for dropout with train=True; `mask` (N,) float, 1 real and 0 padding rows, keeps the
 padding of an evaluation batch out of the batch statistics ('batch_stats'). Models store
@@ -11,8 +12,8 @@ parameters and the running statistics.
 
 The first conv layer, the one the paper analyses and smooths, is the attribute
 `first_conv` of every model: its HWIO kernel is `params['first_conv']['kernel']`
-(shape (3, 3, C, 16) for preact_resnet32, (3, 3, C, 64) for resnet18 and (3, 3, C, 16)
-for small_cnn); `first_conv_kernel` reads it from a model, a State or a pure dict.
+(shape (3, 3, C, 16) for preact_resnet32, (3, 3, C, 64) for resnet18, (3, 3, C, 16)
+for small_cnn and (3, 3, C, 32) for plain_cnn); `first_conv_kernel` reads it from a model, a State or a pure dict.
 
 Norms ('model.norm'): 'none' (the paper's vanilla), 'batch_stats' (the paper's BN: batch
 statistics in train and eval, fixed gamma = 1, beta = 0, eps = 1e-3) and 'batchnorm'
@@ -20,6 +21,7 @@ statistics in train and eval, fixed gamma = 1, beta = 0, eps = 1e-3) and 'batchn
 `dtype='bfloat16'` computes convs and dense layers in bfloat16; params stay float32.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -27,18 +29,26 @@ from flax import nnx
 
 from hfc_jax import errors
 from hfc_jax.models import layers
-from hfc_jax.models.preact_resnet import PreActResNet32
-from hfc_jax.models.resnet import ResNet18
-from hfc_jax.models.small_cnn import SmallCNN
+from hfc_jax.models import plain_cnn, preact_resnet, resnet, small_cnn
 
-MODELS = {"small_cnn": SmallCNN, "resnet18": ResNet18, "preact_resnet32": PreActResNet32}
+MODELS = {"small_cnn": small_cnn.SmallCNN, "plain_cnn": plain_cnn.PlainCNN,
+          "resnet18": resnet.ResNet18, "preact_resnet32": preact_resnet.PreActResNet32}
+# Each model's default widths: what `model.widths` (when not empty) replaces, entry by entry.
+DEFAULT_WIDTHS = {"small_cnn": small_cnn.WIDTHS, "plain_cnn": plain_cnn.WIDTHS,
+                  "resnet18": resnet.WIDTHS, "preact_resnet32": preact_resnet.WIDTHS}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def create(name: str, *, num_classes: int, in_channels: int, norm: str = "none",
            dropout: float = 0.0, input_filter: str = "none", filter_radius: float = 0.0,
-           dtype: str = "float32", seed: int = 0) -> nnx.Module:
-  """Builds model `name` with parameters initialised from `seed`; bad values raise HfcError."""
+           dtype: str = "float32", widths: Sequence[int] = (),
+           image_size: Sequence[int] | None = None, seed: int = 0) -> nnx.Module:
+  """Builds model `name` with parameters initialised from `seed`; bad values raise HfcError.
+
+  `widths`: channel widths replacing `DEFAULT_WIDTHS[name]` (same length; empty keeps
+  them). `image_size`: (height, width) of the input images, needed by the models that
+  set `needs_image_size` (plain_cnn) and ignored by the others.
+  """
   errors.check_choice("model.name", name, MODELS)
   errors.check_choice("model.norm", norm, layers.NORMS)
   errors.check_choice("model.input_filter", input_filter, layers.INPUT_FILTERS)
@@ -47,19 +57,41 @@ def create(name: str, *, num_classes: int, in_channels: int, norm: str = "none",
   errors.check_range("model.filter_radius", filter_radius, 0)
   errors.check_range("model.num_classes", num_classes, 1, integer=True)
   errors.check_range("model.in_channels", in_channels, 1, integer=True)
+  kwargs = {"widths": check_widths(name, widths)}
+  if getattr(MODELS[name], "needs_image_size", False):
+    if image_size is None:
+      raise errors.HfcError(f"model.name={name!r} needs the image size (its dense head is "
+                            "built for one); pass image_size=(height, width).")
+    kwargs["image_size"] = tuple(int(s) for s in image_size)
   return MODELS[name](num_classes=num_classes, in_channels=in_channels, norm=norm,
                       dropout=dropout, input_filter=input_filter,
                       filter_radius=filter_radius, dtype=DTYPES[dtype],
-                      rngs=nnx.Rngs(params=seed))
+                      rngs=nnx.Rngs(params=seed), **kwargs)
 
 
-def from_config(model_config, *, num_classes: int, in_channels: int, seed: int = 0
-                ) -> nnx.Module:
-  """The model a config's `model` section names (see `create`)."""
+def check_widths(name: str, widths: Sequence[int]) -> tuple[int, ...]:
+  """`widths`, or model `name`'s defaults when empty; HfcError naming model.widths when
+  the count or a value is wrong."""
+  default = DEFAULT_WIDTHS[name]
+  if not widths:
+    return tuple(default)
+  widths = tuple(widths)
+  if len(widths) != len(default) or not all(
+      isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+    raise errors.HfcError(f"model.widths={widths!r}: {name} takes {len(default)} positive "
+                          f"integers (default {default}), or () for the default.")
+  return widths
+
+
+def from_config(model_config, *, num_classes: int, in_channels: int,
+                image_size: Sequence[int], seed: int = 0) -> nnx.Module:
+  """The model a config's `model` section names for (height, width) `image_size` images
+  (see `create`)."""
   m = model_config
   return create(m.name, num_classes=num_classes, in_channels=in_channels, norm=m.norm,
                 dropout=m.dropout, input_filter=m.input_filter,
-                filter_radius=m.filter_radius, dtype=m.dtype, seed=seed)
+                filter_radius=m.filter_radius, dtype=m.dtype, widths=m.widths,
+                image_size=image_size, seed=seed)
 
 
 def first_conv_kernel(params: Any) -> jnp.ndarray:

@@ -18,7 +18,7 @@ from flax import nnx
 
 from hfc_jax.models import input_conv, layers
 
-STAGE_WIDTHS = (16, 32, 64)
+WIDTHS = (16, 32, 64)
 BLOCKS_PER_STAGE = 5  # n = 5 gives 6n + 2 = 32 layers
 _XAVIER = nnx.initializers.glorot_uniform()
 
@@ -69,13 +69,13 @@ class PreActResNet32(nnx.Module):
 
   def __init__(self, *, num_classes: int, in_channels: int, norm: str = "none",
                dropout: float = 0.0, input_filter: str = "none", filter_radius: float = 0.0,
-               dtype: Any = jnp.float32, stage_widths: Sequence[int] = STAGE_WIDTHS,
+               dtype: Any = jnp.float32, widths: Sequence[int] = WIDTHS,
                blocks_per_stage: int = BLOCKS_PER_STAGE, rngs: nnx.Rngs):
     self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
-    self.first_conv = conv3x3(in_channels, stage_widths[0], 1, dtype=dtype, rngs=rngs,
+    self.first_conv = conv3x3(in_channels, widths[0], 1, dtype=dtype, rngs=rngs,
                               on_image=True)
-    blocks, width = [], stage_widths[0]
-    for stage, out in enumerate(stage_widths):
+    blocks, width = [], widths[0]
+    for stage, out in enumerate(widths):
       for i in range(blocks_per_stage):
         stride = 2 if stage > 0 and i == 0 else 1
         blocks.append(PreActBlock(width, out, stride, norm=norm, dtype=dtype, rngs=rngs))

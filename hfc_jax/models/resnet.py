@@ -16,7 +16,7 @@ from flax import nnx
 
 from hfc_jax.models import input_conv, layers
 
-STAGE_WIDTHS = (64, 128, 256, 512)
+WIDTHS = (64, 128, 256, 512)
 STAGE_BLOCKS = (2, 2, 2, 2)
 _KERNEL_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -60,14 +60,14 @@ class ResNet18(nnx.Module):
 
   def __init__(self, *, num_classes: int, in_channels: int, norm: str = "batchnorm",
                dropout: float = 0.0, input_filter: str = "none", filter_radius: float = 0.0,
-               dtype: Any = jnp.float32, stage_widths: Sequence[int] = STAGE_WIDTHS,
+               dtype: Any = jnp.float32, widths: Sequence[int] = WIDTHS,
                stage_blocks: Sequence[int] = STAGE_BLOCKS, rngs: nnx.Rngs):
     self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
-    self.first_conv = conv(in_channels, stage_widths[0], 3, 1, dtype=dtype, rngs=rngs,
+    self.first_conv = conv(in_channels, widths[0], 3, 1, dtype=dtype, rngs=rngs,
                            on_image=True)
-    self.first_norm = layers.make_norm(norm, stage_widths[0], dtype=dtype, rngs=rngs)
-    blocks, width = [], stage_widths[0]
-    for stage, (out, count) in enumerate(zip(stage_widths, stage_blocks)):
+    self.first_norm = layers.make_norm(norm, widths[0], dtype=dtype, rngs=rngs)
+    blocks, width = [], widths[0]
+    for stage, (out, count) in enumerate(zip(widths, stage_blocks)):
       for i in range(count):
         stride = 2 if stage > 0 and i == 0 else 1
         blocks.append(BasicBlock(width, out, stride, norm=norm, dtype=dtype, rngs=rngs))
