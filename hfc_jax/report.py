@@ -186,13 +186,24 @@ def command_line(workdirs: list[str], out: str | None) -> str:
 
 
 def replicate_sets(groups: list[Group]) -> list[list[Group]]:
-  """Sets of 2 or more sweeps of the same kind with the same run names, in order:
-  the same experiment run again (other seeds, other machines)."""
+  """Sets of 2 or more sweeps of the same kind, with the same run names and the same
+  run configs but for the seed, in order: the same experiment run again (other seeds,
+  other machines). Sweeps of another model or data set are never averaged together."""
   sets: dict[tuple, list[Group]] = {}
   for group in groups:
     if group.workdir is not None:
-      sets.setdefault((group.kind, tuple(r.name for r in group.runs)), []).append(group)
+      key = (group.kind, tuple(r.name for r in group.runs),
+             tuple(_without_seed(r.config) for r in group.runs))
+      sets.setdefault(key, []).append(group)
   return [gs for gs in sets.values() if len(gs) > 1]
+
+
+def _without_seed(config: dict | None) -> str:
+  """A run's config as canonical JSON without its top-level `seed` ('' when unknown)."""
+  if config is None:
+    return ""
+  return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True,
+                    default=str)
 
 
 def _mean_sd(values: list[float]) -> str:

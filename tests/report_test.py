@@ -281,15 +281,25 @@ def test_bad_workdirs_one_line_error(tmp_path, make):
 def test_replicated_sweeps_get_mean_and_sd(tmp_path):
   """The same sweep run with other seeds: one mean ± sd table over the replicas."""
   dirs = []
-  for seed in range(3):
-    sweep_dir = tmp_path / f"seed{seed}"
+  for seed, model in [(0, "small_cnn"), (1, "small_cnn"), (2, "small_cnn"),
+                      (0, "plain_cnn"), (1, "plain_cnn")]:
+    sweep_dir = tmp_path / f"{model}_seed{seed}"
     for i, name in enumerate(["vanilla", "bn"]):
       recs = records(i)
       recs[-1]["test/clean"] = 0.5 + 0.1 * seed + 0.2 * i     # final values to average
-      write_run(sweep_dir / name, recs)
+      if model == "plain_cnn":
+        recs[-1]["test/clean"] += 0.05
+      write_run(sweep_dir / name, recs, {"seed": seed, "model": {"name": model}})
     write_sweep(sweep_dir, "heuristics", "heuristics",
                 [{"name": n, "workdir": n, "overrides": {}} for n in ("vanilla", "bn")])
     dirs.append(str(sweep_dir))
+  out = report.write_report(dirs, str(tmp_path / "out"))
+  summary = json.loads(open(out["json"]).read())
+  # Two sets: the seeds of each model; the models are never averaged together.
+  (replicas, other) = summary["replicates"]
+  assert other["sweeps"] == dirs[3:]
+  np.testing.assert_allclose(other["final"]["bn"]["test/clean"], [0.75, 0.85])
+  dirs = dirs[:3]
   out = report.write_report(dirs, str(tmp_path / "out"))
   summary = json.loads(open(out["json"]).read())
   (replicas,) = summary["replicates"]
@@ -302,3 +312,24 @@ def test_replicated_sweeps_get_mean_and_sd(tmp_path):
   assert "heuristics: mean ± sd over 3 sweeps" in text
   # A single sweep, or sweeps whose runs differ, get no replicate table.
   assert report.replicate_sets(report.collect(dirs[:1])) == []
+
+
+def test_each_table_says_which_commit_and_command_made_it(tmp_path):
+  sweep_dir = tmp_path / "sweep"
+  starts = {"vanilla": [("a" * 40, "cmd one")], "bn": [("a" * 40, "cmd one"),
+                                                       ("b" * 40, "cmd two")]}
+  for i, name in enumerate(starts):
+    write_run(sweep_dir / name, records(i))
+    with open(sweep_dir / name / "provenance.jsonl", "w") as f:
+      for step, (commit, command) in enumerate(starts[name]):
+        f.write(json.dumps({"step": step, "commit": commit, "dirty": False,
+                            "versions": {"jax": "0.10.2"}, "command": command}) + "\n")
+  write_sweep(sweep_dir, "heuristics", "heuristics",
+              [{"name": n, "workdir": n, "overrides": {}} for n in starts])
+  out = report.write_report([str(sweep_dir)], str(tmp_path / "out"))
+  text = open(out["markdown"]).read()
+  assert ("Made by commit aaaaaaa, jax 0.10.2, with `cmd one`; "
+          "commit bbbbbbb, jax 0.10.2, with `cmd two`.") in text
+  summary = json.loads(open(out["json"]).read())
+  assert [s["commit"] for s in summary["groups"][0]["runs"]["bn"]["starts"]] == ["a" * 40,
+                                                                              "b" * 40]

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from hfc_jax import preemption
+from hfc_jax import preemption, provenance
 from hfc_jax.analysis import common
 from tests.conftest import ROOT, main_command, run_main
 
@@ -116,6 +116,15 @@ def test_sigterm_saves_the_current_step_and_exits_143(tmp_path, reference):
   assert _records(workdir) == records
   for got, want in zip(_state_leaves(workdir)[1], leaves):
     np.testing.assert_array_equal(got, want)
+  # Both starts are on record, with the step each began at and the code that ran.
+  starts = provenance.read(str(workdir))
+  assert [s["step"] for s in starts] == [0, stopped]
+  head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                        text=True, check=False).stdout.strip() or None
+  for start in starts:
+    assert start["commit"] == head and start["versions"]["jax"] == jax.__version__
+    assert start["command"].startswith("python -m hfc_jax.main --config=")
+    assert f"--workdir={workdir}" in start["command"]
 
 
 def test_two_distributed_processes_stop_at_the_same_step(tmp_path):
