@@ -22,5 +22,5 @@ def get_config():
   config.adv.steps = 7
   config.adv.random_start = True
   config.eval.robust_subset = 1000
-  config.robust.eps = (8 / 255, 0.03, 0.06, 0.09)
+  config.robust_eval.eps = (8 / 255, 0.03, 0.06, 0.09)
   return config

@@ -28,7 +28,7 @@ def get_config():
   config.adv.random_start = True
   config.eval.robust_subset = 500
   config.eval.robust_eps = 4 / 255
-  config.robust.num_images = 500
-  config.robust.eps = (2 / 255, 4 / 255, 8 / 255, 0.03)
-  config.robust.min_eps_max = 0.05
+  config.robust_eval.num_images = 500
+  config.robust_eval.eps = (2 / 255, 4 / 255, 8 / 255, 0.03)
+  config.robust_eval.min_eps_max = 0.05
   return config

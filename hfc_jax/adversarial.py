@@ -12,10 +12,11 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hfc_jax import attacks, errors, evaluate
+from hfc_jax import attacks, errors, evaluate, sharding
 from hfc_jax.models.functional import Functional
 
 PyTree = Any
@@ -37,14 +38,14 @@ class Adversary:
   train_mode: bool = False
 
   @classmethod
-  def from_config(cls, adv: ml_collections.ConfigDict | None) -> "Adversary | None":
+  def from_config(cls, adv: ml_collections.ConfigDict) -> "Adversary | None":
     """The adversary that `config.adv` describes, or None when it is disabled."""
-    if adv is None or not adv.get("enabled", False):
+    if not adv.enabled:
       return None
     attacks.check_attack_config(adv.name, adv.eps, adv.step_size, adv.steps, adv.restarts,
                                 random_start=adv.random_start, section="adv")
     return cls(adv.name, float(adv.eps), float(adv.step_size), int(adv.steps),
-               bool(adv.random_start), int(adv.restarts), bool(adv.get("train_mode", False)))
+               bool(adv.random_start), int(adv.restarts), bool(adv.train_mode))
 
   def perturb(self, functional: Functional, params: PyTree, model_state: PyTree,
               x: jax.Array, labels: jax.Array, key: jax.Array, dropout_key: jax.Array
@@ -68,17 +69,52 @@ def robust_evaluator(config, adversary: Adversary | None, functional: Functional
   """Per-epoch robust accuracy: PGD (`eval.robust_steps` steps of eps/4 at
   eps = `eval.robust_eps`, random start) on the first `eval.robust_subset` test images
   (500 when adversarially training and unset), in batches of `eval.batch_size` real
-  images on any mesh (`evaluate.attack_accuracy`: padding rows are masked out of the
+  images on any mesh (`attack_accuracy`: padding rows are masked out of the
   model's batch statistics); None when nothing asks for it."""
   ec = config.eval
-  subset = ec.get("robust_subset", 0)
+  subset = ec.robust_subset
   if adversary is None and not subset:
     return None
-  eps = errors.check_range("eval.robust_eps", ec.get("robust_eps", 8 / 255), 0.0, 1.0)
-  attack = functools.partial(attacks.attack, "pgd", eps=eps, step_size=eps / 4,
-                             steps=ec.get("robust_steps", 10), random_start=True)
-  fn = evaluate.make_attack_eval_fn(functional.logits, mesh, attack)
+  eps = errors.check_range("eval.robust_eps", ec.robust_eps, 0.0, 1.0)
+  attack = functools.partial(attacks.eval_attack, "pgd", eps=eps, steps=ec.robust_steps)
+  fn = make_attack_eval_fn(functional.logits, mesh, attack)
   x, y = test_x[:subset or 500], test_y[:subset or 500]
   key = jax.random.key(config.seed + 2)
-  return lambda params, model_state: evaluate.attack_accuracy(
+  return lambda params, model_state: attack_accuracy(
       fn, params, model_state, x, y, key, mesh=mesh, batch_size=ec.batch_size)
+
+
+def attack_eval_step(params, model_state, images, labels, mask, key, *, logits_fn,
+                     attack) -> dict[str, jax.Array]:
+  """Accuracy under attack of one (padded) batch.
+
+  `attack(logits_fn, x, labels, key) -> adversarial x` runs entirely on device
+  (e.g. `functools.partial(attacks.attack, 'pgd', eps=..., step_size=..., steps=...)`).
+  The mask is bound into the model, so the attack's forward passes also normalise over
+  the real rows only. Returns {'correct': count of images still classified right,
+  'count': real images}.
+  """
+  x = evaluate.to_float(images)
+  model = functools.partial(logits_fn, params, model_state, mask=mask)
+  adv = attack(model, x, labels, key=key)
+  hits = (jnp.argmax(model(adv), axis=-1) == labels).astype(jnp.float32)
+  return {"correct": jnp.sum(hits * mask), "count": jnp.sum(mask)}
+
+
+def make_attack_eval_fn(logits_fn, mesh, attack):
+  """Jits `attack_eval_step` for a mesh (replicated variables, sharded batch)."""
+  step = functools.partial(attack_eval_step, logits_fn=logits_fn, attack=attack)
+  return jax.jit(step, out_shardings=sharding.replicated(mesh))
+
+
+def attack_accuracy(attack_eval_fn, params, model_state, x: np.ndarray, y: np.ndarray,
+                    key: jax.Array, *, mesh, batch_size: int) -> float:
+  """Accuracy of the model on (x, y) under the attack of `attack_eval_fn`, in batches of
+  `batch_size` real images; each batch gets its own key, fold_in(key, batch index), so
+  the result is reproducible and the same on any mesh."""
+  totals = None
+  for i, batch in enumerate(evaluate.eval_batches(x, y, mesh=mesh, batch_size=batch_size)):
+    out = attack_eval_fn(params, model_state, *batch, jax.random.fold_in(key, i))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  return float(totals["correct"]) / max(float(totals["count"]), 1.0)

@@ -297,6 +297,15 @@ def attack(name: str, logits_fn: LogitsFn, images: jax.Array, labels: jax.Array,
 # ---------------------------------------------------------------------------
 # Minimal perturbation
 # ---------------------------------------------------------------------------
+def eval_attack(name: str, logits_fn: LogitsFn, images: jax.Array, labels: jax.Array, *,
+                eps, steps: int, key: jax.Array, restarts: int = 1) -> jax.Array:
+  """The attacks every evaluation uses (per-epoch check, robust_eval, kernels, spectra):
+  FGSM, or PGD with `steps` steps of eps/4 from a random start (no start at steps 0).
+  `eps` may be a traced scalar."""
+  return attack(name, logits_fn, images, labels, eps=eps, step_size=eps / 4, steps=steps,
+                key=key, random_start=name != "fgsm" and steps > 0, restarts=restarts)
+
+
 def minimal_linf_eps(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array, *,
                      eps_max: float, search_steps: int, pgd_steps: int,
                      key: jax.Array | None = None, rel_step: float = 0.25,

@@ -54,7 +54,7 @@ from hfc_jax import benchmarks, errors, records
 from hfc_jax.benchmarks.common import Options, Row
 
 SECTION_NAMES = tuple(benchmarks.SECTIONS)
-MODEL_NAMES = tuple(benchmarks.CONFIGS)
+MODEL_NAMES = tuple(benchmarks.RECIPES)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sections", list(SECTION_NAMES), f"Sections to run: {SECTION_NAMES}.")

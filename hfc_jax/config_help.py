@@ -1,6 +1,6 @@
 """`python -m hfc_jax.main --help`: the usage line, the main flags and every config field.
 
-The config fields are those of configs/default.py (which every config imports), each printed
+The config fields are those of hfc_jax/defaults.py (every config starts from it), each printed
 as `FIELD = DEFAULT   meaning`, grouped by section. The meaning is the file's own trailing
 comment, read from its source with `ast` and `tokenize` (nothing is executed):
 
@@ -11,9 +11,6 @@ gives `train.smooth_kernel_weight = 0.0   > 0: + weight * ... (smooth kernels).`
 lines that follow a field's trailing comment with nothing else on them, indented deeper than
 the statement, continue it. Comment lines at the statement's own indentation just above a
 section (`config.eval = ml_collections.ConfigDict()`) describe the section.
-
-configs/ sits beside the hfc_jax package in the repository; when it is not there (the package
-installed without the repository) the help lists the flags and says where the reference is.
 """
 
 import ast
@@ -31,8 +28,6 @@ USAGE = ("python -m hfc_jax.main --config=configs/<experiment>.py --workdir=<dir
          "[--config.FIELD=VALUE ...]")
 CONFIG_DICT = "ConfigDict"  # a call to ...ConfigDict() opens a section (or is a dict field)
 WIDTH = 100  # section comments are wrapped to this many columns
-REFERENCE = ("configs/default.py of the hfc_jax repository (README.md, \"Experiments and "
-             "configs\") lists every config field with its default and meaning")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +49,8 @@ class Field:
 
 
 def default_config_path() -> str:
-  """Returns where configs/default.py is in the repository layout (it may not exist)."""
-  package = os.path.dirname(os.path.abspath(__file__))
-  return os.path.join(os.path.dirname(package), "configs", "default.py")
+  """The source file of hfc_jax/defaults.py, where every field and its default is."""
+  return os.path.join(os.path.dirname(os.path.abspath(__file__)), "defaults.py")
 
 
 def wants_help(argv: list[str]) -> bool:
@@ -133,7 +127,7 @@ def parse_fields(source: str) -> list[Field]:
   """Returns every `config.<dotted> = value` assignment of a config file, in order.
 
   Args:
-    source: the text of a config file such as configs/default.py.
+    source: the text of a config file such as hfc_jax/defaults.py.
   """
   comments = _comments(source)
   fields = []
@@ -197,10 +191,6 @@ def help_text(flag_values, description: str | None = None, config_path: str | No
   lines = [f"usage: {USAGE}", ""]
   lines += [description.strip(), ""] if description else []
   lines += ["flags:", *_flag_lines(flag_values), ""]
-  if not os.path.isfile(path):
-    lines.append(f"Config fields: {path} is not here (hfc_jax installed without its "
-                 f"repository); {REFERENCE}.")
-    return "\n".join(lines)
   with open(path, encoding="utf-8") as f:
     fields = parse_fields(f.read())
   lines.append(f"config fields, with their defaults in {path} (set one with "

@@ -36,7 +36,7 @@ def band_name(r1: float, r2: float) -> str:
 def bands_of(eval_config) -> tuple[tuple[float, float], ...]:
   """`eval.bands` of a config section as float pairs (() when the field is absent, as
   in configs written before it existed)."""
-  return tuple((float(r1), float(r2)) for r1, r2 in eval_config.get("bands", ()))
+  return tuple((float(r1), float(r2)) for r1, r2 in eval_config.bands)
 
 
 def to_float(images: jax.Array) -> jax.Array:
@@ -119,9 +119,9 @@ def eval_batches(x: np.ndarray, y: np.ndarray, *, mesh, batch_size: int,
     yield sharding.put_batch(mesh, images, labels.astype(np.int32), mask)
 
 
-def evaluate(eval_fn, params, model_state, x: np.ndarray, y: np.ndarray, *, mesh,
-             batch_size: int, radii: Sequence[float],
-             bands: Sequence[tuple[float, float]] = ()) -> dict[str, float]:
+def variant_accuracies(eval_fn, params, model_state, x: np.ndarray, y: np.ndarray, *,
+                       mesh, batch_size: int, radii: Sequence[float],
+                       bands: Sequence[tuple[float, float]] = ()) -> dict[str, float]:
   """Accuracy of every variant and the clean loss over (x, y), summed on device and
   fetched once at the end. `batch_size` real images per batch, on any mesh; `radii`
   and `bands` those `eval_fn` was made with.
@@ -136,48 +136,3 @@ def evaluate(eval_fn, params, model_state, x: np.ndarray, y: np.ndarray, *, mesh
             for name, c in zip(variant_names(radii, bands), totals["correct"], strict=True)}
   result["loss"] = float(totals["loss"]) / count
   return result
-
-
-def eval_subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """A fixed random subset of `size` examples (all of them when size is None or 0)."""
-  if not size or size >= len(x):
-    return x, y
-  idx = np.sort(np.random.default_rng(seed).permutation(len(x))[:size])
-  return x[idx], y[idx]
-
-
-def attack_eval_step(params, model_state, images, labels, mask, key, *, logits_fn,
-                     attack) -> dict[str, jax.Array]:
-  """Accuracy under attack of one (padded) batch.
-
-  `attack(logits_fn, x, labels, key) -> adversarial x` runs entirely on device
-  (e.g. `functools.partial(attacks.attack, 'pgd', eps=..., step_size=..., steps=...)`).
-  The mask is bound into the model, so the attack's forward passes also normalise over
-  the real rows only. Returns {'correct': count of images still classified right,
-  'count': real images}.
-  """
-  x = to_float(images)
-  model = functools.partial(logits_fn, params, model_state, mask=mask)
-  adv = attack(model, x, labels, key=key)
-  hits = (jnp.argmax(model(adv), axis=-1) == labels).astype(jnp.float32)
-  return {"correct": jnp.sum(hits * mask), "count": jnp.sum(mask)}
-
-
-def make_attack_eval_fn(logits_fn, mesh, attack):
-  """Jits `attack_eval_step` for a mesh (replicated variables, sharded batch)."""
-  step = functools.partial(attack_eval_step, logits_fn=logits_fn, attack=attack)
-  return jax.jit(step, out_shardings=sharding.replicated(mesh))
-
-
-def attack_accuracy(attack_eval_fn, params, model_state, x: np.ndarray, y: np.ndarray,
-                    key: jax.Array, *, mesh, batch_size: int) -> float:
-  """Accuracy of the model on (x, y) under the attack of `attack_eval_fn`, in batches of
-  `batch_size` real images; each batch gets its own key, fold_in(key, batch index), so
-  the result is reproducible and the same on any mesh."""
-  totals = None
-  for i, batch in enumerate(eval_batches(x, y, mesh=mesh, batch_size=batch_size)):
-    out = attack_eval_fn(params, model_state, *batch, jax.random.fold_in(key, i))
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
-  return float(totals["correct"]) / max(float(totals["count"]), 1.0)

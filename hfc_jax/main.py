@@ -18,14 +18,38 @@ Exit status, each failure with one line on stderr ("hfc_jax: ..."):
 """
 
 import functools
+import importlib.util
 import os
 import re
 import sys
+import types
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hfc_jax import analysis, errors, fileio, xla_flags
+from hfc_jax import analysis, defaults, errors, fileio, xla_flags
+
+
+
+def load_config_source(module_name: str, module_path: str) -> types.ModuleType:
+  """Loads a config file as a module with `exec_module`.
+
+  ml_collections (1.1.0, the newest) loads `--config` files with the loader's
+  `load_module()`, which Python deprecates (a DeprecationWarning since 3.10) and will
+  remove; this is the same load the way Python recommends, put in its place below.
+  """
+  spec = importlib.util.spec_from_file_location(module_name, module_path)
+  if spec is None or spec.loader is None:
+    raise ImportError(f"cannot load a config from {module_path!r}")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[module_name] = module   # as load_module() did
+  spec.loader.exec_module(module)
+  return module
+
+
+_LOADER_MODULE = sys.modules.get("ml_collections.config_flags.config_flags")
+if hasattr(_LOADER_MODULE, "_load_source"):
+  _LOADER_MODULE._load_source = load_config_source  # pylint: disable=protected-access
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -60,18 +84,20 @@ def check_workdir(workdir: str) -> str:
 def check_paths(config) -> None:
   """One-line HfcErrors for remote data paths whose backend is not installed."""
   for field in ("data_dir", "path"):
-    value = config.data.get(field)
+    value = config.data[field]
     if value and fileio.is_remote(value):
       fileio.check(f"data.{field}", value)
 
 
 def run(config, workdir: str, *, allow_changed_config: bool = False):
-  """Dispatches on `config.mode`; returns what the driver returns."""
-  mode = errors.check_choice("mode", config.get("mode", "train"), MODES)
+  """Dispatches on `config.mode` of `config` (completed by `defaults.complete`); returns
+  what the driver returns."""
+  config = defaults.complete(config)
+  mode = errors.check_choice("mode", config.mode, MODES)
   workdir = fileio.check("workdir", workdir)
   check_paths(config)
   if mode == "train":
-    from hfc_jax import sweep, train, validation  # pylint: disable=g-import-not-at-top
+    from hfc_jax import resume, sweep, train, validation  # pylint: disable=g-import-not-at-top
     if sweep.is_sweep(config):
       for _, run_config, _ in sweep.expand(config):   # every run, before any work
         validation.check(run_config)
@@ -79,7 +105,7 @@ def run(config, workdir: str, *, allow_changed_config: bool = False):
       return sweep.run_sweep(config, workdir, functools.partial(
           train.train_and_evaluate, allow_changes=allow_changed_config))
     validation.check(config)
-    done = train.finished_history(config, workdir, allow_changes=allow_changed_config)
+    done = resume.finished_history(config, workdir, allow_changes=allow_changed_config)
     if done is not None:
       return done
     check_workdir(workdir)

@@ -20,14 +20,14 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
   errors.check_choice("optim.schedule", cfg.schedule, SCHEDULES)
   base = errors.check_range("optim.learning_rate", cfg.learning_rate, 0.0, None)
   total = max(steps_per_epoch * epochs, 1)
-  warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+  warmup = int(cfg.warmup_epochs * steps_per_epoch)
   if cfg.schedule == "constant":
     main = optax.constant_schedule(base)
   elif cfg.schedule == "cosine":
     main = optax.cosine_decay_schedule(base, max(total - warmup, 1))
   else:
-    bounds = {int(f * total) - warmup: cfg.get("decay_factor", 0.1)
-              for f in cfg.get("decay_at", (0.5, 0.75))}
+    bounds = {int(f * total) - warmup: cfg.decay_factor
+              for f in cfg.decay_at}
     main = optax.piecewise_constant_schedule(base, bounds)
   if warmup <= 0:
     return main
@@ -40,23 +40,23 @@ def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
   """The optax chain: optional clipping, coupled L2 weight decay, the optimiser."""
   errors.check_choice("optim.name", cfg.name, OPTIMIZERS)
   lr = learning_rate_schedule(cfg, steps_per_epoch, epochs)
-  momentum = cfg.get("momentum", 0.9)
+  momentum = cfg.momentum
   if cfg.name == "sgd":
-    opt = optax.sgd(lr, momentum=momentum or None, nesterov=cfg.get("nesterov", False))
+    opt = optax.sgd(lr, momentum=momentum or None, nesterov=cfg.nesterov)
   elif cfg.name == "adam":
-    opt = optax.adam(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999))
+    opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
   elif cfg.name == "adamw":
-    opt = optax.adamw(lr, weight_decay=cfg.get("weight_decay", 0.0))
+    opt = optax.adamw(lr, weight_decay=cfg.weight_decay)
   elif cfg.name == "adagrad":
     opt = optax.adagrad(lr)
   elif cfg.name == "adadelta":
     opt = optax.adadelta(lr)
   else:
-    opt = optax.rmsprop(lr, momentum=cfg.get("rmsprop_momentum", 0.0))
+    opt = optax.rmsprop(lr, momentum=cfg.rmsprop_momentum)
   chain = []
-  if cfg.get("grad_clip_norm"):
+  if cfg.grad_clip_norm:
     chain.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-  weight_decay = errors.check_range("optim.weight_decay", cfg.get("weight_decay", 0.0), 0.0)
+  weight_decay = errors.check_range("optim.weight_decay", cfg.weight_decay, 0.0)
   if weight_decay and cfg.name != "adamw":
     chain.append(optax.add_decayed_weights(weight_decay))
   return optax.chain(*chain, opt)

@@ -86,13 +86,6 @@ def _new_figure(width: float, height: float) -> Figure:
   return fig
 
 
-def lines_per_panel(num_radii: int, split: str) -> int:
-  """The number of Line2D objects `panel_figure` draws in a panel of a run that logged
-  `num_radii` radii: an LFC and an HFC curve per radius, the clean curve of the split,
-  and for split 'test' the training-accuracy curve too."""
-  return 2 * num_radii + (2 if split == "test" else 1)
-
-
 def panel_figure(runs: Mapping[str, Records], split: str = "test") -> Figure:
   """The paper's figure-5 layout: one panel (Axes) per run, accuracy vs epoch.
 
@@ -100,7 +93,7 @@ def panel_figure(runs: Mapping[str, Records], split: str = "test") -> Figure:
   `{split}/lfc_r` accuracy is a solid line and `{split}/hfc_r` a dashed line, both in
   r's colour (shared by all panels); `{split}/clean` is solid black; for split 'test'
   the epoch's `train_accuracy` (on the augmented training batches) is grey dotted.
-  So a panel holds `lines_per_panel(R, split)` lines. The y axis is [0, 1]; the figure
+  So a panel holds 2R + 2 lines for 'test' (2R + 1 otherwise). The y axis is [0, 1]; the figure
   legend names the radii and the line styles.
   """
   if split not in SPLITS:

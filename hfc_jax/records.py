@@ -14,23 +14,30 @@ import logging as pylogging
 import math
 import os
 
-import jax
 from absl import logging
 
 from hfc_jax import fileio, workdirs
 
 
 def json_scalar(value):
-  """JSON-safe scalar: floats stay floats (NaN/inf become null), ints stay ints."""
+  """JSON-safe scalar: floats stay floats (NaN/inf, which json.loads accepts, become
+  null), ints, strings and None stay as they are."""
   if isinstance(value, (int, str)) or value is None:
     return value
   value = float(value)
   return value if math.isfinite(value) else None
 
 
+def is_writer() -> bool:
+  """Whether this process writes files: process 0 (JAX is imported only here, so that
+  report.py, which reads records without JAX, can use this module)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
+
+
 def write_json(path: str, obj) -> None:
   """Writes `obj` as indented JSON to `path` atomically (process 0 only)."""
-  if jax.process_index() != 0:
+  if not is_writer():
     return
   fileio.write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
 
@@ -76,10 +83,10 @@ class Recorder:
 
   def __init__(self, workdir: str, *, tensorboard: bool = True, history=()):
     self.path = fileio.join(workdir, workdirs.METRICS)
-    self.active = jax.process_index() == 0
+    self.active = is_writer()
     self._tb = None
     if self.active and tensorboard:
-      self._tb = tensorboard_writer(fileio.join(workdir, "tensorboard"))
+      self._tb = tensorboard_writer(fileio.join(workdir, workdirs.TENSORBOARD))
     self._sent = len(history)   # records already in TensorBoard (an earlier process)
 
   def write_history(self, history: list[dict]) -> None:

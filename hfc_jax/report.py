@@ -25,23 +25,14 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from hfc_jax import errors, fileio, plots, provenance
-from hfc_jax.workdirs import Group, Run, collect
+from hfc_jax import errors, fileio, markdown, plots, provenance
+from hfc_jax.records import duration, json_scalar
+from hfc_jax.workdirs import KINDS, REPORT, Group, Run, collect
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "Comma-separated run and/or sweep workdirs.")
 flags.DEFINE_string("out", None, "Output directory (default: <first workdir>/report).")
 
-# Sweep kind -> the figure or table of Wang et al. (CVPR 2020) it reproduces.
-PAPER = {
-    "heuristics": "Figure 5: vanilla, dropout, mix-up, BatchNorm, adversarial training",
-    "batch_size": "Figure 4: batch size",
-    "optimizers": "Section 3, optimisers (SGD, Adam, AdaGrad, AdaDelta, RMSprop; no figure)",
-    "train_component": "Table 1: trained on LFC or HFC only, tested on original images",
-    "shuffled_labels": "Figure 3: natural vs shuffled labels, LFC/HFC of training images",
-    "bn_lfc": "Figure 6: BatchNorm vs none, trained on LFC data",
-    "generic": "none (a plain comparison of runs)",
-}
 OVERLAY_KINDS = ("batch_size", "optimizers")
 COMPONENT_ORDER = ("lfc", "hfc", "original")
 
@@ -58,28 +49,6 @@ def fmt(value, digits: int = 4) -> str:
 def wall_time_s(run: Run) -> float:
   """Sum of the recorded `epoch_time_s`, seconds (null epochs count 0)."""
   return float(np.nansum(plots.series(run.records, "epoch_time_s")[1]))
-
-
-def _finite(value):
-  """JSON-safe: NaN and inf (which json.loads accepts) become None."""
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
-
-def duration(seconds: float) -> str:
-  """'42.0 s', '12.5 min' or '3.2 h'."""
-  if seconds < 90:
-    return f"{seconds:.1f} s"
-  if seconds < 90 * 60:
-    return f"{seconds / 60:.1f} min"
-  return f"{seconds / 3600:.1f} h"
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(row) + " |" for row in rows]
-  return "\n".join(lines) + "\n"
 
 
 def final_table(group: Group) -> str:
@@ -103,7 +72,7 @@ def final_table(group: Group) -> str:
     row += [fmt(last.get(f"test/lfc_{r}")) for r in radii]
     row += [fmt(last.get(f"test/hfc_{r}")) for r in radii]
     rows.append(row)
-  return _markdown(header, rows)
+  return markdown.table(header, rows)
 
 
 def table1_rows(group: Group) -> list[dict]:
@@ -135,7 +104,7 @@ def table1(group: Group) -> str:
   rows = [[r["run"], r["component"].upper() if r["component"] != "original" else "original",
            "-" if r["radius"] is None else f"{r['radius']:g}", fmt(r["train_accuracy"]),
            fmt(r["test_clean"]), fmt(r["test_same"])] for r in table1_rows(group)]
-  return _markdown(header, rows)
+  return markdown.table(header, rows)
 
 
 # ---------------------------------------------------------------- Figures
@@ -228,7 +197,7 @@ def replicate_rows(groups: list[Group]) -> tuple[list[str], list[list[str]], dic
   rows, values = [], {}
   for i, name in enumerate(r.name for r in groups[0].runs):
     finals = [g.runs[i].final for g in groups if not g.runs[i].missing]
-    values[name] = {m: [float(f[m]) for f in finals if _finite(f.get(m)) is not None]
+    values[name] = {m: [float(f[m]) for f in finals if json_scalar(f.get(m)) is not None]
                     for m in metrics}
     rows.append([name, str(len(finals))] + [_mean_sd(values[name][m]) for m in metrics])
   return header, rows, values
@@ -237,7 +206,7 @@ def replicate_rows(groups: list[Group]) -> tuple[list[str], list[list[str]], dic
 def _run_summary(run: Run) -> dict:
   return {"workdir": run.workdir, "missing": run.missing,
           "epochs": len(run.records), "wall_time_s": wall_time_s(run),
-          "final": {k: _finite(v) for k, v in run.final.items()}, "starts": run.starts}
+          "final": {k: json_scalar(v) for k, v in run.final.items()}, "starts": run.starts}
 
 
 def made_by(group: Group) -> list[str]:
@@ -255,8 +224,8 @@ def made_by(group: Group) -> list[str]:
 
 def _section(group: Group, figure_files: list[tuple[str, str]]) -> list[str]:
   lines = [f"## {group.name}", "",
-           f"Kind: `{group.kind}`. Paper: {PAPER.get(group.kind, PAPER['generic'])}."]
-  if group.kind not in PAPER:
+           f"Kind: `{group.kind}`. Paper: {KINDS.get(group.kind, KINDS['generic'])}."]
+  if group.kind not in KINDS:
     lines[-1] += f" (Unknown sweep kind {group.kind!r}: shown as generic.)"
   if group.workdir:
     lines[-1] += f" Sweep dir: `{group.workdir}`."
@@ -282,7 +251,7 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
   Raises HfcError naming --workdirs / --out for bad directories.
   """
   groups = collect(workdirs)
-  out_dir = out if out is not None else fileio.join(workdirs[0], "report")
+  out_dir = out if out is not None else fileio.join(workdirs[0], REPORT)
   out_dir = fileio.check_writable("--out", out_dir)
   command = command_line(list(workdirs), out)
   md = ["# hfc_jax report", "", f"Made by `{command}` (in `{os.getcwd()}`), from the "
@@ -302,11 +271,11 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
       files.append((filename, caption))
     md += _section(group, files)
     entry = {"name": group.name, "kind": group.kind, "workdir": group.workdir,
-             "paper": PAPER.get(group.kind, PAPER["generic"]),
+             "paper": KINDS.get(group.kind, KINDS["generic"]),
              "figures": [f for f, _ in files], "missing": [r.name for r in group.missing],
              "runs": {run.name: _run_summary(run) for run in group.runs}}
     if group.kind == "train_component":
-      entry["table1"] = [{k: _finite(v) for k, v in row.items()}
+      entry["table1"] = [{k: json_scalar(v) for k, v in row.items()}
                          for row in table1_rows(group)]
     summary["groups"].append(entry)
   summary["replicates"] = []
@@ -315,7 +284,7 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
     names = ", ".join(f"`{g.workdir}`" for g in replicas)
     md += [f"## {replicas[0].kind}: mean ± sd over {len(replicas)} sweeps", "",
            f"Final epoch of the same runs in {names} (population standard deviation).",
-           "", _markdown(header, rows)]
+           "", markdown.table(header, rows)]
     summary["replicates"].append({"kind": replicas[0].kind,
                                   "sweeps": [g.workdir for g in replicas],
                                   "final": values})

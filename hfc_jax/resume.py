@@ -1,7 +1,9 @@
-"""What may change when a run is resumed, and the record of what did.
+"""Resuming a run: where it continues, what may change, and the record of what did.
 
-Running the same command again resumes a workdir. The config given then is compared
-with the one stored in the checkpoint:
+Running the same command again resumes a workdir: `finished_history` answers a
+finished one without loading anything, `restore_latest` restores the newest readable
+checkpoint (setting aside unreadable ones). The config given then is compared with the
+one stored in the checkpoint:
 
 - Fields that change the result (`RESULT_FIELDS`: the seed, the model, the data, the
   optimiser and learning rate, the batch size, what the step trains on, adversarial
@@ -20,7 +22,10 @@ import json
 import time
 from typing import Any
 
-from hfc_jax import errors, fileio
+import jax
+from absl import logging
+
+from hfc_jax import checkpointing, errors, fileio, progress, workdirs
 
 RESULT_FIELDS = ("seed", "model", "data", "optim", "adv", "train.batch_size",
                  "train.input_component", "train.input_radius", "train.mixup_alpha",
@@ -81,3 +86,74 @@ def record(workdir: str, step: int, found: dict[str, tuple[Any, Any]]) -> None:
            "changes": {k: [old, new] for k, (old, new) in found.items()}}
   fileio.append_line(fileio.join(workdir, HISTORY), json.dumps(entry, default=str))
 
+
+def finished_history(config, workdir: str, *, allow_changes: bool = False) -> list | None:
+  """The history of a workdir whose latest checkpoint already holds all
+  `train.epochs` (None otherwise); read without loading data or locking, and
+  touching nothing. Its settings must match as for a resume."""
+  if not fileio.is_dir(checkpointing.checkpoint_dir(workdir)):
+    return None
+  ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    step = ckpt.latest_step()
+    meta = ckpt.restore_meta(step) if step is not None else None
+  except Exception:  # pylint: disable=broad-except  (an unreadable one: the full path decides)
+    meta = None
+  finally:
+    ckpt.close()
+  if meta is None or len(meta["history"]) < config.train.epochs:
+    return None
+  check(meta["config"], config.to_dict(), workdir, allow=allow_changes)
+  if jax.process_index() == 0:
+    print(f"hfc_jax: {workdir} is finished: it holds all {len(meta['history'])} epochs "
+          f"(step {step}); nothing to do. Metrics: "
+          f"{fileio.join(workdir, workdirs.METRICS)}", flush=True)
+  return meta["history"]
+
+
+def restore_latest(ckpt: checkpointing.Checkpointer, state, config, workdir: str,
+                   steps_per_epoch: int, *, allow_changes: bool = False):
+  """(state, history, partial-epoch sums, config changes) from the newest readable
+  checkpoint (restored into the shapes and shardings of the fresh TrainState `state`),
+  or `state` itself for a fresh start. A checkpoint that cannot be read (a truncated file, a
+  missing metadata file) is reported in one line, set aside, and the one before used.
+  HfcError when the run's settings changed in a way that changes the result
+  (`resume.check`) or its step does not fit the epoch length."""
+  for step in reversed(ckpt.all_steps()):
+    try:
+      meta = ckpt.restore_meta(step)
+    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+      _set_aside(ckpt, step, e)
+      continue
+    found = check(meta["config"], config.to_dict(), workdir, allow=allow_changes)
+    try:
+      restored, meta = ckpt.restore(checkpointing.abstract_like(state), step)
+    except Exception as e:  # pylint: disable=broad-except
+      fixed = [k for k in found if changes_result(k)]
+      if fixed:   # allowed changes that give the state another shape (a new optimiser)
+        raise errors.HfcError(
+            f"workdir={workdir!r}: its checkpoint at step {step} does not fit the changed "
+            f"settings ({', '.join(fixed[:4])}); use a new --workdir.") from None
+      _set_aside(ckpt, step, e)
+      continue
+    history = meta["history"]
+    sums = progress.EpochProgress(**meta.get("epoch_progress", {}))
+    if int(restored.step) != len(history) * steps_per_epoch + sums.steps:
+      raise errors.HfcError(
+          f"workdir={workdir!r}: its checkpoint at step {int(restored.step)} does not fit "
+          f"{steps_per_epoch} steps per epoch (the data changed); use a new --workdir or "
+          "the same config.")
+    logging.info("resumed at step %d: epoch %d, %d of its %d steps done", step,
+                 len(history) + 1, sums.steps, steps_per_epoch)
+    return restored, history, sums, found
+  if ckpt.all_steps():
+    raise errors.HfcError(f"workdir={workdir!r}: no checkpoint in {ckpt.directory} can be read.")
+  return state, [], progress.EpochProgress(), {}
+
+
+def _set_aside(ckpt: checkpointing.Checkpointer, step: int, error: Exception) -> None:
+  """Reports an unreadable checkpoint in one line and moves it out of the way."""
+  where = ckpt.set_aside(step)
+  logging.warning("checkpoint %s/%d cannot be read (%s: %s); moved to %s, resuming from "
+                  "the one before", ckpt.directory, step, type(error).__name__,
+                  (str(error).splitlines() or [""])[0][:200], where)

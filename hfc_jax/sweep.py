@@ -24,24 +24,13 @@ from typing import Any
 import jax
 import ml_collections
 
-from hfc_jax import errors, fileio, records, workdirs
+from hfc_jax import defaults, errors, fileio, records, workdirs
 
-KINDS = ("generic", "heuristics", "batch_size", "optimizers", "train_component",
-         "shuffled_labels", "bn_lfc")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def default_sweep_config() -> ml_collections.ConfigDict:
-  """The `sweep` section: no runs, i.e. a single run in the workdir itself."""
-  c = ml_collections.ConfigDict()
-  c.kind = "generic"          # what report.py draws: one of KINDS
-  c.runs = ()                 # run names in order; empty: not a sweep
-  c.overrides = ml_collections.ConfigDict()  # run name -> partial config
-  return c
-
-
 def is_sweep(config: ml_collections.ConfigDict) -> bool:
-  return bool(config.get("sweep") and config.sweep.get("runs"))
+  return bool(config.sweep.runs)
 
 
 def flatten(partial: Any, prefix: str = "") -> dict[str, Any]:
@@ -81,7 +70,7 @@ def expand(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.
   Each run config is a copy of `config` with its overrides applied and no sweep.
   """
   sweep = config.sweep
-  errors.check_choice("sweep.kind", sweep.kind, KINDS)
+  errors.check_choice("sweep.kind", sweep.kind, workdirs.KINDS)
   names = list(sweep.runs)
   for name in names:
     if not isinstance(name, str) or not _NAME.match(name):
@@ -94,7 +83,7 @@ def expand(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.
     raise errors.HfcError(f"sweep.runs={tuple(names)!r} names a run twice.")
   base = copy.deepcopy(config)
   with base.unlocked():
-    base.sweep = default_sweep_config()
+    base.sweep = defaults.get_config().sweep   # a run is no sweep
   runs = []
   for name in names:
     run_config = copy.deepcopy(base)

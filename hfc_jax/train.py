@@ -4,10 +4,8 @@ Read top to bottom: the train state, the loss, the jitted train step, then the
 driver `train_and_evaluate`, split by banner comments as in big_vision's trainer.
 """
 
-import collections
 import dataclasses
 import functools
-import math
 import time
 from typing import Any
 
@@ -22,6 +20,7 @@ from absl import logging
 from hfc_jax import adversarial, checkpointing, errors, evaluate, fileio, frequency, lock
 from hfc_jax import models
 from hfc_jax import optimizers, plots, preemption, provenance, records, resume, sharding
+from hfc_jax import progress as progress_lib
 from hfc_jax import smoothness
 from hfc_jax import transforms
 from hfc_jax import workdirs
@@ -30,7 +29,6 @@ from hfc_jax.data import pipeline
 from hfc_jax.models.functional import Functional
 
 PyTree = Any
-CURVES = "curves.png"   # the run's accuracy-vs-epoch figure, written at its end
 
 
 @flax.struct.dataclass
@@ -156,15 +154,15 @@ def make_config_train_step(config: ml_collections.ConfigDict, functional: Functi
                            tx, mesh, num_classes: int):
   """`make_train_step` for what `config` asks: adversary, input component, mix-up."""
   tc = config.train
-  component = tc.get("input_component", "original")
+  component = tc.input_component
   input_fn = None
   if component != "original":
     input_fn = transforms.make_component_fn(
-        mesh, component, float(tc.get("input_radius", 0.0)),
+        mesh, component, float(tc.input_radius),
         inclusive=config.eval.inclusive, rescale=config.data.rescale)
   return make_train_step(functional, tx, mesh, rescale=config.data.rescale,
-                         adversary=adversarial.Adversary.from_config(config.get("adv")),
-                         input_fn=input_fn, mixup_alpha=tc.get("mixup_alpha", 0.0),
+                         adversary=adversarial.Adversary.from_config(config.adv),
+                         input_fn=input_fn, mixup_alpha=tc.mixup_alpha,
                          num_classes=num_classes,
                          smooth_kernel_weight=tc.smooth_kernel_weight)
 
@@ -177,7 +175,7 @@ def check_config(config: ml_collections.ConfigDict, dataset, mesh) -> None:
   size = dataset.image_size
   for r in config.eval.radii:
     frequency.check_radius(r, size, size, field="eval.radii")
-  frequency.check_bands(config.eval.get("bands", ()), size, size, field="eval.bands")
+  frequency.check_bands(config.eval.bands, size, size, field="eval.bands")
   if config.model.input_filter != "none":
     frequency.check_radius(config.model.filter_radius, size, size,
                            field="model.filter_radius")
@@ -196,102 +194,6 @@ def check_config(config: ml_collections.ConfigDict, dataset, mesh) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Progress of a partly trained epoch
-# ---------------------------------------------------------------------------
-@dataclasses.dataclass
-class EpochProgress:
-  """Running sums of the epoch being trained; they travel in step checkpoints, so a
-  run resumed mid-epoch ends with the same epoch means as one that was never stopped.
-  Sums are float64, added one step at a time in step order (never per interval), so
-  they do not depend on where the run was stopped."""
-  steps: int = 0            # steps of this epoch taken
-  loss_sum: float = 0.0     # sum of the steps' batch-mean losses
-  accuracy_sum: float = 0.0
-  train_time_s: float = 0.0  # wall time spent in this epoch's steps (all processes)
-
-  def add(self, losses: list[float], accuracies: list[float]) -> None:
-    for loss, accuracy in zip(losses, accuracies):
-      self.loss_sum += loss
-      self.accuracy_sum += accuracy
-    self.steps += len(losses)
-
-  def means(self, steps_per_epoch: int) -> dict[str, float]:
-    n = max(steps_per_epoch, 1)
-    return {"train_loss": self.loss_sum / n, "train_accuracy": self.accuracy_sum / n}
-
-
-class _StepMetrics:
-  """Step metrics are left on device until the NEXT log point, when they are long
-  computed, so fetching them never drains the queue of dispatched steps; `flush`
-  fetches everything (before a checkpoint and at the epoch end).
-
-  The host runs at most `MAX_IN_FLIGHT` steps ahead of the devices: `add` waits for
-  the step that many steps back. Enough to keep an accelerator busy, and it bounds
-  the queue of dispatched programs: XLA:CPU's simulated devices deadlocked in an
-  all-reduce with a log interval's worth (25) of steps in flight on 2 cores.
-  """
-  MAX_IN_FLIGHT = 4
-
-  def __init__(self, progress: EpochProgress, recorder: records.Recorder, *,
-               total_steps: int, batch_size: int):
-    self.progress, self.recorder = progress, recorder
-    self.total_steps, self.batch_size = total_steps, batch_size
-    self.ready = None       # (last step, metrics, seconds) of a finished interval
-    self.fresh: list = []
-    self.in_flight: collections.deque = collections.deque()
-    self.since = time.perf_counter()   # when the current interval began
-
-  def add(self, metrics) -> None:
-    self.fresh.append(metrics)
-    self.in_flight.append(metrics)
-    if len(self.in_flight) > self.MAX_IN_FLIGHT:
-      jax.block_until_ready(self.in_flight.popleft())
-
-  def _close_interval(self, step: int):
-    now = time.perf_counter()
-    interval, self.fresh, self.since = (step, self.fresh, now - self.since), [], now
-    return interval
-
-  def mark(self, step: int) -> None:
-    """A log point after `step`: logs the interval before it and holds this one."""
-    self._drain(self.ready)
-    self.ready = self._close_interval(step)
-
-  def flush(self, step: int) -> None:
-    self._drain(self.ready)
-    self._drain(self._close_interval(step))
-    self.ready = None
-
-  def _drain(self, interval) -> None:
-    if interval is None or not interval[1]:
-      return
-    step, metrics, seconds = interval
-    fetched = jax.device_get(metrics)
-    _check_finite(fetched, step - len(fetched) + 1)
-    losses = [float(m["loss"]) for m in fetched]
-    accuracies = [float(m["accuracy"]) for m in fetched]
-    self.progress.add(losses, accuracies)
-    self.recorder.progress(step, self.total_steps, float(np.mean(losses)),
-                           float(np.mean(accuracies)), len(losses) * self.batch_size / seconds,
-                           seconds / len(losses))
-
-
-def _check_finite(fetched: list[dict], first_step: int) -> None:
-  """Stops the run at the first step whose loss or parameters are not finite. Every
-  checkpoint and epoch record comes after its steps' metrics were checked here, so no
-  bad state is ever saved."""
-  for step, m in enumerate(fetched, first_step):
-    loss = float(m["loss"])
-    if not math.isfinite(loss) or not bool(m["params_finite"]):
-      what = (f"the loss is {loss}" if not math.isfinite(loss)
-              else "some parameters are inf or NaN")
-      raise errors.RunFailed(
-          f"training diverged at step {step}: {what}; nothing from that step on was "
-          "saved, the last checkpoint is kept (lower optim.learning_rate, or add "
-          "optim.grad_clip_norm).", errors.EXIT_DIVERGED)
-
-
-# ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -306,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   load or compiles is honoured at the first step); `errors.RunFailed` when training
   diverges or a checkpoint cannot be written.
   """
-  done = finished_history(config, workdir, allow_changes=allow_changes)
+  done = resume.finished_history(config, workdir, allow_changes=allow_changes)
   if done is not None:
     return done
   watch, workdir_lock = preemption.Watch(), lock.WorkdirLock(workdir)
@@ -318,44 +220,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     watch.close()
 
 
-def finished_history(config, workdir: str, *, allow_changes: bool = False) -> list | None:
-  """The history of a workdir whose latest checkpoint already holds all
-  `train.epochs` (None otherwise); read without loading data or locking, and
-  touching nothing. Its settings must match as for a resume."""
-  if not fileio.is_dir(checkpointing.checkpoint_dir(workdir)):
-    return None
-  ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-  try:
-    step = ckpt.latest_step()
-    meta = ckpt.restore_meta(step) if step is not None else None
-  except Exception:  # pylint: disable=broad-except  (an unreadable one: the full path decides)
-    meta = None
-  finally:
-    ckpt.close()
-  if meta is None or len(meta["history"]) < config.train.epochs:
-    return None
-  resume.check(meta["config"], config.to_dict(), workdir, allow=allow_changes)
-  if jax.process_index() == 0:
-    print(f"hfc_jax: {workdir} is finished: it holds all {len(meta['history'])} epochs "
-          f"(step {step}); nothing to do. Metrics: "
-          f"{fileio.join(workdir, workdirs.METRICS)}", flush=True)
-  return meta["history"]
-
-
 def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
                         workdir_lock: lock.WorkdirLock, allow_changes: bool) -> list[dict]:
   """`train_and_evaluate`, with the preemption `watch` listening and the lock held."""
   # ----- Set up mesh and data ----------------------------------------------
-  mesh = mesh or sharding.make_mesh(config.get("num_devices"))
+  mesh = mesh or sharding.make_mesh(config.num_devices)
   dataset = data_lib.load(config.data)
   check_config(config, dataset, mesh)
-  adversary = adversarial.Adversary.from_config(config.get("adv"))
+  adversary = adversarial.Adversary.from_config(config.adv)
   tc, ec = config.train, config.eval
   steps_per_epoch = pipeline.num_train_steps(len(dataset.x_train), tc.batch_size)
-  radii = tuple(float(r) for r in ec.radii)
-  train_eval_x, train_eval_y = evaluate.eval_subset(
+  train_eval_x, train_eval_y = data_lib.subset(
       dataset.x_train, dataset.y_train, ec.train_subset, config.seed)
-  test_x, test_y = evaluate.eval_subset(
+  test_x, test_y = data_lib.subset(
       dataset.x_test, dataset.y_test, ec.test_subset, config.seed)
   logging.info("data %s: %d train, %d test images of %dx%dx%d; devices: %d; %d epochs of "
                "%d steps", dataset.name, len(dataset.x_train), len(dataset.x_test),
@@ -370,8 +247,8 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
 
   # ----- Resume ------------------------------------------------------------
   ckpt = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
-  state, history, progress, changed = _resume(ckpt, state, config, workdir, steps_per_epoch,
-                                              allow_changes=allow_changes)
+  state, history, progress, changed = resume.restore_latest(
+      ckpt, state, config, workdir, steps_per_epoch, allow_changes=allow_changes)
   if len(history) >= tc.epochs:   # finished, but its newest checkpoint was unreadable
     ckpt.close()
     return history
@@ -383,32 +260,14 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
     resume.record(workdir, int(state.step), changed)
     provenance.record_start(workdir, int(state.step))
   records.write_json(fileio.join(workdir, workdirs.CONFIG), config.to_dict())
-  recorder = records.Recorder(workdir, tensorboard=config.get("tensorboard", True),
+  recorder = records.Recorder(workdir, tensorboard=config.tensorboard,
                               history=history)
   recorder.write_history(history)
 
   # ----- Update and evaluation functions -----------------------------------
   step_fn = make_config_train_step(config, functional, tx, mesh, dataset.num_classes)
-  bands = evaluate.bands_of(ec)
-  eval_fn = evaluate.make_eval_fn(functional.logits, mesh, radii=radii, bands=bands,
-                                  inclusive=ec.inclusive, rescale=ec.rescale)
-  evaluate_on = functools.partial(evaluate.evaluate, eval_fn, mesh=mesh,
-                                  batch_size=ec.batch_size, radii=radii, bands=bands)
-  robust_on = adversarial.robust_evaluator(config, adversary, functional, mesh, test_x, test_y)
   eval_sets = {"test": (test_x, test_y), "train_eval": (train_eval_x, train_eval_y)}
-
-  def score(state) -> dict:
-    """The epoch-end evaluation: clean/LFC/HFC per set, PGD, first-conv smoothness."""
-    logging.info("evaluating: %s", ", ".join(f"{len(y)} {name} images"
-                                              for name, (_, y) in eval_sets.items()))
-    record = {}
-    for prefix, (x, y) in eval_sets.items():
-      scores = evaluate_on(state.params, state.model_state, x, y)
-      record.update({f"{prefix}/{k}": v for k, v in scores.items()})
-    if robust_on is not None:
-      record["test/pgd"] = robust_on(state.params, state.model_state)
-    record["first_conv_smoothness"] = float(smoothness.first_conv_penalty(state.params))
-    return record
+  score = make_scorer(config, functional, mesh, eval_sets, adversary)
 
   def save(state, history, progress, on_commit=None):
     meta = {"config": config.to_dict(), "history": history,
@@ -431,7 +290,7 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
                 **score(state)}
       record["epoch_time_s"] = progress.train_time_s + time.perf_counter() - t0
       history.append({k: records.json_scalar(v) for k, v in record.items()})
-      progress = EpochProgress()
+      progress = progress_lib.EpochProgress()
       save(state, history, progress,
            on_commit=functools.partial(recorder.write_history, list(history)))
       recorder.log_epoch(history[-1], tc.epochs)
@@ -446,69 +305,50 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
   return history
 
 
+def make_scorer(config, functional: Functional, mesh, eval_sets: dict, adversary):
+  """The epoch-end evaluation, `score(state) -> record`: clean/LFC/HFC/band accuracy and
+  loss on each of `eval_sets` ({prefix: (x, y)}), the PGD accuracy (`test/pgd`) when
+  adversarially training or `eval.robust_subset` asks for it, and the first conv's
+  roughness (`first_conv_smoothness`)."""
+  ec = config.eval
+  radii, bands = tuple(float(r) for r in ec.radii), evaluate.bands_of(ec)
+  eval_fn = evaluate.make_eval_fn(functional.logits, mesh, radii=radii, bands=bands,
+                                  inclusive=ec.inclusive, rescale=ec.rescale)
+  test_x, test_y = eval_sets["test"]
+  robust_on = adversarial.robust_evaluator(config, adversary, functional, mesh, test_x, test_y)
+
+  def score(state) -> dict:
+    logging.info("evaluating: %s", ", ".join(f"{len(y)} {name} images"
+                                              for name, (_, y) in eval_sets.items()))
+    record = {}
+    for prefix, (x, y) in eval_sets.items():
+      scores = evaluate.variant_accuracies(eval_fn, state.params, state.model_state, x, y,
+                                           mesh=mesh, batch_size=ec.batch_size,
+                                           radii=radii, bands=bands)
+      record.update({f"{prefix}/{k}": v for k, v in scores.items()})
+    if robust_on is not None:
+      record["test/pgd"] = robust_on(state.params, state.model_state)
+    record["first_conv_smoothness"] = float(smoothness.first_conv_penalty(state.params))
+    return record
+  return score
+
+
 def _closing(workdir: str, history: list[dict], seconds: float) -> None:
   """The run's last lines (process 0): its accuracy-vs-epoch figure, `curves.png`, and
   where the results are."""
   if jax.process_index() != 0 or not history:
     return
-  figure = fileio.join(workdir, CURVES)
+  figure = fileio.join(workdir, workdirs.CURVES)
   plots.save(plots.panel_figure({fileio.basename(workdir): history}), figure)
   last = history[-1]
   print(f"hfc_jax: done in {records.duration(seconds)}: {last['epoch']} epochs, test clean "
         f"accuracy {last.get('test/clean') or float('nan'):.4f}. Metrics: {fileio.join(workdir, workdirs.METRICS)}; "
         f"figure: {figure}; checkpoints: {checkpointing.checkpoint_dir(workdir)}; "
-        f"TensorBoard: {fileio.join(workdir, 'tensorboard')}", flush=True)
-
-
-def _resume(ckpt: checkpointing.Checkpointer, state: TrainState, config, workdir: str,
-            steps_per_epoch: int, *, allow_changes: bool = False):
-  """(state, history, partial-epoch sums, config changes) from the newest readable
-  checkpoint, or a fresh start. A checkpoint that cannot be read (a truncated file, a
-  missing metadata file) is reported in one line, set aside, and the one before used.
-  HfcError when the run's settings changed in a way that changes the result
-  (`resume.check`) or its step does not fit the epoch length."""
-  for step in reversed(ckpt.all_steps()):
-    try:
-      meta = ckpt.restore_meta(step)
-    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-      _set_aside(ckpt, step, e)
-      continue
-    found = resume.check(meta["config"], config.to_dict(), workdir, allow=allow_changes)
-    try:
-      restored, meta = ckpt.restore(checkpointing.abstract_like(state), step)
-    except Exception as e:  # pylint: disable=broad-except
-      fixed = [k for k in found if resume.changes_result(k)]
-      if fixed:   # allowed changes that give the state another shape (a new optimiser)
-        raise errors.HfcError(
-            f"workdir={workdir!r}: its checkpoint at step {step} does not fit the changed "
-            f"settings ({', '.join(fixed[:4])}); use a new --workdir.") from None
-      _set_aside(ckpt, step, e)
-      continue
-    history = meta["history"]
-    progress = EpochProgress(**meta.get("epoch_progress", {}))
-    if int(restored.step) != len(history) * steps_per_epoch + progress.steps:
-      raise errors.HfcError(
-          f"workdir={workdir!r}: its checkpoint at step {int(restored.step)} does not fit "
-          f"{steps_per_epoch} steps per epoch (the data changed); use a new --workdir or "
-          "the same config.")
-    logging.info("resumed at step %d: epoch %d, %d of its %d steps done", step,
-                 len(history) + 1, progress.steps, steps_per_epoch)
-    return restored, history, progress, found
-  if ckpt.all_steps():
-    raise errors.HfcError(f"workdir={workdir!r}: no checkpoint in {ckpt.directory} can be read.")
-  return state, [], EpochProgress(), {}
-
-
-def _set_aside(ckpt: checkpointing.Checkpointer, step: int, error: Exception) -> None:
-  """Reports an unreadable checkpoint in one line and moves it out of the way."""
-  where = ckpt.set_aside(step)
-  logging.warning("checkpoint %s/%d cannot be read (%s: %s); moved to %s, resuming from "
-                  "the one before", ckpt.directory, step, type(error).__name__,
-                  (str(error).splitlines() or [""])[0][:200], where)
+        f"TensorBoard: {fileio.join(workdir, workdirs.TENSORBOARD)}", flush=True)
 
 
 def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int, steps_per_epoch: int,
-                 progress: EpochProgress, *, recorder: records.Recorder,
+                 progress: progress_lib.EpochProgress, *, recorder: records.Recorder,
                  watch: preemption.Watch, save, ckpt: checkpointing.Checkpointer,
                  heartbeat=lambda: None):
   """Runs the remaining steps of epoch `epoch` (from `progress.steps` on), adding
@@ -516,7 +356,7 @@ def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int, steps_per_ep
 
   The host never waits for the device inside the epoch: batches are assembled and
   placed on the devices by a background thread `train.prefetch` steps ahead, and
-  metrics are fetched late (`_StepMetrics`). Every `checkpoint.every_steps` steps
+  metrics are fetched late (`progress.StepMetrics`). Every `checkpoint.every_steps` steps
   the state is saved with `progress`, and the loop waits for that save to commit, so
   a run killed at any moment loses at most `every_steps` steps; when `watch` reports
   a preemption, the state is saved at that step and `Preempted` raised.
@@ -530,8 +370,8 @@ def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int, steps_per_ep
       start_step=progress.steps)
   placed = pipeline.prefetch(
       (sharding.put_batch(mesh, x, y.astype(np.int32)) for x, y in batches),
-      size=tc.get("prefetch", 2))
-  metrics = _StepMetrics(progress, recorder, total_steps=tc.epochs * steps_per_epoch,
+      size=tc.prefetch)
+  metrics = progress_lib.StepMetrics(progress, recorder, total_steps=tc.epochs * steps_per_epoch,
                          batch_size=tc.batch_size)
   t0 = time.perf_counter()
 

@@ -87,11 +87,11 @@ def check_config(train_config, image_size: int | None) -> None:
   """One-line HfcErrors for bad train.input_component/input_radius/mixup_alpha; the
   radius is checked against `image_size` when it is known (else only >= 1)."""
   component = errors.check_choice("train.input_component",
-                                  train_config.get("input_component", "original"),
+                                  train_config.input_component,
                                   COMPONENTS)
-  radius = train_config.get("input_radius", 0.0)
+  radius = train_config.input_radius
   if component != "original" and image_size:
     frequency.check_radius(radius, image_size, image_size, field="train.input_radius")
   elif component != "original":
     errors.check_range("train.input_radius", radius, 1, None)
-  errors.check_range("train.mixup_alpha", train_config.get("mixup_alpha", 0.0), 0.0, 100.0)
+  errors.check_range("train.mixup_alpha", train_config.mixup_alpha, 0.0, 100.0)

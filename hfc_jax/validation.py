@@ -33,21 +33,21 @@ def check(config: ml_collections.ConfigDict) -> None:
   check_eval(config.eval, size)
   check_data(config.data)
   from hfc_jax import adversarial  # pylint: disable=g-import-not-at-top
-  adversarial.Adversary.from_config(config.get("adv"))
+  adversarial.Adversary.from_config(config.adv)
 
 
 def check_data(d: ml_collections.ConfigDict) -> None:
   from hfc_jax import data  # pylint: disable=g-import-not-at-top
   errors.check_choice("data.name", d.name, data.NAMES)
   data.check_augment(d)
-  data.check_generic(d)
+  data.check_subset_and_labels(d)
 
 
 def check_devices(config: ml_collections.ConfigDict) -> None:
   """The mesh size and the training batch against it (JAX is started by now)."""
   import jax  # pylint: disable=g-import-not-at-top
   n = jax.device_count()
-  if config.get("num_devices") is not None:
+  if config.num_devices is not None:
     n = int(errors.check_range("num_devices", config.num_devices, 1, n, integer=True))
   batch = errors.check_range("train.batch_size", config.train.batch_size, 1, None,
                              integer=True)
@@ -88,7 +88,7 @@ def check_eval(ec: ml_collections.ConfigDict, size: int | None) -> None:
     raise errors.HfcError("eval.radii=() must name at least one radius.")
   for r in ec.radii:
     _check_radius("eval.radii", r, size)
-  frequency.check_bands(ec.get("bands", ()), size, size, field="eval.bands")
+  frequency.check_bands(ec.bands, size, size, field="eval.bands")
   errors.check_choice("eval.inclusive", ec.inclusive, (False, True))
   errors.check_choice("eval.rescale", ec.rescale, RESCALES)
   errors.check_range("eval.batch_size", ec.batch_size, 1, None, integer=True)

@@ -5,8 +5,7 @@ A run workdir holds `metrics.jsonl` (one JSON object per finished epoch, written
 in old workdirs) and `provenance.jsonl` (the commit and command of each start, see
 `hfc_jax.provenance`). A sweep workdir holds `sweep.json`:
 
-  {"name": str, "kind": "heuristics" | "batch_size" | "optimizers" | "train_component"
-   | "shuffled_labels" | "bn_lfc" | "generic",
+  {"name": str, "kind": one of KINDS,
    "runs": [{"name": str, "workdir": path relative to the sweep dir,
              "overrides": {"dotted.key": value}}, ...]}
 
@@ -28,6 +27,21 @@ METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 SWEEP = "sweep.json"
 LOOSE_GROUP = "runs"   # the group that collects run dirs given directly
+TENSORBOARD = "tensorboard"   # TensorBoard event files of a run
+REPORT = "report"      # report.py's default output directory inside the first workdir
+CURVES = "curves.png"  # a run's accuracy-vs-epoch figure, written at its end
+
+# Sweep kinds (sweep.json "kind", config sweep.kind): what report.py draws for each, and
+# the figure or table of Wang et al. (CVPR 2020) it reproduces.
+KINDS = {
+    "heuristics": "Figure 5: vanilla, dropout, mix-up, BatchNorm, adversarial training",
+    "batch_size": "Figure 4: batch size",
+    "optimizers": "Section 3, optimisers (SGD, Adam, AdaGrad, AdaDelta, RMSprop; no figure)",
+    "train_component": "Table 1: trained on LFC or HFC only, tested on original images",
+    "shuffled_labels": "Figure 3: natural vs shuffled labels, LFC/HFC of training images",
+    "bn_lfc": "Figure 6: BatchNorm vs none, trained on LFC data",
+    "generic": "none (a plain comparison of runs)",
+}
 
 
 @dataclasses.dataclass

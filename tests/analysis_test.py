@@ -11,8 +11,7 @@ import pytest
 from configs import kernels as kernels_config
 from hfc_jax import errors, main, optimizers, sharding, smoothness, train
 from hfc_jax.analysis import common, kernels
-from tests.conftest import run_main
-from tests.train_test import tiny_config
+from tests.conftest import run_main, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +86,7 @@ def test_sweep_rho_0_row_equals_the_robust_evaluation(workdirs, tmp_path):
 def _robust_config(kc_config):
   config = kernels_config.get_config()
   config.mode = "robust_eval"
-  kc, rc = kc_config.kernels, config.robust
+  kc, rc = kc_config.kernels, config.robust_eval
   rc.eps, rc.attacks, rc.pgd_steps = kc.eps, kc.attacks, kc.pgd_steps
   rc.num_images, rc.batch_size, rc.seed = kc.num_images, kc.batch_size, kc.seed
   rc.defence_radii, rc.min_eps_search_steps = (), 1

@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hfc_jax import checkpointing, sharding
-from tests.performance_test import LogCollector
+from tests.conftest import LogCollector
 
 
 def _state(mesh):

@@ -87,7 +87,7 @@ def test_parser_maps_multi_line_comments_to_their_field():
 def test_parser_lists_every_field_of_the_default_config():
   import configs.default  # pylint: disable=g-import-not-at-top
   path = config_help.default_config_path()
-  assert path == os.path.join(ROOT, "configs", "default.py")
+  assert path == os.path.join(ROOT, "hfc_jax", "defaults.py")
   with open(path, encoding="utf-8") as f:
     fields = [f for f in config_help.parse_fields(f.read()) if not f.section]
   assert sorted(f.name for f in fields) == sorted(_flatten(configs.default.get_config()))
@@ -118,15 +118,6 @@ def test_help_and_h_print_the_same_from_any_directory(tmp_path):
   long, _ = _help("--help")
   short, _ = _help("-h", "--workdir=x", cwd=tmp_path)  # configs/ found beside the package
   assert short.returncode == 0 and short.stdout == long.stdout
-
-
-def test_help_without_the_repository_says_where_the_reference_is(tmp_path):
-  text = config_help.help_text(main.FLAGS, config_path=str(tmp_path / "default.py"))
-  assert "  --workdir: Directory for checkpoints and metrics." in text.splitlines()
-  assert text.splitlines()[-1] == (
-      f"Config fields: {tmp_path / 'default.py'} is not here (hfc_jax installed without its "
-      "repository); configs/default.py of the hfc_jax repository (README.md, \"Experiments "
-      "and configs\") lists every config field with its default and meaning.")
 
 
 @pytest.mark.parametrize("argv,wanted", [

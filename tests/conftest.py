@@ -5,8 +5,13 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import logging  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from hfc_jax import defaults  # noqa: E402  (no JAX import)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A default.py run small enough for a subprocess test: 8 steps per epoch.
@@ -27,3 +32,62 @@ def run_main(workdir, *extra, timeout=300, env=None, cwd=ROOT, **kwargs):
   return subprocess.run(main_command(workdir, *extra, **kwargs), cwd=cwd,
                         capture_output=True, text=True, timeout=timeout,
                         env=dict(os.environ) if env is None else env)
+
+
+def tiny_config(**overrides):
+  """The defaults made small (TINY_FLAGS' sizes, no TensorBoard): 8 steps per epoch;
+  `overrides` maps dotted fields to values, {"train.epochs": 1}."""
+  config = defaults.get_config()
+  config.data.num_train = 512
+  config.data.num_test = 256
+  config.train.epochs = 2
+  config.train.batch_size = 64
+  config.train.log_every_steps = 4
+  config.eval.batch_size = 128
+  config.eval.train_subset = 256
+  config.tensorboard = False
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return config
+
+
+def random_batch(n=32, seed=0):
+  """n random uint8 32x32x3 images and int32 labels in [0, 10), from `seed`."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, size=(n,)).astype(np.int32)
+  return images, labels
+
+
+class LogCollector(logging.Handler):
+  """Keeps the messages of every log record it sees (e.g. JAX's compile log)."""
+
+  def __init__(self):
+    super().__init__(level=logging.DEBUG)
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+def numpy_split(images, radius, inclusive=False):
+  """The paper's LFC/HFC split (section 2, eq. 1-2), written out as the original code
+  does it, channel by channel in float64: the reference the JAX split is tested against."""
+  n, h, w, c = images.shape
+  mask = np.zeros((h, w))
+  for i in range(h):
+    for j in range(w):
+      d = np.sqrt((i - h // 2) ** 2 + (j - w // 2) ** 2)
+      mask[i, j] = 1.0 if (d <= radius if inclusive else d < radius) else 0.0
+  lfc = np.zeros_like(images, dtype=np.float64)
+  hfc = np.zeros_like(images, dtype=np.float64)
+  for k in range(n):
+    for ch in range(c):
+      f = np.fft.fftshift(np.fft.fft2(images[k, :, :, ch]))
+      lfc[k, :, :, ch] = np.real(np.fft.ifft2(np.fft.ifftshift(f * mask)))
+      hfc[k, :, :, ch] = np.real(np.fft.ifft2(np.fft.ifftshift(f * (1 - mask))))
+  return lfc, hfc

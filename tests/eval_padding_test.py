@@ -124,7 +124,7 @@ def test_eval_batches_score_every_image_once_in_batches_of_real_images():
 
 
 # ---------------------------------------------------------------------------
-# evaluate.evaluate on 1, 2, 4, 8 devices and an unpadded reference
+# evaluate.variant_accuracies on 1, 2, 4, 8 devices and an unpadded reference
 # ---------------------------------------------------------------------------
 def _reference_predictions(functional, params, state, x, radii, batch_size):
   """(1 + 2R, N) predictions, each batch of real images scored alone, unpadded."""
@@ -152,7 +152,7 @@ def test_evaluate_is_the_same_on_any_mesh_and_equals_the_unpadded_reference():
     mesh = sharding.make_mesh(k)
     fn = evaluate.make_eval_fn(logits_fn, mesh, radii=radii, inclusive=False,
                                rescale="none")
-    scores = evaluate.evaluate(fn, params, state, x, y, mesh=mesh, batch_size=500,
+    scores = evaluate.variant_accuracies(fn, params, state, x, y, mesh=mesh, batch_size=500,
                                radii=radii)
     return np.array([scores[n] for n in evaluate.variant_names(radii)]) * 900
 
@@ -201,7 +201,7 @@ def test_every_shipped_config_passes_its_checks_on_any_device_count(devices):
   else:
     mesh = types.SimpleNamespace(devices=np.empty(devices, object), shape={"data": devices})
   for label, config in _shipped_run_configs():
-    for field in ("eval.batch_size", "robust.batch_size", "figure2.batch_size"):
+    for field in ("eval.batch_size", "robust_eval.batch_size", "figure2.batch_size"):
       section, name = field.split(".")
       assert sharding.padded_batch_size(field, config[section][name], mesh) % devices == 0
     try:

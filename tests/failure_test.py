@@ -21,8 +21,7 @@ import pytest
 
 from hfc_jax import errors, lock, sharding, train
 from hfc_jax.analysis import common
-from tests.conftest import ROOT, main_command, run_main
-from tests.train_test import tiny_config
+from tests.conftest import ROOT, main_command, run_main, tiny_config
 
 
 def _snapshot(workdir):

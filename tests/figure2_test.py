@@ -4,15 +4,14 @@ import json
 import os
 
 import jax
+import matplotlib.image
 import numpy as np
 import pytest
 
-from hfc_jax import errors, main, optimizers, sharding, train
+from hfc_jax import defaults, errors, main, optimizers, sharding, train
 from hfc_jax.analysis import common, figure2
 from hfc_jax.data import synthetic
-from tests.frequency_test import numpy_split
-from tests.main_test import _run
-from tests.train_test import tiny_config
+from tests.conftest import numpy_split, run_main, tiny_config
 
 
 def test_mask_hand_computed():
@@ -112,7 +111,8 @@ def test_figure2_mode_writes_consistent_outputs(trained_workdir, capsys):
   results = main.run(_figure2_config(config), workdir)
   out = os.path.join(workdir, figure2.MODE)
   assert sorted(os.listdir(out)) == ["figure2.json", "figure2.md", "figure2.png", "provenance.json"]
-  assert os.path.getsize(os.path.join(out, "figure2.png")) > 1000
+  png = matplotlib.image.imread(os.path.join(out, "figure2.png"))
+  assert png.ndim == 3 and min(png.shape[:2]) > 200 and png[..., :3].std() > 0.05
   on_disk = json.load(open(os.path.join(out, "figure2.json")))
   assert on_disk == json.loads(json.dumps(results))
   assert [row["radius"] for row in on_disk["radii"]] == [4.0, 7.0]
@@ -162,7 +162,7 @@ def test_figure2_bad_input(tmp_path, trained_workdir):
   with pytest.raises(errors.HfcError, match=r"figure2.batch_size=-1 is out of range"):
     main.run(config, workdir)
   empty = tmp_path / "empty"
-  result = _run(empty, "--config.mode=figure2", timeout=120)
+  result = run_main(empty, "--config.mode=figure2", timeout=120)
   assert result.returncode == 2
   lines = [l for l in result.stderr.splitlines() if l.startswith("hfc_jax: error:")]
   assert len(lines) == 1 and "holds no checkpoint" in lines[0], result.stderr[-2000:]
@@ -170,8 +170,9 @@ def test_figure2_bad_input(tmp_path, trained_workdir):
 
 
 def test_class_names():
-  from ml_collections import ConfigDict
-  assert figure2.class_names(ConfigDict({"name": "cifar10"}), 10)[3] == "cat"
-  fashion = ConfigDict({"name": "idx", "path": "/usr/share/datasets/fashion-mnist"})
+  def data(**fields):
+    return defaults.complete({"data": fields}).data
+  assert figure2.class_names(data(name="cifar10"), 10)[3] == "cat"
+  fashion = data(name="idx", path="/usr/share/datasets/fashion-mnist")
   assert figure2.class_names(fashion, 10)[9] == "ankle boot"
-  assert figure2.class_names(ConfigDict({"name": "embedded"}), 10) is None
+  assert figure2.class_names(data(name="embedded"), 10) is None

@@ -13,8 +13,7 @@ import pytest
 
 from hfc_jax import bench, errors, main, sharding, train
 from hfc_jax.analysis import common, fourier_heatmap
-from tests.conftest import run_main
-from tests.train_test import tiny_config
+from tests.conftest import run_main, tiny_config
 
 SIZE = 16
 TINY = {"data.num_train": 256, "data.num_test": 120, "data.image_size": SIZE,

@@ -6,24 +6,7 @@ import numpy as np
 import pytest
 
 from hfc_jax import errors, frequency
-
-
-def numpy_split(images, radius, inclusive=False):
-  """The paper's split, written out as the original code does it, channel by channel."""
-  n, h, w, c = images.shape
-  mask = np.zeros((h, w))
-  for i in range(h):
-    for j in range(w):
-      d = np.sqrt((i - h // 2) ** 2 + (j - w // 2) ** 2)
-      mask[i, j] = 1.0 if (d <= radius if inclusive else d < radius) else 0.0
-  lfc = np.zeros_like(images, dtype=np.float64)
-  hfc = np.zeros_like(images, dtype=np.float64)
-  for k in range(n):
-    for ch in range(c):
-      f = np.fft.fftshift(np.fft.fft2(images[k, :, :, ch]))
-      lfc[k, :, :, ch] = np.real(np.fft.ifft2(np.fft.ifftshift(f * mask)))
-      hfc[k, :, :, ch] = np.real(np.fft.ifft2(np.fft.ifftshift(f * (1 - mask))))
-  return lfc, hfc
+from tests.conftest import numpy_split
 
 
 @pytest.mark.parametrize("size,channels", [(32, 3), (28, 1), (16, 3), (15, 2)])

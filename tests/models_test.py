@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hfc_jax import errors, models
+from hfc_jax import defaults, errors, models
 from hfc_jax.models import layers
 
 NORMS = ("none", "batch_stats", "batchnorm")
@@ -268,10 +268,10 @@ def test_bad_values_raise_hfc_error(field, kwargs):
 
 
 def test_from_config_of_a_checkpoint_written_before_model_widths():
-  """Checkpoints written before `model.widths` existed restore with the default widths."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  old = ml_collections.ConfigDict({"name": "small_cnn", "norm": "none", "dropout": 0.0,
-                                   "input_filter": "none", "filter_radius": 0.0,
-                                   "dtype": "float32"})
-  model = models.from_config(old, num_classes=10, in_channels=3, image_size=None)
+  """Checkpoints written before `model.widths` existed, completed as restore does,
+  build the model with its default widths."""
+  old = {"name": "small_cnn", "norm": "none", "dropout": 0.0, "input_filter": "none",
+         "filter_radius": 0.0, "dtype": "float32"}
+  model = models.from_config(defaults.complete({"model": old}).model, num_classes=10,
+                             in_channels=3, image_size=None)
   assert _count(nnx.state(model, nnx.Param)) == small_cnn_params(3, 10, "none")

@@ -9,18 +9,7 @@ from absl import logging as absl_logging
 
 from hfc_jax import models, sharding, train
 from hfc_jax.models.functional import Functional
-from tests.train_test import tiny_config
-
-
-class LogCollector(logging.Handler):
-  """Keeps the messages of every log record it sees (e.g. JAX's compile log)."""
-
-  def __init__(self):
-    super().__init__(level=logging.DEBUG)
-    self.messages = []
-
-  def emit(self, record):
-    self.messages.append(record.getMessage())
+from tests.conftest import LogCollector, tiny_config
 
 
 def test_two_epochs_compile_train_and_eval_steps_once(tmp_path):

@@ -9,8 +9,7 @@ import pytest
 
 from hfc_jax import errors, frequency, main, sharding, train
 from hfc_jax.analysis import common, perturbation_spectrum
-from tests.conftest import run_main
-from tests.train_test import tiny_config
+from tests.conftest import run_main, tiny_config
 
 MODE = perturbation_spectrum.MODE
 

@@ -10,8 +10,7 @@ import pytest
 from hfc_jax import adversarial, errors, frequency, main, optimizers, sharding, train
 from hfc_jax.analysis import common, robustness
 from hfc_jax import data as data_lib
-from tests.main_test import _run
-from tests.train_test import _batch, tiny_config
+from tests.conftest import random_batch, run_main, tiny_config
 
 
 def _adv_config(enabled: bool, **overrides):
@@ -43,7 +42,7 @@ def _adv_steps(mesh, n=2):
   tx = optimizers.make_optimizer(config.optim, 10, 1)
   functional, state = train.create_train_state(model, tx, 0, mesh)
   adversary = adversarial.Adversary.from_config(config.adv)
-  images, labels = sharding.put_batch(mesh, *_batch(32))
+  images, labels = sharding.put_batch(mesh, *random_batch(32))
   key = jax.random.key(7)
   adv = jax.jit(lambda st, x, y: adversary.perturb(
       functional, st.params, st.model_state, train.preprocess(x, "none"), y, key, key))(
@@ -86,13 +85,13 @@ def trained_workdir(tmp_path_factory):
 
 def _robust_config(config):
   config.mode = "robust_eval"
-  config.robust.num_images = 128
-  config.robust.batch_size = 64
-  config.robust.pgd_steps = 4
-  config.robust.eps = (0.01, 0.03)
-  config.robust.defence_radii = (4, 12)
-  config.robust.min_eps_search_steps = 5
-  config.robust.min_eps_pgd_steps = 4
+  config.robust_eval.num_images = 128
+  config.robust_eval.batch_size = 64
+  config.robust_eval.pgd_steps = 4
+  config.robust_eval.eps = (0.01, 0.03)
+  config.robust_eval.defence_radii = (4, 12)
+  config.robust_eval.min_eps_search_steps = 5
+  config.robust_eval.min_eps_pgd_steps = 4
   return config
 
 
@@ -131,15 +130,15 @@ def test_robust_eval_writes_consistent_tables(trained_workdir):
 def test_robust_eval_bad_input(tmp_path, trained_workdir):
   workdir, config = trained_workdir
   config = _robust_config(config)
-  config.robust.eps = (0.03, 2.0)
-  with pytest.raises(errors.HfcError, match=r"robust.eps=2.0 is out of range"):
+  config.robust_eval.eps = (0.03, 2.0)
+  with pytest.raises(errors.HfcError, match=r"robust_eval.eps=2.0 is out of range"):
     main.run(config, workdir)
-  config.robust.eps = (0.03,)
-  config.robust.attacks = ("fgsm", "deepfool")
-  with pytest.raises(errors.HfcError, match=r"robust.attacks='deepfool' is not allowed"):
+  config.robust_eval.eps = (0.03,)
+  config.robust_eval.attacks = ("fgsm", "deepfool")
+  with pytest.raises(errors.HfcError, match=r"robust_eval.attacks='deepfool' is not allowed"):
     main.run(config, workdir)
   empty = tmp_path / "empty"
-  result = _run(empty, "--config.mode=robust_eval", timeout=120)
+  result = run_main(empty, "--config.mode=robust_eval", timeout=120)
   assert result.returncode == 2
   assert "hfc_jax: error: workdir=" in result.stderr and "holds no checkpoint" in result.stderr
   assert not empty.exists()

@@ -10,7 +10,7 @@ import pytest
 from configs import (fig3_shuffled_labels, fig4_batch_size, fig5_heuristics, fig6_bn_lfc,
                      optimizers_sweep, presets, table1_lfc_hfc)
 from hfc_jax import errors, sweep
-from tests.train_test import tiny_config
+from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

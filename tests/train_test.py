@@ -4,36 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default
 from hfc_jax import evaluate, frequency, models, optimizers, sharding, train
 from hfc_jax.analysis import common
 from hfc_jax.models.functional import Functional
-
-
-def tiny_config(**overrides):
-  config = default.get_config()
-  config.data.num_train = 512
-  config.data.num_test = 256
-  config.train.epochs = 2
-  config.train.batch_size = 64
-  config.train.log_every_steps = 4
-  config.eval.batch_size = 128
-  config.eval.train_subset = 256
-  config.tensorboard = False
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return config
-
-
-def _batch(n=32, seed=0):
-  rng = np.random.default_rng(seed)
-  images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
-  labels = rng.integers(0, 10, size=(n,)).astype(np.int32)
-  return images, labels
+from tests.conftest import random_batch, tiny_config
 
 
 def _run_steps(mesh, num_steps, norm="batchnorm", dropout=0.3):
@@ -46,10 +20,11 @@ def _run_steps(mesh, num_steps, norm="batchnorm", dropout=0.3):
   tx = optimizers.make_optimizer(config.optim, 10, 1)
   functional, state = train.create_train_state(model, tx, 0, mesh)
   step = train.make_train_step(functional, tx, mesh, rescale="none")
-  images, labels = sharding.put_batch(mesh, *_batch())
+  images, labels = sharding.put_batch(mesh, *random_batch())
   losses = []
   for _ in range(num_steps):
-    state, metrics = step(state, images, labels)
+    with jax.transfer_guard("disallow"):   # the step itself copies nothing host<->device
+      state, metrics = step(state, images, labels)
     losses.append(float(metrics["loss"]))
   return state, losses, images
 
@@ -78,7 +53,7 @@ def test_one_and_eight_devices_give_the_same_parameters():
 def test_eval_step_equals_direct_per_variant_computation():
   model = models.create("small_cnn", num_classes=10, in_channels=3, norm="batch_stats")
   functional, params, model_state = Functional.split(model)
-  images, labels = _batch(24, seed=3)
+  images, labels = random_batch(24, seed=3)
   mask = np.ones(24, np.float32)
   mask[-4:] = 0
   radii = (4.0, 12.0)

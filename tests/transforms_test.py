@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from hfc_jax import errors, optimizers, sharding, train, transforms
-from tests.frequency_test import numpy_split
-from tests.train_test import tiny_config
+from tests.conftest import numpy_split, tiny_config
 
 
 def _images(n=16, size=8, seed=0):

@@ -61,7 +61,7 @@ def score_model(workdir: str, trained: common.Trained, x, y, *, bands, radii, me
                 batch_size: int) -> dict:
   """One model's row: clean, per-band and per-radius LFC / HFC accuracy."""
   ec = trained.config.eval
-  inclusive, rescale = bool(ec.get("inclusive", False)), ec.get("rescale", "none")
+  inclusive, rescale = bool(ec.inclusive), ec.rescale
   batch_size = batch_size or int(ec.batch_size)
   placed = common.batches(x, y, mesh=mesh, batch_size=batch_size, field="bands.batch_size")
   eval_fn = evaluate.make_eval_fn(trained.functional.logits, mesh, radii=radii, bands=bands,
@@ -86,7 +86,7 @@ def run(config, workdir: str) -> dict:
   returns the results."""
   bc = config.bands
   check_bands_config(bc)
-  mesh = sharding.make_mesh(config.get("num_devices"))
+  mesh = sharding.make_mesh(config.num_devices)
   models = common.restore_compared(workdir, bc.compare, field="bands.compare", mesh=mesh)
   x, y, dataset = common.load_test_set(models[0][1], bc.num_images, field="bands.num_images")
   height, width = x.shape[1:3]

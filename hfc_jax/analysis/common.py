@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from hfc_jax import checkpointing, errors, evaluate, fileio, models, provenance, records
+from hfc_jax import checkpointing, defaults, errors, evaluate, fileio, models, provenance, records
 from hfc_jax import sharding
 from hfc_jax import xla_flags
 from hfc_jax import data as data_lib
@@ -104,7 +104,7 @@ def restore(workdir: str, step: int | None = None, *, mesh=None) -> Trained:
 
 def _restore_step(ckpt: checkpointing.Checkpointer, step: int, placed) -> Trained:
   meta = ckpt.restore_meta(step)
-  config = ml_collections.ConfigDict(meta["config"])
+  config = defaults.complete(meta["config"])   # + fields added since it was written
   functional, params, model_state = abstract_model(
       config, meta["num_classes"], meta["channels"], meta.get("image_size"))
   item = {"params": params, "model_state": model_state,
@@ -182,7 +182,7 @@ def per_image(fn: Callable[..., jax.Array], placed: list, *args) -> np.ndarray:
   """Runs the jitted `fn(*args, images, labels, mask, batch_index)` on every placed
   batch (all dispatched before any is fetched) and returns its per-row outputs of the
   real images, concatenated in order: (N, ...) numpy. The one batched scorer of the
-  studies; `evaluate.evaluate` is the per-epoch pass's own, which sums on device."""
+  studies; `evaluate.variant_accuracies` is the per-epoch pass's own, which sums on device."""
   outs = [fn(*args, *batch, i) for i, batch in enumerate(placed)]
   parts = jax.device_get([(out, batch[2]) for out, batch in zip(outs, placed)])
   return np.concatenate([np.asarray(o)[np.asarray(m) > 0] for o, m in parts])

@@ -121,8 +121,8 @@ def summarise(preds: np.ndarray, labels: np.ndarray, radii: Sequence[float],
 
 def class_names(data_config, num_classes: int) -> tuple[str, ...] | None:
   """CIFAR-10 or Fashion-MNIST class names when the data set is one of them, else None."""
-  name = data_config.get("name", "")
-  path = str(data_config.get("path", None) or "").lower()
+  name = data_config.name
+  path = str(data_config.path or "").lower()
   if num_classes == 10 and name == "cifar10":
     return CIFAR10_NAMES
   if num_classes == 10 and (name == "fashion_mnist" or (name == "idx" and "fashion" in path)):
@@ -147,7 +147,7 @@ def check_figure2_config(fc, image_size: int) -> None:
 
 def run(config, workdir: str) -> dict:
   """Runs the analysis on `workdir`'s latest checkpoint; returns (and writes) the results."""
-  mesh = sharding.make_mesh(config.get("num_devices"))
+  mesh = sharding.make_mesh(config.num_devices)
   fc = config.figure2
   trained = common.restore(workdir, mesh=mesh)
   ec = trained.config.eval
@@ -156,9 +156,9 @@ def run(config, workdir: str) -> dict:
   batch_size = fc.batch_size or ec.batch_size   # real images per batch, on any mesh
   sharding.padded_batch_size("figure2.batch_size", batch_size, mesh)
   radii = tuple(float(r) for r in fc.radii)
-  inclusive = bool(ec.get("inclusive", False))
+  inclusive = bool(ec.inclusive)
   predict_fn = make_predict_fn(trained.functional.logits, mesh, radii=radii,
-                               inclusive=inclusive, rescale=ec.get("rescale", "none"))
+                               inclusive=inclusive, rescale=ec.rescale)
   preds = predictions(predict_fn, trained.params, trained.model_state, x, mesh=mesh,
                       batch_size=batch_size)
   results = {"workdir": workdir, "epoch": trained.epoch, "step": trained.step,

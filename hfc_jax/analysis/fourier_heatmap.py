@@ -250,7 +250,7 @@ def run(config, workdir: str) -> dict:
   `<workdir>/fourier_heatmap/`; returns the results. Every check runs first."""
   fc = config.fourier_heatmap
   check_heatmap_config(fc)
-  mesh = sharding.make_mesh(config.get("num_devices"))
+  mesh = sharding.make_mesh(config.num_devices)
   models = common.restore_compared(workdir, fc.compare, field="fourier_heatmap.compare",
                                    mesh=mesh)
   x, y, dataset = common.load_test_set(models[0][1], fc.num_images,

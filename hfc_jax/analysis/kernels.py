@@ -122,7 +122,7 @@ def run(config, workdir: str) -> dict:
   `<workdir>/kernels/`; returns the results."""
   kc = config.kernels
   check_kernels_config(kc)
-  mesh = sharding.make_mesh(config.get("num_devices"))
+  mesh = sharding.make_mesh(config.num_devices)
   models = common.restore_compared(workdir, kc.compare, field="kernels.compare", mesh=mesh)
   for w, trained in models:
     smoothness.first_conv_of(trained.params, model=trained.config.model.name)

@@ -127,7 +127,7 @@ def run(config, workdir: str) -> dict:
   returns the results."""
   sc = config.perturbation_spectrum
   check_spectrum_config(sc)
-  mesh = sharding.make_mesh(config.get("num_devices"))
+  mesh = sharding.make_mesh(config.num_devices)
   trained = common.restore(workdir, mesh=mesh)
   x, y, dataset = common.load_test_set(trained, sc.num_images, field=f"{FIELD}.num_images")
   placed = common.batches(x, y, mesh=mesh, batch_size=sc.batch_size,
@@ -137,7 +137,7 @@ def run(config, workdir: str) -> dict:
   table, power, norms = _spectra(trained, placed, settings, mesh)
   ec = trained.config.eval
   radii = tuple(float(r) for r in ec.radii)
-  inclusive = bool(ec.get("inclusive", False))
+  inclusive = bool(ec.inclusive)
   sources = {name: summarise(p, radii, inclusive) for name, p in power.items()}
   for name in settings.attacks:
     sources[name].update(

@@ -5,7 +5,7 @@ r"""Robust evaluation of a trained workdir (`--config.mode=robust_eval`).
 Wang et al. (CVPR 2020), section 5: adversarial vulnerability and the low-pass defence.
 Writes to `<workdir>/robust_eval/`:
   * `robust_eval.json` / `robust_eval.md`: accuracy under FGSM and PGD-k (L-inf, step
-    eps/4, random start) at every `robust.eps`; the minimal-eps summary; the input
+    eps/4, random start) at every `robust_eval.eps`; the minimal-eps summary; the input
     low-pass defence table.
   * `robustness_curve.png`: accuracy vs eps from the per-image minimal L-inf eps at which
     PGD succeeds (batched bisection), i.e. the share of images whose minimal eps is
@@ -62,17 +62,17 @@ class AttackSettings:
 def check_robust_config(rc, image_size: int) -> None:
   """One-line HfcErrors for the `robust.*` fields."""
   for name in rc.attacks:
-    errors.check_choice("robust.attacks", name, ATTACKS)
+    errors.check_choice("robust_eval.attacks", name, ATTACKS)
   for eps in rc.eps:
-    errors.check_range("robust.eps", eps, 0.0, 1.0)
-  errors.check_range("robust.pgd_steps", rc.pgd_steps, 0, None, integer=True)
-  errors.check_range("robust.restarts", rc.restarts, 1, None, integer=True)
-  errors.check_range("robust.num_images", rc.num_images, 0, None, integer=True)
-  errors.check_range("robust.min_eps_max", rc.min_eps_max, 0.0, 1.0)
-  errors.check_range("robust.min_eps_search_steps", rc.min_eps_search_steps, 1, None,
+    errors.check_range("robust_eval.eps", eps, 0.0, 1.0)
+  errors.check_range("robust_eval.pgd_steps", rc.pgd_steps, 0, None, integer=True)
+  errors.check_range("robust_eval.restarts", rc.restarts, 1, None, integer=True)
+  errors.check_range("robust_eval.num_images", rc.num_images, 0, None, integer=True)
+  errors.check_range("robust_eval.min_eps_max", rc.min_eps_max, 0.0, 1.0)
+  errors.check_range("robust_eval.min_eps_search_steps", rc.min_eps_search_steps, 1, None,
                      integer=True)
   for r in rc.defence_radii:
-    frequency.check_radius(r, image_size, image_size, field="robust.defence_radii")
+    frequency.check_radius(r, image_size, image_size, field="robust_eval.defence_radii")
 
 
 # ---------------------------------------------------------------------------
@@ -85,9 +85,8 @@ def craft(params, model_state, x, labels, mask, key, eps, *, logits_fn, name: st
   """Adversarial images for one batch: FGSM, or PGD with `steps` steps of eps/4 from a
   random start; eps is a traced scalar (no recompile per eps)."""
   model = functools.partial(logits_fn, params, model_state, mask=mask)
-  return attacks.attack(name, model, x, labels, eps=eps, step_size=eps / 4, steps=steps,
-                        key=key, random_start=name != "fgsm" and steps > 0,
-                        restarts=restarts)
+  return attacks.eval_attack(name, model, x, labels, eps=eps, steps=steps, key=key,
+                             restarts=restarts)
 
 
 def hits(params, model_state, x, labels, mask, *, logits_fn):
@@ -142,13 +141,13 @@ def attack_table(logits_fn, variables, placed: list, settings: AttackSettings, m
 # ---------------------------------------------------------------------------
 def run(config, workdir: str) -> dict:
   """Evaluates `workdir`'s latest checkpoint; returns (and writes) the results dict."""
-  rc = config.robust
-  mesh = sharding.make_mesh(config.get("num_devices"))
+  rc = config.robust_eval
+  mesh = sharding.make_mesh(config.num_devices)
   trained = common.restore(workdir, mesh=mesh)
-  x, y, dataset = common.load_test_set(trained, rc.num_images, field="robust.num_images")
+  x, y, dataset = common.load_test_set(trained, rc.num_images, field="robust_eval.num_images")
   check_robust_config(rc, dataset.image_size)
   placed = common.batches(x, y, mesh=mesh, batch_size=rc.batch_size,
-                          field="robust.batch_size")
+                          field="robust_eval.batch_size")
   settings = AttackSettings.from_config(rc)
   variables = (trained.params, trained.model_state)
   cache = {}

@@ -24,11 +24,20 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from configs import cifar10_resnet18, cifar10_resnet32_vanilla, default
-from hfc_jax import optimizers, sharding, train
+from hfc_jax import defaults, optimizers, sharding, train
 
-CONFIGS = {"small_cnn": default.get_config, "resnet18": cifar10_resnet18.get_config,
-           "preact_resnet32": cifar10_resnet32_vanilla.get_config}
+# What each model's train step is measured with: its training recipe's model, norm,
+# optimiser and batch (configs/default.py, cifar10_resnet18.py and
+# cifar10_resnet32_vanilla.py), held here so that the bench runs from an installed
+# package, without the repository's configs/.
+RECIPES = {
+    "small_cnn": {},
+    "resnet18": {"model": {"name": "resnet18", "norm": "batchnorm"},
+                 "optim": {"name": "sgd", "learning_rate": 0.1, "nesterov": True,
+                           "schedule": "cosine", "weight_decay": 5e-4}},
+    "preact_resnet32": {"model": {"name": "preact_resnet32", "norm": "none"},
+                        "optim": {"name": "adam", "learning_rate": 1e-4}},
+}
 RADII = (4, 8, 12, 16)        # LFC/HFC radii of the eval and split sections
 TARGETS = {"pgd_7": 6.5, "eval": 9.5, "split": 3.0, "input": 5.0,  # see docs/performance.md
            "torch": 1.0}  # ResNet-18 img/s over PyTorch's, same batch, in turns
@@ -70,7 +79,7 @@ class Options:
     """The global train batch of `model`: the flag, 16 when tiny, else its config's."""
     if self.batch_size:
       return self.batch_size
-    return 16 if self.tiny else CONFIGS[model]().train.batch_size
+    return 16 if self.tiny else model_config(model, "float32").train.batch_size
 
 
 class Row(NamedTuple):
@@ -228,9 +237,8 @@ def step_rows(section: str, item: str, r: dict) -> list[Row]:
 # Train steps (plain and adversarial)
 # ---------------------------------------------------------------------------
 def model_config(name: str, dtype: str):
-  """The config that trains `name` (default.py, cifar10_resnet18.py or
-  cifar10_resnet32_vanilla.py) with the compute dtype set."""
-  config = CONFIGS[name]()
+  """The defaults with `name`'s training recipe (`RECIPES`) and compute `dtype`."""
+  config = defaults.complete(RECIPES[name])
   config.model.dtype = dtype
   return config
 

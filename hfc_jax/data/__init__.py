@@ -24,10 +24,8 @@ without a training example: a stray label 255 or 1-based labels are refused, not
 
 import dataclasses
 
-import ml_collections
 import numpy as np
 from absl import logging
-from ml_collections import config_dict
 
 from hfc_jax.data import idx_source, npz_source, synthetic, tfds_source
 from hfc_jax.data.pipeline import PAD_MODES
@@ -75,60 +73,25 @@ class Dataset:
     return self.x_train.shape[3]
 
 
-def default_data_config() -> ml_collections.ConfigDict:
-  """Returns the `data` section of the config, with every field and its default."""
-  c = ml_collections.ConfigDict()
-  c.name = "embedded"  # one of NAMES
-  c.data_dir = config_dict.placeholder(str)  # tfds data dir; None: ~/tensorflow_datasets
-  c.path = config_dict.placeholder(str)  # the .npz file for name='npz', the directory for 'idx'
-  c.num_classes = 0  # npz/idx: classes (0: the file's num_classes key, else max label + 1)
-  # The embedded set (see synthetic.py).
-  c.seed = 0  # the embedded set is a function of this seed
-  c.num_train = 10_000
-  c.num_test = 2_000
-  c.image_size = 32
-  c.hf_prob = 0.9  # share of images whose texture is their own class's
-  c.hf_amplitude = 0.04  # amplitude of each of the 2 texture cosines, [0, 1] pixel units
-  # Training augmentation (pipeline.train_batches); the paper uses it only for adversarial training.
-  c.augment = False
-  c.aug_pad = 2  # pixels padded on each side before the random crop back to H x W
-  c.aug_pad_mode = "zero"  # 'zero' or 'reflect'
-  c.aug_flip = True  # random horizontal flip
-  # Any source, applied after loading (`subset`, `shuffled_labels`).
-  c.train_limit = 0  # keep a fixed subset of this many training examples; 0: all
-  c.test_limit = 0  # the same for the test set
-  c.subset_seed = 0  # seed of the permutation that picks those subsets
-  c.shuffle_labels = False  # permute the training labels once (figure 3); test labels stay true
-  c.label_seed = 0  # seed of that permutation
-  return c
-
-
-def _field(data_config, name: str):
-  """Returns data_config.name, or its default when the field is absent."""
-  if name in data_config:
-    return data_config[name]
-  return default_data_config()[name]
-
-
 def check_augment(data_config) -> None:
   """Raises a one-line HfcError if the augmentation fields are invalid."""
-  check_choice("data.aug_pad_mode", _field(data_config, "aug_pad_mode"), PAD_MODES)
-  check_range("data.aug_pad", _field(data_config, "aug_pad"), 0, 64, integer=True)
+  check_choice("data.aug_pad_mode", data_config.aug_pad_mode, PAD_MODES)
+  check_range("data.aug_pad", data_config.aug_pad, 0, 64, integer=True)
 
 
 def _load_arrays(data_config, name: str) -> dict:
   """Returns the dict of arrays (and maybe num_classes) from the source `name`."""
   if name == "embedded":
     arrays = synthetic.generate(
-        seed=_field(data_config, "seed"), num_train=_field(data_config, "num_train"),
-        num_test=_field(data_config, "num_test"), image_size=_field(data_config, "image_size"),
-        hf_prob=_field(data_config, "hf_prob"), hf_amplitude=_field(data_config, "hf_amplitude"))
+        seed=data_config.seed, num_train=data_config.num_train,
+        num_test=data_config.num_test, image_size=data_config.image_size,
+        hf_prob=data_config.hf_prob, hf_amplitude=data_config.hf_amplitude)
     return {**arrays, "num_classes": synthetic.NUM_CLASSES}
   if name == "npz":
-    return npz_source.load_npz(_field(data_config, "path"))
+    return npz_source.load_npz(data_config.path)
   if name == "idx":
-    return idx_source.load_idx(_field(data_config, "path"))
-  return tfds_source.load_tfds(name, _field(data_config, "data_dir"))
+    return idx_source.load_idx(data_config.path)
+  return tfds_source.load_tfds(name, data_config.data_dir)
 
 
 # ---------------------------------------------------------------- checks of the loaded arrays
@@ -153,10 +116,10 @@ def _source(data_config, name: str) -> _Source:
   same = {k: k for k in KEYS}
   if name in ("npz", "idx"):
     names = dict(idx_source.FILES) if name == "idx" else same
-    return _Source(f"data.path={_field(data_config, 'path')!r}", names, "its num_classes key")
+    return _Source(f"data.path={data_config.path!r}", names, "its num_classes key")
   if name == "embedded":
     return _Source("data.name='embedded'", same, "the embedded set")
-  where = f"data.name={name!r}, data.data_dir={_field(data_config, 'data_dir')!r}"
+  where = f"data.name={name!r}, data.data_dir={data_config.data_dir!r}"
   return _Source(where, {k: f"{k} ({k[2:]} split)" for k in KEYS}, "its tfds metadata")
 
 
@@ -215,7 +178,7 @@ def _check_int32(y: np.ndarray, source: _Source, key: str) -> None:
 def _num_classes(ys: dict, meta: int | None, data_config, source: _Source) -> tuple[int, str]:
   """Returns (num_classes, where it comes from): the source's metadata `meta`, else
   data.num_classes, else max label + 1 over both splits (logged)."""
-  wanted = int(_field(data_config, "num_classes"))
+  wanted = int(data_config.num_classes)
   if meta is not None:
     if wanted and wanted != meta:
       raise HfcError(f"data.num_classes={wanted} disagrees with the {meta} classes of "
@@ -309,16 +272,16 @@ def shuffled_labels(y: np.ndarray, seed: int) -> np.ndarray:
   return y[np.random.default_rng(seed).permutation(len(y))]
 
 
-def check_generic(data_config) -> None:
+def check_subset_and_labels(data_config) -> None:
   """Raises a one-line HfcError if the subset or label-shuffle fields are invalid.
 
   (Whether a limit exceeds the examples of the source is checked once they are loaded.)
   """
   for field in ("train_limit", "test_limit", "subset_seed", "label_seed"):
-    check_range(f"data.{field}", _field(data_config, field), 0, None, integer=True)
-  check_range("data.num_classes", _field(data_config, "num_classes"), 0, INT32.max,
+    check_range(f"data.{field}", data_config[field], 0, None, integer=True)
+  check_range("data.num_classes", data_config.num_classes, 0, INT32.max,
               integer=True)
-  check_choice("data.shuffle_labels", _field(data_config, "shuffle_labels"), (False, True))
+  check_choice("data.shuffle_labels", data_config.shuffle_labels, (False, True))
 
 
 def _limit_and_shuffle(arrays: dict, data_config, name: str) -> dict:
@@ -326,14 +289,14 @@ def _limit_and_shuffle(arrays: dict, data_config, name: str) -> dict:
   out = dict(arrays)
   for split, word in (("train", "training"), ("test", "test")):
     x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-    size = _field(data_config, f"{split}_limit")
+    size = data_config[f"{split}_limit"]
     if size > len(x):
       raise HfcError(f"data.{split}_limit={size!r} exceeds the {len(x)} {word} examples of "
                      f"data.name={name!r}; allowed: [0, {len(x)}] (0: all).")
     out[f"x_{split}"], out[f"y_{split}"] = subset(x, y, int(size),
-                                                  _field(data_config, "subset_seed"))
-  if _field(data_config, "shuffle_labels"):
-    out["y_train"] = shuffled_labels(out["y_train"], _field(data_config, "label_seed"))
+                                                  data_config.subset_seed)
+  if data_config.shuffle_labels:
+    out["y_train"] = shuffled_labels(out["y_train"], data_config.label_seed)
   return out
 
 
@@ -345,9 +308,9 @@ def load(data_config) -> Dataset:
       file, a tfds set that is not prepared, an empty split or a label outside
       [0, num_classes).
   """
-  name = check_choice("data.name", _field(data_config, "name"), NAMES)
+  name = check_choice("data.name", data_config.name, NAMES)
   check_augment(data_config)
-  check_generic(data_config)
+  check_subset_and_labels(data_config)
   arrays = _checked(_load_arrays(data_config, name), data_config, _source(data_config, name))
   arrays = _limit_and_shuffle(arrays, data_config, name)
   return Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],

@@ -91,7 +91,7 @@ def from_config(model_config, *, num_classes: int, in_channels: int,
   return create(m.name, num_classes=num_classes, in_channels=in_channels, norm=m.norm,
                 dropout=m.dropout, input_filter=m.input_filter,
                 filter_radius=m.filter_radius, dtype=m.dtype,
-                widths=m.get("widths", ()),  # absent from checkpoints before it existed
+                widths=m.widths,
                 image_size=image_size, seed=seed)
 
 

@@ -1,0 +1,212 @@
+"""Every config field, its default and its meaning: the one place defaults live.
+
+`configs/default.py` (the default experiment) returns this config as it is; every other
+config under `configs/` starts from it and overrides what differs. Package code reads
+fields without defaults of its own: `complete()` fills the fields a config lacks (a
+checkpoint written before a field existed, a hand-written config) from here, so a
+default is written once. `python -m hfc_jax.main --help` lists the fields with the
+comments below.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The default config: the embedded data set, the small CNN with batch-statistic BN."""
+  config = ml_collections.ConfigDict()
+  config.mode = "train"              # What main runs: train | robust_eval | figure2 | kernels
+                                     # | fourier_heatmap | perturbation_spectrum | bands.
+  config.seed = 0                    # Model init, data order, dropout.
+  config.num_devices = ml_collections.config_dict.placeholder(int)  # Mesh size (None: all).
+  config.tensorboard = True          # Write TensorBoard event files.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "embedded"      # embedded | cifar10 | cifar100 | mnist | fashion_mnist | npz
+                                     # | idx (MNIST-format files at data.path)
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir (None: default).
+  config.data.path = ml_collections.config_dict.placeholder(str)  # npz: file; idx: dir.
+  config.data.num_classes = 0  # Classes of an npz/idx set (0: from the data's metadata or inferred).
+  config.data.seed = 0               # Seed of the embedded data set.
+  config.data.num_train = 10000      # Embedded set: training images.
+  config.data.num_test = 2000        # Embedded set: test images.
+  config.data.image_size = 32        # Embedded set: image side in pixels.
+  config.data.hf_prob = 0.9          # Embedded set: share of images carrying their class's texture.
+  config.data.hf_amplitude = 0.04    # Embedded set: amplitude of each texture cosine ([0, 1] units).
+  config.data.augment = False        # Pad-crop + horizontal flip of training images.
+  config.data.aug_pad = 2            # Pixels padded on each side before the random crop.
+  config.data.aug_pad_mode = "zero"  # zero | reflect
+  config.data.aug_flip = True        # Random horizontal flip when augmenting.
+  config.data.rescale = "none"       # Training images: none | per_image_max (the original code).
+  config.data.train_limit = 0        # Keep a fixed subset of the training set (0: all).
+  config.data.test_limit = 0         # Keep a fixed subset of the test set (0: all).
+  config.data.subset_seed = 0        # Seed of the permutation picking those subsets.
+  config.data.shuffle_labels = False  # Permute training labels once (figure 3).
+  config.data.label_seed = 0         # Seed of that label permutation.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "small_cnn"    # small_cnn | plain_cnn | resnet18 | preact_resnet32
+  config.model.norm = "batch_stats"  # none | batch_stats (paper) | batchnorm (running averages)
+  config.model.dropout = 0.0         # Dropout rate before the classifier.
+  config.model.input_filter = "none"  # none | lowpass | highpass input layer.
+  config.model.filter_radius = 0.0   # Radius of that input layer.
+  config.model.dtype = "float32"     # Compute dtype: float32 | bfloat16 (params stay float32).
+  config.model.widths = ()           # Channel widths replacing the model's defaults, e.g.
+                                     # plain_cnn (32, 32, 64, 128): 3 convs + dense; (): default.
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "adam"         # sgd | adam | adamw | adagrad | adadelta | rmsprop
+  config.optim.learning_rate = 1e-3
+  config.optim.schedule = "constant"  # constant | cosine | step
+  config.optim.warmup_epochs = 0.0
+  config.optim.momentum = 0.9        # SGD momentum.
+  config.optim.nesterov = False
+  config.optim.weight_decay = 0.0
+  config.optim.grad_clip_norm = 0.0  # 0: no clipping.
+  config.optim.b1 = 0.9              # Adam's beta1.
+  config.optim.b2 = 0.999            # Adam's beta2.
+  config.optim.rmsprop_momentum = 0.0  # RMSProp momentum.
+  config.optim.decay_at = (0.5, 0.75)  # Schedule 'step': fractions of training where the
+  config.optim.decay_factor = 0.1    # learning rate is multiplied by decay_factor.
+
+  config.train = ml_collections.ConfigDict()
+  config.train.epochs = 6
+  config.train.batch_size = 128      # Global batch, split over all devices.
+  config.train.log_every_steps = 25
+  config.train.prefetch = 2          # Batches placed on devices ahead of the step.
+  config.train.input_component = "original"  # Train on: original | lfc | hfc (table 1).
+  config.train.input_radius = 8.0    # Radius of that LFC/HFC split (eval.inclusive boundary).
+  config.train.mixup_alpha = 0.0     # > 0: mix-up, one lambda ~ Beta(a, a) per batch.
+  config.train.smooth_kernel_weight = 0.0  # > 0: + weight * sum of squared differences of
+                                     # adjacent first-conv kernel values (smooth kernels).
+
+  # Orbax checkpoints in <workdir>/checkpoints/<step>: at each epoch end, every
+  # `every_steps` steps, and at the step where a preemption (SIGTERM) stops the run.
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 500  # Mid-epoch checkpoint interval in steps (0: none).
+  config.checkpoint.keep = 3         # Checkpoints kept (the newest ones).
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.radii = (4, 8, 12, 16)  # LFC/HFC radii, frequency-index units.
+  config.eval.bands = ()             # (r1, r2) annuli also scored each epoch as band_R1_R2
+                                     # (r1 <= dist < r2), e.g. ((0, 4), (4, 8)); (): none.
+  config.eval.inclusive = False      # Disc boundary: dist < r (code) or <= r (paper).
+  config.eval.rescale = "none"       # LFC/HFC images: none | per_image_max (original code).
+  config.eval.batch_size = 500
+  config.eval.train_subset = 2000    # Training images scored per epoch (0: all).
+  config.eval.test_subset = 0        # Test images scored per epoch (0: all).
+  config.eval.robust_subset = 0      # Test images attacked per epoch (0: only with adv).
+  config.eval.robust_steps = 10      # PGD steps of that per-epoch check (step eps/4).
+  config.eval.robust_eps = 8 / 255   # Its L-inf eps.
+
+  # PGD adversarial training (Madry): each step trains on attacked images only.
+  config.adv = ml_collections.ConfigDict()
+  config.adv.enabled = False
+  config.adv.name = "pgd"            # fgsm | pgd (L-inf) | pgd_l2
+  config.adv.eps = 0.03              # L-inf radius, [0, 1] pixel units.
+  config.adv.step_size = 0.003
+  config.adv.steps = 10
+  config.adv.random_start = False
+  config.adv.restarts = 1
+  config.adv.train_mode = False      # Attack the model in training mode (default: eval mode).
+
+  # A sweep runs several variants of this config, each in <workdir>/<run name>
+  # (hfc_jax/sweep.py); `runs` empty: one run in the workdir itself.
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.kind = "generic"      # generic | heuristics | batch_size | optimizers |
+                                     # train_component | shuffled_labels | bn_lfc
+  config.sweep.runs = ()             # Run names, in order.
+  config.sweep.overrides = ml_collections.ConfigDict()  # Run name -> partial config.
+
+  # `--config.mode=robust_eval` on a trained workdir (hfc_jax/analysis/robustness.py).
+  config.robust_eval = ml_collections.ConfigDict()
+  config.robust_eval.eps = (0.03, 0.06, 0.09, 8 / 255)  # L-inf radii of the fixed-eps attacks.
+  config.robust_eval.attacks = ("fgsm", "pgd")
+  config.robust_eval.pgd_steps = 20       # PGD-20, step size eps/4, random start.
+  config.robust_eval.restarts = 1
+  config.robust_eval.num_images = 1000    # Test images evaluated (0: all).
+  config.robust_eval.batch_size = 250
+  config.robust_eval.min_eps_max = 0.1    # Minimal-eps bisection range [0, min_eps_max].
+  config.robust_eval.min_eps_search_steps = 8
+  config.robust_eval.min_eps_pgd_steps = 10
+  config.robust_eval.defence_radii = (4, 8, 12, 16)  # Input low-pass defence radii.
+  config.robust_eval.seed = 0
+
+  # `--config.mode=figure2` on a trained workdir (hfc_jax/analysis/figure2.py): images whose HFC
+  # keeps the prediction while the LFC changes it. Data and split come from the checkpoint.
+  config.figure2 = ml_collections.ConfigDict()
+  config.figure2.radii = (4, 8, 12, 16)  # LFC/HFC radii, frequency-index units.
+  config.figure2.num_images = 0      # First test images analysed (0: the whole test set).
+  config.figure2.batch_size = 500    # Global batch (0: the checkpoint's eval.batch_size).
+  config.figure2.grid_examples = 8   # Examples per radius in figure2.png and the JSON.
+
+  # `--config.mode=kernels` on trained workdirs (hfc_jax/analysis/kernels.py): first-layer
+  # kernel grids, smoothness measures, and the paper's table 2 as a sweep over eq. 3's
+  # rho (and a Fourier low-pass of the kernels), attacks run through the smoothed model.
+  config.kernels = ml_collections.ConfigDict()
+  config.kernels.compare = ()        # Other workdirs (same data set) studied beside this one.
+  config.kernels.rhos = (0.0, 0.1, 0.25, 0.5, 1.0)  # Eq. 3 strengths; 0: as trained.
+  config.kernels.cutoffs = (1.0, 1.2)  # Kernel low-pass cut-offs, DFT-index units (< 1: DC only).
+  config.kernels.show_rho = 1.0      # Rho of the smoothed kernels drawn in kernels_rgb.png.
+  config.kernels.eps = (0.03, 0.06, 0.09, 8 / 255)  # L-inf radii of the attacks.
+  config.kernels.attacks = ("fgsm", "pgd")
+  config.kernels.pgd_steps = 20      # PGD-20, step size eps/4, random start.
+  config.kernels.num_images = 1000   # First test images evaluated (0: all).
+  config.kernels.batch_size = 250
+  config.kernels.seed = 0            # Attack randomness.
+
+  # `--config.mode=perturbation_spectrum` on a trained workdir
+  # (hfc_jax/analysis/perturbation_spectrum.py): the power spectrum of FGSM/PGD
+  # perturbations x_adv - x (robust_eval's attacks) beside that of the clean images.
+  config.perturbation_spectrum = ml_collections.ConfigDict()
+  config.perturbation_spectrum.attacks = ("fgsm", "pgd")
+  config.perturbation_spectrum.eps = 8 / 255  # L-inf radius, [0, 1] pixel units (> 0).
+  config.perturbation_spectrum.pgd_steps = 10  # PGD steps of eps/4, random start.
+  config.perturbation_spectrum.num_images = 1000  # First test images attacked (0: all).
+  config.perturbation_spectrum.batch_size = 250  # Real images per batch.
+  config.perturbation_spectrum.seed = 0  # Attack randomness.
+
+  # `--config.mode=bands` on trained workdirs (hfc_jax/analysis/bands.py): accuracy on
+  # band-pass test images and LFC/HFC accuracy at every integer radius up to the corner.
+  config.bands = ml_collections.ConfigDict()
+  config.bands.bands = ((0, 4), (4, 8), (8, 12), (12, 16), (16, 23))  # (r1, r2) annuli
+                                     # r1 <= dist < r2, frequency-index units.
+  config.bands.compare = ()          # Other workdirs (same test set) scored beside this one.
+  config.bands.num_images = 0        # First test images scored (0: all).
+  config.bands.batch_size = 0        # Real images per batch (0: the checkpoint's
+                                     # eval.batch_size, per model).
+
+  # `--config.mode=fourier_heatmap` on trained workdirs (hfc_jax/analysis/fourier_heatmap.py):
+  # Yin et al. (NeurIPS 2019): test error under clip(x + eps * s * U_ij, 0, 1) for every
+  # Fourier basis image U_ij (unit L2 norm), s = +-1 per image and channel.
+  config.fourier_heatmap = ml_collections.ConfigDict()
+  config.fourier_heatmap.eps = ml_collections.config_dict.placeholder(float)  # L2 norm per
+                                     # channel, [0, 1] units (None: 4 * H / 32, 4 at 32x32).
+  config.fourier_heatmap.num_images = 1000  # First test images perturbed (0: all).
+  config.fourier_heatmap.batch_size = 500  # Real images per batch (0: the run's eval.batch_size).
+  config.fourier_heatmap.frequencies_per_call = 64  # Frequencies scored per jitted call.
+  config.fourier_heatmap.max_radius = 0.0  # Only frequencies with |k| <= this (0: all).
+  config.fourier_heatmap.seed = 0    # Signs: fold_in(fold_in(key(seed), frequency), image).
+  config.fourier_heatmap.compare = ()  # Other workdirs (same test set) drawn beside this one.
+  return config
+
+
+def complete(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
+  """`config` with every field it lacks taken from `get_config()`.
+
+  The config's own values win, and fields the defaults do not know are kept (a later
+  check names them if they are wrong). Used on every config `main` runs and on the config
+  stored in a checkpoint, which lacks the fields added after it was written.
+  """
+  own = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+  return ml_collections.ConfigDict(_merged(get_config().to_dict(), own))
+
+
+def _merged(base: dict, own: dict) -> dict:
+  """`base` updated by `own`, nested dicts merged key by key."""
+  out = dict(base)
+  for key, value in own.items():
+    if isinstance(value, dict) and isinstance(out.get(key), dict) and value:
+      out[key] = _merged(out[key], value)
+    else:
+      out[key] = value
+  return out
