@@ -57,17 +57,24 @@ def preact_resnet32_params(c, k, norm):
   return total + _norm(64, norm) + 64 * k + k
 
 
-def plain_cnn_params(c, k, norm, size=32):
+def plain_cnn_params(c, k, norm, size=32, cells=None):
   widths = (32, 32, 64)
   convs = sum(_conv(3, a, b, bias=True) + _norm(b, norm)
               for a, b in zip((c,) + widths[:-1], widths))
-  features = (size // 4) ** 2 * 64  # two 2x2 max pools: 32 -> 8, 28 -> 7
-  return convs + features * 128 + 128 + 128 * k + k
+  if cells is None:
+    cells = (size // 4) ** 2  # two 2x2 max pools: 32 -> 8, 28 -> 7
+  return convs + cells * 64 * 128 + 128 + 128 * k + k
 
 
-PARAM_FORMULAS = {"small_cnn": small_cnn_params, "resnet18": resnet18_params,
-                  "preact_resnet32": preact_resnet32_params, "plain_cnn": plain_cnn_params}
-FIRST_CONV_FEATURES = {"small_cnn": 16, "resnet18": 64, "preact_resnet32": 16, "plain_cnn": 32}
+PARAM_FORMULAS = {
+    "small_cnn": small_cnn_params, "resnet18": resnet18_params,
+    "preact_resnet32": preact_resnet32_params, "plain_cnn": plain_cnn_params,
+    # three pools: 32 -> 4, 28 -> 4 (ceil); global average pool: 1 cell
+    "plain_cnn_early_pool": lambda c, k, norm, size=32: plain_cnn_params(
+        c, k, norm, cells=(-(-size // 8)) ** 2),
+    "plain_cnn_gap": lambda c, k, norm, size=32: plain_cnn_params(c, k, norm, cells=1)}
+FIRST_CONV_FEATURES = {"small_cnn": 16, "resnet18": 64, "preact_resnet32": 16, "plain_cnn": 32,
+                       "plain_cnn_early_pool": 32, "plain_cnn_gap": 32}
 
 
 def test_formulas_match_known_counts():
@@ -88,8 +95,8 @@ def test_shapes_and_param_counts(name, norm):
     assert np.all(np.isfinite(logits))
     params = nnx.state(model, nnx.Param)
     expected = PARAM_FORMULAS[name](shape[-1], classes, norm)
-    if name == "plain_cnn":
-      expected = plain_cnn_params(shape[-1], classes, norm, size=shape[1])
+    if name.startswith("plain_cnn"):
+      expected = PARAM_FORMULAS[name](shape[-1], classes, norm, size=shape[1])
     assert _count(params) == expected
     kernel = models.first_conv_kernel(params)
     assert kernel.shape == (3, 3, shape[-1], FIRST_CONV_FEATURES[name])

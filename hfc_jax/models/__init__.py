@@ -32,9 +32,12 @@ from hfc_jax.models import layers
 from hfc_jax.models import plain_cnn, preact_resnet, resnet, small_cnn
 
 MODELS = {"small_cnn": small_cnn.SmallCNN, "plain_cnn": plain_cnn.PlainCNN,
+          "plain_cnn_early_pool": plain_cnn.PlainCNNEarlyPool,
+          "plain_cnn_gap": plain_cnn.PlainCNNGlobalPool,
           "resnet18": resnet.ResNet18, "preact_resnet32": preact_resnet.PreActResNet32}
 # Each model's default widths: what `model.widths` (when not empty) replaces, entry by entry.
 DEFAULT_WIDTHS = {"small_cnn": small_cnn.WIDTHS, "plain_cnn": plain_cnn.WIDTHS,
+                  "plain_cnn_early_pool": plain_cnn.WIDTHS, "plain_cnn_gap": plain_cnn.WIDTHS,
                   "resnet18": resnet.WIDTHS, "preact_resnet32": preact_resnet.WIDTHS}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -12,6 +12,11 @@ after its first conv), and its classifier sees where features are (`small_cnn` a
 them over the image). The flattened head makes the parameter count depend on the image
 size, so the model is built for one size (`image_size`, (height, width)).
 Convs and dense layers carry a bias; kernels use He-normal init.
+
+Two ablations, each changing one of those two places, are models of their own
+(`models.MODELS`): `plain_cnn_early_pool` max-pools after the first conv too (as
+small_cnn does), and `plain_cnn_gap` averages the features over the image before the
+dense head (global average pooling, as small_cnn does).
 """
 
 from collections.abc import Sequence
@@ -27,10 +32,10 @@ from hfc_jax.models.small_cnn import ConvNormRelu
 WIDTHS = (32, 32, 64, 128)  # conv1, conv2, conv3, hidden dense units
 
 
-def feature_size(image_size: Sequence[int]) -> tuple[int, int]:
-  """(height, width) of the features the head sees: two 2x2 'SAME' max pools, so
-  ceil(ceil(s / 2) / 2) = ceil(s / 4) per side (28 -> 7, 32 -> 8)."""
-  height, width = ((int(s) + 3) // 4 for s in image_size)
+def feature_size(image_size: Sequence[int], pools: int = 2) -> tuple[int, int]:
+  """(height, width) of the features after `pools` 2x2 'SAME' max pools: ceil(s / 2^pools)
+  per side (two pools: 28 -> 7, 32 -> 8)."""
+  height, width = (-(-int(s) // 2 ** pools) for s in image_size)
   return height, width
 
 
@@ -42,8 +47,10 @@ class PlainCNN(nnx.Module):
   def __init__(self, *, num_classes: int, in_channels: int, image_size: Sequence[int],
                norm: str = "none", dropout: float = 0.0, input_filter: str = "none",
                filter_radius: float = 0.0, dtype: Any = jnp.float32,
-               widths: Sequence[int] = WIDTHS, rngs: nnx.Rngs):
+               widths: Sequence[int] = WIDTHS, early_pool: bool = False,
+               global_pool: bool = False, rngs: nnx.Rngs):
     c1, c2, c3, hidden = widths
+    self.early_pool, self.global_pool = early_pool, global_pool
     self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
     self.first_conv = nnx.Conv(in_channels, c1, (3, 3), padding="SAME", dtype=dtype,
                                kernel_init=nnx.initializers.he_normal(),
@@ -51,8 +58,9 @@ class PlainCNN(nnx.Module):
     self.first_norm = layers.make_norm(norm, c1, dtype=dtype, rngs=rngs)
     self.conv2 = ConvNormRelu(c1, c2, norm=norm, dtype=dtype, rngs=rngs)
     self.conv3 = ConvNormRelu(c2, c3, norm=norm, dtype=dtype, rngs=rngs)
-    height, width = feature_size(image_size)
-    self.hidden = nnx.Linear(height * width * c3, hidden, dtype=dtype,
+    height, width = feature_size(image_size, 3 if early_pool else 2)
+    features = c3 if global_pool else height * width * c3
+    self.hidden = nnx.Linear(features, hidden, dtype=dtype,
                              kernel_init=nnx.initializers.he_normal(), rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
     self.head = nnx.Linear(hidden, num_classes, dtype=dtype, rngs=rngs)
@@ -63,7 +71,26 @@ class PlainCNN(nnx.Module):
     logits (N, num_classes). `mask`: optional (N,) float, 1 real and 0 padding rows."""
     x = self.input_filter(x, train=train)
     x = jax.nn.relu(self.first_norm(self.first_conv(x), train=train, mask=mask))
+    if self.early_pool:
+      x = pooling.max_pool_2x2(x)
     x = pooling.max_pool_2x2(self.conv2(x, train=train, mask=mask))
     x = pooling.max_pool_2x2(self.conv3(x, train=train, mask=mask))
-    x = jax.nn.relu(self.hidden(x.reshape(x.shape[0], -1)))
+    x = layers.global_avg_pool(x) if self.global_pool else x.reshape(x.shape[0], -1)
+    x = jax.nn.relu(self.hidden(x))
     return layers.classifier_head(x, self.dropout, self.head, train=train, rngs=rngs)
+
+
+class PlainCNNEarlyPool(PlainCNN):
+  """plain_cnn with a 2x2 max pool after the first conv as well: one conv at full
+  resolution, as in small_cnn."""
+
+  def __init__(self, **kwargs):
+    super().__init__(early_pool=True, **kwargs)
+
+
+class PlainCNNGlobalPool(PlainCNN):
+  """plain_cnn whose dense head sees the features averaged over the image (global
+  average pooling, as in small_cnn), not where they are."""
+
+  def __init__(self, **kwargs):
+    super().__init__(global_pool=True, **kwargs)
