@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "small_cnn"    # small_cnn | plain_cnn | resnet18 | preact_resnet32
+                                     # | plain_cnn_early_pool | plain_cnn_gap (ablations).
   config.model.norm = "batch_stats"  # none | batch_stats (paper) | batchnorm (running averages)
   config.model.dropout = 0.0         # Dropout rate before the classifier.
   config.model.input_filter = "none"  # none | lowpass | highpass input layer.

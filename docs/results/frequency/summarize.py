@@ -4,7 +4,7 @@ r"""The tables of docs/results.md's "Beyond the paper" section, from the analyse
       MODE_DIR [MODE_DIR ...]
 
 Each MODE_DIR is a `<workdir>/fourier_heatmap`, `<workdir>/bands` or
-`<workdir>/perturbation_spectrum` directory written by `python -m hfc_jax.main
+`<workdir>/perturbation_spectrum` directory (or a copy of one) written by `python -m hfc_jax.main
 --config.mode=...`. Prints one Markdown table per analysis kind, each headed by the data
 set and the commit and command in the directory's provenance.json, and writes the
 numbers as JSON. Reads only those files (no JAX).
@@ -25,6 +25,8 @@ import os
 import numpy as np
 
 RINGS = ((0, 4), (4, 8), (8, 12), (12, 16), (16, None))
+KINDS = {"fourier_heatmap": "heatmap.json", "bands": "bands.json",
+         "perturbation_spectrum": "spectrum.json"}   # the analysis a directory holds
 
 
 def _load(directory: str, name: str) -> dict:
@@ -101,11 +103,12 @@ def main() -> None:
   args = parser.parse_args()
   summary = []
   for directory in args.dirs:
-    kind = os.path.basename(os.path.normpath(directory))
+    kind = next((k for k, f in KINDS.items() if os.path.exists(os.path.join(directory, f))),
+                None)
     print(f"\n{directory}: made by {_made_by(directory)}\n")
     if kind == "fourier_heatmap":
       rows = heatmap_rows(directory)
-      header = ["model", "clean error"] + [f"[{a}, {b if b else 'corner'}]" for a, b in RINGS]
+      header = ["model", "clean error"] + [f"[{a}, {b})" if b else f"[{a}, corner]" for a, b in RINGS]
       print(_table(header, [[r["model"], f"{r['clean_error']:.3f}"]
                             + [f"{v:.3f}" for v in r["rings"]] for r in rows]))
       summary.append({"dir": directory, "kind": kind, "rows": rows})
