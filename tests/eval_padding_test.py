@@ -64,7 +64,9 @@ def test_masked_padded_logits_equal_the_unpadded_logits(name):
   logits = jax.jit(functional.logits)
   plain = np.asarray(logits(params, state, x))
   masked = np.asarray(logits(params, state, padded, mask))
-  np.testing.assert_allclose(masked[:6], plain, atol=1e-5, rtol=1e-5)
+  # atol 5e-5: jaxlib 0.12 rounds resnet18's two batch-statistic passes differently
+  # (measured 1.7e-5); the unmasked result below is 1e-3 or more away.
+  np.testing.assert_allclose(masked[:6], plain, atol=5e-5, rtol=1e-5)
   zero_padded = np.asarray(logits(params, state, padded))
   assert np.abs(zero_padded[:6] - plain).max() > 1e-3   # the old, unmasked result
 

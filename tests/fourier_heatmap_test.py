@@ -193,7 +193,8 @@ def test_a_lowpass_model_ignores_every_frequency_outside_its_disc(workdirs):
   trained = common.restore(workdirs["bn"][0], mesh=mesh)
   cfg = trained.config.copy_and_resolve_references()
   cfg.model.input_filter, cfg.model.filter_radius = "lowpass", radius
-  lowpass, _, _ = common.abstract_model(cfg, trained.num_classes, trained.channels)
+  lowpass, _, _ = common.abstract_model(cfg, trained.num_classes, trained.channels,
+                                       trained.image_size)
   x, y, _ = common.load_test_set(trained, 24)
   x = 0.25 + 0.5 * x.astype(np.float32) / 255.0
   peak = max(float(np.abs(fourier_heatmap.basis_image(f, SIZE, SIZE)).max())
