@@ -43,6 +43,15 @@ def _made_by(directory: str) -> str:
   return f"commit {commit}, jax {p['versions'].get('jax')}: `{p['command']}`"
 
 
+def label(model: dict) -> str:
+  """'<parent dir>/<run>' for a run inside a sweep dir (`fig5_plain_cnn_s0/vanilla`), so
+  that runs of the same name from several sweeps stay apart; else the run's name."""
+  workdir = str(model.get("workdir") or "").rstrip("/")
+  parent = os.path.basename(os.path.dirname(workdir))
+  name = model.get("name") or os.path.basename(workdir)
+  return f"{parent}/{name}" if parent and parent != "workdirs" else name
+
+
 def distances(height: int, width: int) -> np.ndarray:
   """Distance of every cell of the centred (H, W) spectrum from its centre."""
   i = np.arange(height)[:, None] - height // 2
@@ -60,7 +69,7 @@ def heatmap_rows(directory: str) -> list[dict]:
     for r1, r2 in RINGS:
       inside = (dist >= r1) & (dist < (r2 if r2 is not None else np.inf))
       ring_means.append(float(errors[inside].mean()))
-    rows.append({"model": model.get("name") or model.get("workdir"),
+    rows.append({"model": label(model),
                  "clean_error": float(model["clean_error"]), "rings": ring_means,
                  "max_error": float(errors.max())})
   return rows
@@ -68,7 +77,7 @@ def heatmap_rows(directory: str) -> list[dict]:
 
 def bands_rows(directory: str) -> tuple[list, list[dict]]:
   d = _load(directory, "bands.json")
-  return d["bands"], [{"model": m["name"], "clean": m["clean"], "bands": m["bands"]}
+  return d["bands"], [{"model": label(m), "clean": m["clean"], "bands": m["bands"]}
                       for m in d["models"]]
 
 
