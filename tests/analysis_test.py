@@ -156,3 +156,13 @@ def test_a_model_without_a_first_conv_is_named(workdirs):
   params = {k: v for k, v in trained.params.items() if k != "first_conv"}
   with pytest.raises(errors.HfcError, match="model 'small_cnn' has no first conv"):
     smoothness.first_conv_of(params, model="small_cnn")
+
+
+def test_display_names_tell_workdirs_apart():
+  assert common.display_names(["w/a", "w/b"]) == ["a", "b"]
+  assert common.display_names(["fig5_small_s0/vanilla", "gs://b/fig5_plain_s0/vanilla/"]) == [
+      "fig5_small_s0/vanilla", "fig5_plain_s0/vanilla"]
+  assert common.display_names(["x/s0/vanilla", "y/s0/vanilla"]) == ["x/s0/vanilla",
+                                                                   "y/s0/vanilla"]
+  assert common.display_names(["/runs/one"]) == ["one"]
+  assert common.display_names(["w/run", "w/run/"]) == ["run", "run"]   # the same workdir

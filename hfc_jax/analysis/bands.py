@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from absl import logging
 from matplotlib.figure import Figure
 
-from hfc_jax import errors, evaluate, fileio, frequency, markdown, sharding
+from hfc_jax import errors, evaluate, frequency, markdown, sharding
 from hfc_jax.analysis import common
 
 MODE = "bands"
@@ -70,7 +70,7 @@ def score_model(workdir: str, trained: common.Trained, x, y, *, bands, radii, me
                    evaluate.variant_names(radii, bands))
   logging.info("%s: clean %.4f, bands %s", workdir, acc["clean"],
                [round(acc[evaluate.band_name(*b)], 4) for b in bands])
-  return {"workdir": workdir, "name": fileio.basename(workdir), "epoch": trained.epoch,
+  return {"workdir": workdir, "name": trained.name, "epoch": trained.epoch,
           "step": trained.step, "inclusive": inclusive, "rescale": rescale,
           "batch_size": batch_size, "clean": acc["clean"],
           "bands": [acc[evaluate.band_name(*b)] for b in bands],

@@ -41,6 +41,7 @@ class Trained:
   channels: int
   image_size: int | None     # image side the model was built for (None: written before
                              # checkpoints recorded it; only plain_cnn needs it)
+  name: str = ""             # what tables and figures call it (`display_names`)
 
   @property
   def epoch(self) -> int:
@@ -91,7 +92,8 @@ def restore(workdir: str, step: int | None = None, *, mesh=None) -> Trained:
     steps = [step] if step is not None else list(reversed(ckpt.all_steps()))
     for i, candidate in enumerate(steps):
       try:
-        return _restore_step(ckpt, candidate, sharding.replicated(mesh or cpu_mesh()))
+        return _restore_step(ckpt, candidate, sharding.replicated(mesh or cpu_mesh()),
+                             fileio.basename(workdir))
       except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
         if step is not None or i == len(steps) - 1:
           raise errors.HfcError(f"workdir={workdir!r}: checkpoint {candidate} cannot be "
@@ -102,7 +104,8 @@ def restore(workdir: str, step: int | None = None, *, mesh=None) -> Trained:
     ckpt.close()
 
 
-def _restore_step(ckpt: checkpointing.Checkpointer, step: int, placed) -> Trained:
+def _restore_step(ckpt: checkpointing.Checkpointer, step: int, placed, name: str
+                  ) -> Trained:
   meta = ckpt.restore_meta(step)
   config = defaults.complete(meta["config"])   # + fields added since it was written
   functional, params, model_state = abstract_model(
@@ -112,7 +115,7 @@ def _restore_step(ckpt: checkpointing.Checkpointer, step: int, placed) -> Traine
   state = ckpt.restore_partial(checkpointing.abstract_like(item, placed), step)
   return Trained(functional, state["params"], state["model_state"], config,
                  meta["history"], int(state["step"]), meta["num_classes"],
-                 meta["channels"], meta.get("image_size"))
+                 meta["channels"], meta.get("image_size"), name)
 
 
 # Data fields that change only the training images, not the test set a study scores.
@@ -151,7 +154,23 @@ def restore_compared(workdir: str, compare, *, field: str, mesh) -> list[tuple[s
     except errors.HfcError as e:
       raise errors.HfcError(f"{field}: {e}") from None
   check_same_test_set(models, field)
-  return models
+  names = display_names([w for w, _ in models])
+  return [(w, dataclasses.replace(t, name=n)) for (w, t), n in zip(models, names)]
+
+
+def display_names(workdirs: list[str]) -> list[str]:
+  """The shortest path endings that tell `workdirs` apart: their basenames, or as many
+  trailing components as it takes when two share one (`fig5_small_cnn_s0/vanilla` and
+  `fig5_plain_cnn_s0/vanilla`, not `vanilla` twice). The same workdir twice gets the
+  same name."""
+  paths = [str(w).rstrip("/") for w in workdirs]
+  distinct = sorted(set(paths))
+  parts = {p: p.split("/") for p in distinct}
+  for depth in range(1, max(len(p) for p in parts.values()) + 1):
+    names = {p: "/".join(parts[p][-depth:]) for p in distinct}
+    if len(set(names.values())) == len(distinct):
+      return [names[p] for p in paths]
+  return paths
 
 
 def load_test_set(trained: Trained, num_images: int = 0, *, field: str = ""

@@ -56,7 +56,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
-from hfc_jax import errors, evaluate, fileio, sharding
+from hfc_jax import errors, evaluate, sharding
 from hfc_jax.analysis import common
 
 MODE = "fourier_heatmap"
@@ -283,7 +283,7 @@ def run(config, workdir: str) -> dict:
 def _entry(workdir: str, trained: common.Trained, result: dict) -> dict:
   """One model's part of heatmap.json: NaN (not computed) becomes null."""
   nested = lambda a: [[None if math.isnan(v) else float(v) for v in row] for row in a]
-  return {"workdir": workdir, "name": fileio.basename(workdir), "epoch": trained.epoch,
+  return {"workdir": workdir, "name": trained.name, "epoch": trained.epoch,
           "step": trained.step, "radii": [float(r) for r in trained.config.eval.radii],
           "clean_error": result["clean_error"], "clean_loss": result["clean_loss"],
           "frequencies": result["frequencies"], "seconds": result["seconds"],

@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 from matplotlib.figure import Figure
 
-from hfc_jax import errors, fileio, markdown, sharding, smoothness
+from hfc_jax import errors, markdown, sharding, smoothness
 from hfc_jax.analysis import common, robustness
 
 MODE = "kernels"
@@ -135,7 +135,7 @@ def run(config, workdir: str) -> dict:
              "pgd_steps": kc.pgd_steps, "num_images": int(len(x)), "models": []}
   for w, trained in models:
     results["models"].append({
-        "workdir": w, "name": fileio.basename(w), "model": trained.config.model.name,
+        "workdir": w, "name": trained.name, "model": trained.config.model.name,
         "norm": trained.config.model.norm, "step": trained.step, "epoch": trained.epoch,
         "measures": measure(trained, variant_list),
         "sweep": sweep(trained, placed, settings, variant_list, mesh)})
@@ -201,8 +201,8 @@ def filter_figure(models: list[tuple[str, common.Trained]], show: Variant) -> Fi
     model = trained.config.model.name
     kernel = smoothness.first_conv_of(trained.params, model=model)
     smoothed = smoothness.first_conv_of(show.apply(trained.params, model), model=model)
-    rows += [(f"{fileio.basename(w)}: as trained", kernel),
-             (f"{fileio.basename(w)}: {show.name}", smoothed)]
+    rows += [(f"{trained.name}: as trained", kernel),
+             (f"{trained.name}: {show.name}", smoothed)]
   fig = Figure(figsize=(12, 0.9 * len(rows) + 0.6))
   for i, (title, kernel) in enumerate(rows):
     ax = fig.add_subplot(len(rows), 1, i + 1)
@@ -218,7 +218,7 @@ def filter_figure(models: list[tuple[str, common.Trained]], show: Variant) -> Fi
 
 def channel_figure(models: list[tuple[str, common.Trained]]) -> Figure:
   """Every filter per input channel, one colour scale per model (red +, blue -)."""
-  kernels = [(fileio.basename(w), np.asarray(smoothness.first_conv_of(
+  kernels = [(t.name, np.asarray(smoothness.first_conv_of(
       t.params, model=t.config.model.name))[..., :MAX_FILTERS]) for w, t in models]
   rows = sum(k.shape[2] for _, k in kernels)
   filters = max(k.shape[3] for _, k in kernels)
