@@ -7,7 +7,7 @@ Each MODE_DIR is a `<workdir>/fourier_heatmap`, `<workdir>/bands` or
 `<workdir>/perturbation_spectrum` directory (or a copy of one) written by `python -m hfc_jax.main
 --config.mode=...`. Prints one Markdown table per analysis kind, each headed by the data
 set and the commit and command in the directory's provenance.json, and writes the
-numbers as JSON. Reads only those files (no JAX).
+numbers as JSON. Reads only those files (no JAX; the tables are hfc_jax.markdown's).
 
 - Fourier heat map: the mean test error over the frequencies (i, j) whose distance from
   the centre of the spectrum falls in each ring [0, 4), [4, 8), [8, 12), [12, 16),
@@ -23,6 +23,8 @@ import json
 import os
 
 import numpy as np
+
+from hfc_jax import markdown
 
 RINGS = ((0, 4), (4, 8), (8, 12), (12, 16), (16, None))
 KINDS = {"fourier_heatmap": "heatmap.json", "bands": "bands.json",
@@ -99,12 +101,6 @@ def spectrum_row(directory: str) -> dict:
   return row
 
 
-def _table(header, rows) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(r) + " |" for r in rows]
-  return "\n".join(lines)
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("dirs", nargs="+")
@@ -118,13 +114,13 @@ def main() -> None:
     if kind == "fourier_heatmap":
       rows = heatmap_rows(directory)
       header = ["model", "clean error"] + [f"[{a}, {b})" if b else f"[{a}, corner]" for a, b in RINGS]
-      print(_table(header, [[r["model"], f"{r['clean_error']:.3f}"]
+      print(markdown.table(header, [[r["model"], f"{r['clean_error']:.3f}"]
                             + [f"{v:.3f}" for v in r["rings"]] for r in rows]))
       summary.append({"dir": directory, "kind": kind, "rows": rows})
     elif kind == "bands":
       bands, rows = bands_rows(directory)
       header = ["model", "clean"] + [f"[{a:g}, {b:g})" for a, b in bands]
-      print(_table(header, [[r["model"], f"{r['clean']:.3f}"]
+      print(markdown.table(header, [[r["model"], f"{r['clean']:.3f}"]
                             + [f"{v:.3f}" for v in r["bands"]] for r in rows]))
       summary.append({"dir": directory, "kind": kind, "bands": bands, "rows": rows})
     elif kind == "perturbation_spectrum":
@@ -135,7 +131,7 @@ def main() -> None:
                + [f"{row[name]['share_outside'][r]:.3f}" for r in row["radii"]]
                for name in ("clean", "fgsm", "pgd") if name in row]
       lines.append(["white noise", ""] + [f"{row['white'][r]:.3f}" for r in row["radii"]])
-      print(_table(header, lines))
+      print(markdown.table(header, lines))
       summary.append({"dir": directory, "kind": kind, **row})
   with open(args.out, "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1)
