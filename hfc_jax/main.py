@@ -30,7 +30,6 @@ from ml_collections import config_flags
 from hfc_jax import analysis, defaults, errors, fileio, xla_flags
 
 
-
 def load_config_source(module_name: str, module_path: str) -> types.ModuleType:
   """Loads a config file as a module with `exec_module`.
 

@@ -342,7 +342,8 @@ def _closing(workdir: str, history: list[dict], seconds: float) -> None:
   plots.save(plots.panel_figure({fileio.basename(workdir): history}), figure)
   last = history[-1]
   print(f"hfc_jax: done in {records.duration(seconds)}: {last['epoch']} epochs, test clean "
-        f"accuracy {last.get('test/clean') or float('nan'):.4f}. Metrics: {fileio.join(workdir, workdirs.METRICS)}; "
+        f"accuracy {last.get('test/clean') or float('nan'):.4f}. "
+        f"Metrics: {fileio.join(workdir, workdirs.METRICS)}; "
         f"figure: {figure}; checkpoints: {checkpointing.checkpoint_dir(workdir)}; "
         f"TensorBoard: {fileio.join(workdir, workdirs.TENSORBOARD)}", flush=True)
 

@@ -2,9 +2,10 @@
 
 Every model is an `nnx.Module` built as
 `Model(*, num_classes, in_channels, norm, dropout, input_filter, filter_radius, dtype,
-widths, rngs)` (plus `image_size` for a model whose `needs_image_size` is set, as plain_cnn's
-flattened head) and called as `model(x, train=..., rngs=..., mask=...)`, mapping NHWC float32 images in
-[0, 1] (any size, any channel count) to float32 logits (N, num_classes). `rngs` is only
+widths, rngs)` (plus `image_size` for a model whose `needs_image_size` is set, as
+plain_cnn's flattened head) and called as `model(x, train=..., rngs=..., mask=...)`,
+mapping NHWC float32 images in [0, 1] (any size, any channel count) to float32 logits
+(N, num_classes). `rngs` is only
 needed for dropout with train=True; `mask` (N,) float, 1 real and 0 padding rows, keeps the
 padding of an evaluation batch out of the batch statistics ('batch_stats'). Models store
 no `nnx.Rngs`, so `nnx.split(model, nnx.Param, nnx.BatchStat)` gives exactly the
@@ -13,7 +14,8 @@ parameters and the running statistics.
 The first conv layer, the one the paper analyses and smooths, is the attribute
 `first_conv` of every model: its HWIO kernel is `params['first_conv']['kernel']`
 (shape (3, 3, C, 16) for preact_resnet32, (3, 3, C, 64) for resnet18, (3, 3, C, 16)
-for small_cnn and (3, 3, C, 32) for plain_cnn); `first_conv_kernel` reads it from a model, a State or a pure dict.
+for small_cnn and (3, 3, C, 32) for plain_cnn); `first_conv_kernel` reads it from a
+model, a State or a pure dict.
 
 Norms ('model.norm'): 'none' (the paper's vanilla), 'batch_stats' (the paper's BN: batch
 statistics in train and eval, fixed gamma = 1, beta = 0, eps = 1e-3) and 'batchnorm'
