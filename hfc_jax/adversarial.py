@@ -89,7 +89,7 @@ def attack_eval_step(params, model_state, images, labels, mask, key, *, logits_f
   """Accuracy under attack of one (padded) batch.
 
   `attack(logits_fn, x, labels, key) -> adversarial x` runs entirely on device
-  (e.g. `functools.partial(attacks.attack, 'pgd', eps=..., step_size=..., steps=...)`).
+  (e.g. `functools.partial(attacks.eval_attack, 'pgd', eps=..., steps=...)`).
   The mask is bound into the model, so the attack's forward passes also normalise over
   the real rows only. Returns {'correct': count of images still classified right,
   'count': real images}.
@@ -97,8 +97,9 @@ def attack_eval_step(params, model_state, images, labels, mask, key, *, logits_f
   x = evaluate.to_float(images)
   model = functools.partial(logits_fn, params, model_state, mask=mask)
   adv = attack(model, x, labels, key=key)
-  hits = (jnp.argmax(model(adv), axis=-1) == labels).astype(jnp.float32)
-  return {"correct": jnp.sum(hits * mask), "count": jnp.sum(mask)}
+  return {"correct": evaluate.hits(params, model_state, adv, labels, mask,
+                                   logits_fn=logits_fn),
+          "count": jnp.sum(mask)}
 
 
 def make_attack_eval_fn(logits_fn, mesh, attack):

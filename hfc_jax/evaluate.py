@@ -97,6 +97,13 @@ def sharded_variants_fn(mesh, radii: Sequence[float], *, inclusive: bool, rescal
   return jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=out_spec)
 
 
+def hits(params, model_state, x, labels, mask, *, logits_fn):
+  """Correctly classified images of a (padded) batch, counted over the real rows
+  (`mask` 1): float32 scalar. The mask also keeps padding out of batch statistics."""
+  pred = jnp.argmax(logits_fn(params, model_state, x, mask=mask), axis=-1)
+  return jnp.sum((pred == labels).astype(jnp.float32) * mask)
+
+
 def make_eval_fn(logits_fn, mesh, *, radii, inclusive: bool, rescale: str,
                  bands: Sequence[tuple[float, float]] = ()):
   """Jits `eval_step` for a mesh: replicated variables, batch-sharded inputs; the

@@ -17,13 +17,13 @@ import numpy as np
 import optax
 from absl import logging
 
-from hfc_jax import adversarial, checkpointing, errors, evaluate, fileio, frequency, lock
+from hfc_jax import adversarial, checkpointing, evaluate, fileio, frequency, lock
 from hfc_jax import models
 from hfc_jax import optimizers, plots, preemption, provenance, records, resume, sharding
 from hfc_jax import progress as progress_lib
 from hfc_jax import smoothness
 from hfc_jax import transforms
-from hfc_jax import workdirs
+from hfc_jax import validation, workdirs
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 from hfc_jax.models.functional import Functional
@@ -168,32 +168,6 @@ def make_config_train_step(config: ml_collections.ConfigDict, functional: Functi
 
 
 # ---------------------------------------------------------------------------
-# Validation of the parts of the config that depend on the data
-# ---------------------------------------------------------------------------
-def check_config(config: ml_collections.ConfigDict, dataset, mesh) -> None:
-  """One-line HfcErrors for values that are wrong for this data or these devices."""
-  size = dataset.image_size
-  for r in config.eval.radii:
-    frequency.check_radius(r, size, size, field="eval.radii")
-  frequency.check_bands(config.eval.bands, size, size, field="eval.bands")
-  if config.model.input_filter != "none":
-    frequency.check_radius(config.model.filter_radius, size, size,
-                           field="model.filter_radius")
-  sharding.check_batch_size("train.batch_size", config.train.batch_size, mesh)
-  sharding.padded_batch_size("eval.batch_size", config.eval.batch_size, mesh)
-  if config.train.batch_size > len(dataset.x_train):
-    raise errors.HfcError(
-        f"train.batch_size={config.train.batch_size} exceeds the "
-        f"{len(dataset.x_train)} training images.")
-  errors.check_range("train.epochs", config.train.epochs, 1, None, integer=True)
-  errors.check_range("train.smooth_kernel_weight", config.train.smooth_kernel_weight, 0)
-  errors.check_range("checkpoint.every_steps", config.checkpoint.every_steps, 0, None,
-                     integer=True)
-  errors.check_range("checkpoint.keep", config.checkpoint.keep, 2, None, integer=True)
-  transforms.check_config(config.train, size)
-
-
-# ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -226,7 +200,7 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
   # ----- Set up mesh and data ----------------------------------------------
   mesh = mesh or sharding.make_mesh(config.num_devices)
   dataset = data_lib.load(config.data)
-  check_config(config, dataset, mesh)
+  validation.check_with_data(config, dataset, mesh)
   adversary = adversarial.Adversary.from_config(config.adv)
   tc, ec = config.train, config.eval
   steps_per_epoch = pipeline.num_train_steps(len(dataset.x_train), tc.batch_size)

@@ -4,12 +4,13 @@ data load and a compile, and leaves no empty workdir behind).
 
 Each failure is one HfcError line naming the exact config path and what is allowed.
 Checks that need the data (a radius against the image size of an npz set, a batch
-against the training set size, the device count) run again when the data is loaded.
+against the training set size, the mesh) are `check_with_data`, run when the data is
+loaded.
 """
 
 import ml_collections
 
-from hfc_jax import errors, frequency, models, optimizers, transforms
+from hfc_jax import errors, frequency, models, optimizers, sharding, transforms
 from hfc_jax.models import layers
 
 # Image side of the data sets whose size is known without loading them.
@@ -81,6 +82,26 @@ def check_training(config: ml_collections.ConfigDict, size: int | None) -> None:
   errors.check_range("checkpoint.keep", config.checkpoint.keep, 2, None, integer=True)
   errors.check_choice("data.rescale", config.data.rescale, RESCALES)
   optimizers.make_optimizer(config.optim, 1, tc.epochs)   # checks every optim.* field
+
+
+def check_with_data(config: ml_collections.ConfigDict, dataset, mesh) -> None:
+  """The checks that need the loaded `dataset` (its image size and training set) and
+  the `mesh`, plus the training fields again (`train_and_evaluate` may be called
+  without `check`): one-line HfcErrors for values wrong for this data or these devices."""
+  size = dataset.image_size
+  for r in config.eval.radii:
+    frequency.check_radius(r, size, size, field="eval.radii")
+  frequency.check_bands(config.eval.bands, size, size, field="eval.bands")
+  if config.model.input_filter != "none":
+    frequency.check_radius(config.model.filter_radius, size, size,
+                           field="model.filter_radius")
+  sharding.check_batch_size("train.batch_size", config.train.batch_size, mesh)
+  sharding.padded_batch_size("eval.batch_size", config.eval.batch_size, mesh)
+  if config.train.batch_size > len(dataset.x_train):
+    raise errors.HfcError(
+        f"train.batch_size={config.train.batch_size} exceeds the "
+        f"{len(dataset.x_train)} training images.")
+  check_training(config, size)
 
 
 def check_eval(ec: ml_collections.ConfigDict, size: int | None) -> None:

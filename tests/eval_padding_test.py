@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from configs import default, presets
-from hfc_jax import attacks, errors, evaluate, frequency, models, sharding, sweep, train
+from hfc_jax import attacks, errors, evaluate, frequency, models, sharding, sweep, validation
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 from hfc_jax.models import layers
@@ -155,7 +155,7 @@ def test_evaluate_is_the_same_on_any_mesh_and_equals_the_unpadded_reference():
     fn = evaluate.make_eval_fn(logits_fn, mesh, radii=radii, inclusive=False,
                                rescale="none")
     scores = evaluate.variant_accuracies(fn, params, state, x, y, mesh=mesh, batch_size=500,
-                               radii=radii)
+                                         radii=radii)
     return np.array([scores[n] for n in evaluate.variant_names(radii)]) * 900
 
   for k in (1, 2, 4, 8):
@@ -207,7 +207,7 @@ def test_every_shipped_config_passes_its_checks_on_any_device_count(devices):
       section, name = field.split(".")
       assert sharding.padded_batch_size(field, config[section][name], mesh) % devices == 0
     try:
-      train.check_config(config, _stand_in_dataset(config), mesh)
+      validation.check_with_data(config, _stand_in_dataset(config), mesh)
     except errors.HfcError as e:
       raise AssertionError(f"{label} on {devices} devices: {e}") from None
 
@@ -216,10 +216,10 @@ def test_default_eval_config_is_accepted_on_8_devices_and_a_bad_train_batch_is_n
   config = default.get_config()
   dataset = _stand_in_dataset(config)
   mesh = sharding.make_mesh(8)
-  train.check_config(config, dataset, mesh)            # eval.batch_size=500 on 8 devices
+  validation.check_with_data(config, dataset, mesh)            # eval.batch_size=500 on 8 devices
   config.train.batch_size = 100
   with pytest.raises(errors.HfcError) as e:
-    train.check_config(config, dataset, mesh)
+    validation.check_with_data(config, dataset, mesh)
   assert str(e.value).startswith("train.batch_size=100 must be a positive multiple")
   assert "\n" not in str(e.value)
 

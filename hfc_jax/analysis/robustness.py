@@ -29,7 +29,7 @@ import numpy as np
 from absl import logging
 from matplotlib.figure import Figure
 
-from hfc_jax import attacks, errors, frequency, markdown, records, sharding
+from hfc_jax import attacks, errors, evaluate, frequency, markdown, records, sharding
 from hfc_jax.analysis import common
 
 MODE = "robust_eval"
@@ -89,12 +89,6 @@ def craft(params, model_state, x, labels, mask, key, eps, *, logits_fn, name: st
                              restarts=restarts)
 
 
-def hits(params, model_state, x, labels, mask, *, logits_fn):
-  """Correctly classified images of a batch, masked: float32 scalar."""
-  pred = jnp.argmax(logits_fn(params, model_state, x, mask=mask), axis=-1)
-  return jnp.sum((pred == labels).astype(jnp.float32) * mask)
-
-
 def _min_eps(params, model_state, x, labels, mask, key, *, logits_fn, rc):
   model = functools.partial(logits_fn, params, model_state, mask=mask)
   return attacks.minimal_linf_eps(
@@ -117,7 +111,7 @@ def attack_table(logits_fn, variables, placed: list, settings: AttackSettings, m
   fold_in(key(seed), i). Returns {'clean': acc, 'attacks': {name: {eps_key: acc}}};
   the adversarial batches go into `cache[(name, eps)]` when given."""
   rep = sharding.replicated(mesh)
-  score = jax.jit(functools.partial(hits, logits_fn=logits_fn), out_shardings=rep)
+  score = jax.jit(functools.partial(evaluate.hits, logits_fn=logits_fn), out_shardings=rep)
   key = jax.random.key(settings.seed)
   table = {"clean": _accuracy(score, variables, placed, lambda i, b: b[0]), "attacks": {}}
   for name in settings.attacks:
@@ -198,7 +192,7 @@ def _lowpass_defence(trained, variables, placed, rc, settings: AttackSettings, c
     # The filter has no variables: the trained ones fit the defended model as they are.
     defended, _, _ = common.abstract_model(cfg, trained.num_classes, trained.channels,
                                            trained.image_size)
-    score = jax.jit(functools.partial(hits, logits_fn=defended.logits), out_shardings=rep)
+    score = jax.jit(functools.partial(evaluate.hits, logits_fn=defended.logits), out_shardings=rep)
     fn = jax.jit(functools.partial(craft, logits_fn=defended.logits, name="pgd",
                                    steps=rc.pgd_steps, restarts=rc.restarts))
     row = {"radius": float(radius),
