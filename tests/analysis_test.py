@@ -11,7 +11,7 @@ import pytest
 from configs import kernels as kernels_config
 from hfc_jax import errors, main, optimizers, sharding, smoothness, train
 from hfc_jax.analysis import common, kernels
-from tests.conftest import run_main, tiny_config
+from tests.conftest import assert_refused, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +131,8 @@ def test_kernels_mode_writes_grids_measures_and_sweep(workdirs):
     ([], "kernels.num_images=1000 exceeds the 256 test images"),
 ])
 def test_bad_kernels_input_is_one_line_and_writes_nothing(workdirs, flags, message):
-  before = sorted(os.listdir(workdirs["none"]))
-  result = run_main(workdirs["none"], *flags, config="configs/kernels.py", tiny=False,
-                    timeout=120)
-  assert result.returncode == 2, result.stderr[-2000:]
-  lines = [l for l in result.stderr.splitlines() if l.startswith("hfc_jax: error:")]
-  assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
-  assert sorted(os.listdir(workdirs["none"])) == before
+  assert_refused(workdirs["none"], message, *flags, config="configs/kernels.py", tiny=False,
+                 timeout=120)
 
 
 def test_no_checkpoint_and_incomparable_compare_workdirs_are_refused(workdirs, tmp_path):

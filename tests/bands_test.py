@@ -11,7 +11,7 @@ import pytest
 from hfc_jax import errors, evaluate, frequency, main, models, plots, sharding, train
 from hfc_jax.analysis import bands, common
 from hfc_jax.models.functional import Functional
-from tests.conftest import run_main, tiny_config
+from tests.conftest import assert_refused, tiny_config
 
 
 @pytest.mark.parametrize("size,inclusive", [(32, False), (32, True), (15, False), (28, True)])
@@ -118,12 +118,9 @@ def test_band_figure_structure():
 # ---------------------------------------------------------------------------
 # The bands mode on a trained workdir
 # ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("bands") / "run")
-  train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), path,
-                           mesh=sharding.make_mesh(8))
-  return path
+@pytest.fixture
+def workdir(tiny_trained_workdir):
+  return tiny_trained_workdir   # shared with other studies' tests (conftest)
 
 
 def _config(**overrides):
@@ -152,8 +149,9 @@ def test_mode_writes_band_and_radius_curves(workdir):
   radii = (4.0, 12.0)
   eval_fn = evaluate.make_eval_fn(trained.functional.logits, mesh, radii=radii,
                                   bands=((8.0, 12.0),), inclusive=False, rescale="none")
-  scores = evaluate.variant_accuracies(eval_fn, trained.params, trained.model_state, x, y, mesh=mesh,
-                             batch_size=64, radii=radii, bands=((8.0, 12.0),))
+  scores = evaluate.variant_accuracies(eval_fn, trained.params, trained.model_state, x, y,
+                                       mesh=mesh, batch_size=64, radii=radii,
+                                       bands=((8.0, 12.0),))
   assert scores["clean"] == pytest.approx(first["clean"])
   assert scores["lfc_4"] == pytest.approx(first["lfc"][3])
   assert scores["hfc_12"] == pytest.approx(first["hfc"][11])
@@ -187,9 +185,4 @@ def test_compared_workdirs_must_share_the_test_set(workdir):
     (["--config.bands.num_images=300"], "bands.num_images=300 exceeds the 256 test images"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, flags, message):
-  before = sorted(os.listdir(workdir))
-  result = run_main(workdir, f"--config.mode={bands.MODE}", *flags, timeout=180)
-  assert result.returncode == 2, result.stderr[-2000:]
-  lines = [l for l in result.stderr.splitlines() if l.startswith("hfc_jax: error:")]
-  assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
-  assert sorted(os.listdir(workdir)) == before
+  assert_refused(workdir, message, f"--config.mode={bands.MODE}", *flags, timeout=180)

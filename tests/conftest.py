@@ -10,6 +10,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from hfc_jax import defaults  # noqa: E402  (no JAX import)
 
@@ -53,6 +54,29 @@ def tiny_config(**overrides):
       node = node[p]
     node[last] = value
   return config
+
+
+def assert_refused(workdir, message: str, *flags, **run_kwargs) -> None:
+  """Runs main on `workdir` with `flags`: exit status 2, one "hfc_jax: error:" line that
+  contains `message`, and nothing in the workdir added or removed."""
+  before = sorted(os.listdir(workdir))
+  result = run_main(workdir, *flags, **run_kwargs)
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("hfc_jax: error:")]
+  assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+  assert sorted(os.listdir(workdir)) == before
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_workdir(tmp_path_factory) -> str:
+  """A workdir trained once per session: `tiny_config` for 1 epoch (8 steps) on 8
+  simulated devices. The studies that restore it write only their own
+  `<workdir>/<mode>/`, so test modules share it."""
+  from hfc_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp("tiny_trained") / "run")
+  train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), path,
+                           mesh=sharding.make_mesh(8))
+  return path
 
 
 def random_batch(n=32, seed=0):

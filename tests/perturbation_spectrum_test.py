@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from hfc_jax import errors, frequency, main, sharding, train
+from hfc_jax import errors, frequency, main
 from hfc_jax.analysis import common, perturbation_spectrum
-from tests.conftest import run_main, tiny_config
+from tests.conftest import assert_refused, run_main, tiny_config
 
 MODE = perturbation_spectrum.MODE
 
@@ -64,12 +64,9 @@ def test_energy_shares_are_monotone_and_end_at_1():
         == pytest.approx(share, rel=1e-4)
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("spectrum") / "run")
-  train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), path,
-                           mesh=sharding.make_mesh(8))
-  return path
+@pytest.fixture
+def workdir(tiny_trained_workdir):
+  return tiny_trained_workdir   # shared with other studies' tests (conftest)
 
 
 def _config(**overrides):
@@ -133,12 +130,7 @@ def test_mode_writes_consistent_spectra(workdir):
      "perturbation_spectrum.attacks='deepfool' is not allowed"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, flags, message):
-  before = sorted(os.listdir(workdir))
-  result = run_main(workdir, f"--config.mode={MODE}", *flags, timeout=180)
-  assert result.returncode == 2, result.stderr[-2000:]
-  lines = [l for l in result.stderr.splitlines() if l.startswith("hfc_jax: error:")]
-  assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
-  assert sorted(os.listdir(workdir)) == before
+  assert_refused(workdir, message, f"--config.mode={MODE}", *flags, timeout=180)
 
 
 def test_no_checkpoint_is_refused(tmp_path):

@@ -7,7 +7,7 @@ Each MODE_DIR is a `<workdir>/fourier_heatmap`, `<workdir>/bands` or
 `<workdir>/perturbation_spectrum` directory (or a copy of one) written by `python -m hfc_jax.main
 --config.mode=...`. Prints one Markdown table per analysis kind, each headed by the data
 set and the commit and command in the directory's provenance.json, and writes the
-numbers as JSON. Reads only those files (no JAX; the tables are hfc_jax.markdown's).
+numbers as JSON. Reads only those files.
 
 - Fourier heat map: the mean test error over the frequencies (i, j) whose distance from
   the centre of the spectrum falls in each ring [0, 4), [4, 8), [8, 12), [12, 16),
@@ -24,7 +24,8 @@ import os
 
 import numpy as np
 
-from hfc_jax import markdown
+from hfc_jax import frequency, markdown
+from hfc_jax.analysis import common
 
 RINGS = ((0, 4), (4, 8), (8, 12), (12, 16), (16, None))
 KINDS = {"fourier_heatmap": "heatmap.json", "bands": "bands.json",
@@ -45,33 +46,24 @@ def _made_by(directory: str) -> str:
   return f"commit {commit}, jax {p['versions'].get('jax')}: `{p['command']}`"
 
 
-def label(model: dict) -> str:
-  """'<parent dir>/<run>' for a run inside a sweep dir (`fig5_plain_cnn_s0/vanilla`), so
-  that runs of the same name from several sweeps stay apart; else the run's name."""
-  workdir = str(model.get("workdir") or "").rstrip("/")
-  parent = os.path.basename(os.path.dirname(workdir))
-  name = model.get("name") or os.path.basename(workdir)
-  return f"{parent}/{name}" if parent and parent != "workdirs" else name
-
-
-def distances(height: int, width: int) -> np.ndarray:
-  """Distance of every cell of the centred (H, W) spectrum from its centre."""
-  i = np.arange(height)[:, None] - height // 2
-  j = np.arange(width)[None, :] - width // 2
-  return np.sqrt(i ** 2 + j ** 2)
+def names(models: list[dict]) -> list[str]:
+  """The models' names as the analyses give them (`common.display_names` of their
+  workdirs), also for outputs written before the analyses did so."""
+  return common.display_names([m["workdir"] for m in models])
 
 
 def heatmap_rows(directory: str) -> list[dict]:
   d = _load(directory, "heatmap.json")
+  models = [d] + list(d.get("compare", []))
   rows = []
-  for model in [d] + list(d.get("compare", [])):
+  for model, name in zip(models, names(models)):
     errors = np.asarray(model["errors"], np.float64)
-    dist = distances(*errors.shape)
+    dist = frequency.spectrum_distance(*errors.shape)
     ring_means = []
     for r1, r2 in RINGS:
       inside = (dist >= r1) & (dist < (r2 if r2 is not None else np.inf))
       ring_means.append(float(errors[inside].mean()))
-    rows.append({"model": label(model),
+    rows.append({"model": name,
                  "clean_error": float(model["clean_error"]), "rings": ring_means,
                  "max_error": float(errors.max())})
   return rows
@@ -79,14 +71,14 @@ def heatmap_rows(directory: str) -> list[dict]:
 
 def bands_rows(directory: str) -> tuple[list, list[dict]]:
   d = _load(directory, "bands.json")
-  return d["bands"], [{"model": label(m), "clean": m["clean"], "bands": m["bands"]}
-                      for m in d["models"]]
+  return d["bands"], [{"model": n, "clean": m["clean"], "bands": m["bands"]}
+                      for m, n in zip(d["models"], names(d["models"]))]
 
 
 def white_share_outside(shape, radii) -> dict[str, float]:
   """The share of a centred spectrum's frequencies at distance >= r: where white noise
   puts its energy."""
-  dist = distances(shape[0], shape[1])
+  dist = frequency.spectrum_distance(shape[0], shape[1])
   return {str(int(r)): float(np.mean(dist >= r)) for r in radii}
 
 
@@ -113,7 +105,8 @@ def main() -> None:
     print(f"\n{directory}: made by {_made_by(directory)}\n")
     if kind == "fourier_heatmap":
       rows = heatmap_rows(directory)
-      header = ["model", "clean error"] + [f"[{a}, {b})" if b else f"[{a}, corner]" for a, b in RINGS]
+      header = ["model", "clean error"] + [f"[{a}, {b})" if b else f"[{a}, corner]"
+                                           for a, b in RINGS]
       print(markdown.table(header, [[r["model"], f"{r['clean_error']:.3f}"]
                             + [f"{v:.3f}" for v in r["rings"]] for r in rows]))
       summary.append({"dir": directory, "kind": kind, "rows": rows})
