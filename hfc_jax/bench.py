@@ -60,8 +60,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("sections", list(SECTION_NAMES), f"Sections to run: {SECTION_NAMES}.")
 flags.DEFINE_list("models", list(Options.models),
                   "Models of the train section; given, also of the pgd, eval and heatmap sections.")
-flags.DEFINE_integer("batch_size", 0, "Global train batch; 0: each model's config "
-                     "(128 small_cnn and resnet18, 100 preact_resnet32).")
+flags.DEFINE_integer("batch_size", 0, "Global train batch; 0: each model's training "
+                     "config (128 for all three).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model compute dtype.")
 flags.DEFINE_integer("steps", None, "Timed calls per repeat (default 5; 2 with --tiny).")
 flags.DEFINE_integer("repeats", None, "Timed repeats; median and min/max over them "

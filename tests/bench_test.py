@@ -164,3 +164,25 @@ def test_resnet18_over_pytorch_is_a_target_row(monkeypatch, capsys):
   assert r["vs_torch"]["torch_slow"] == pytest.approx(r["images_per_s"]["median"] / torch_ips)
   verdict = "ok" if r["vs_torch"]["torch_slow"] >= 1 else "MISSED"
   assert f">= 1: {verdict}" in capsys.readouterr().out
+
+
+# The shipped config each bench recipe stands for (benchmarks/common.py, RECIPES).
+RECIPE_CONFIGS = {"small_cnn": "default", "resnet18": "cifar10_resnet18",
+                  "preact_resnet32": "cifar10_resnet32_vanilla"}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_CONFIGS))
+def test_bench_recipe_trains_what_the_shipped_config_trains(name):
+  """The bench carries copies of three configs' recipes (so it runs from an installed
+  package); they must not drift from the configs users train with."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  shipped = importlib.import_module(f"configs.{RECIPE_CONFIGS[name]}").get_config()
+  bench_config = common.model_config(name, "float32")
+  assert bench_config.model.to_dict() == shipped.model.to_dict()
+  assert bench_config.optim.to_dict() == shipped.optim.to_dict()
+  assert bench_config.train.batch_size == shipped.train.batch_size
+  assert common.Options().batch(name) == shipped.train.batch_size
+
+
+def test_every_bench_model_has_a_recipe_config():
+  assert set(RECIPE_CONFIGS) == set(common.RECIPES) == set(bench.MODEL_NAMES)
