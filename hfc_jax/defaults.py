@@ -11,6 +11,15 @@ comments below.
 import ml_collections
 
 
+# Fields that change no number a training run records (up to float rounding): where and
+# how often it writes, how many devices share the global batch, and the settings of the
+# analysis modes. Runs whose configs differ only in these and the seed are replicates
+# of one experiment (`python -m hfc_jax.report` averages them).
+BOOKKEEPING = ("tensorboard", "num_devices", "checkpoint", "train.log_every_steps",
+               "train.prefetch", "robust_eval", "figure2", "kernels",
+               "perturbation_spectrum", "bands", "fourier_heatmap")
+
+
 def get_config() -> ml_collections.ConfigDict:
   """The default config: the embedded data set, the small CNN with batch-statistic BN."""
   config = ml_collections.ConfigDict()

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from hfc_jax import errors, fileio, markdown, plots, provenance
+from hfc_jax import defaults, errors, fileio, markdown, plots, provenance
 from hfc_jax.records import duration, json_scalar
 from hfc_jax.workdirs import KINDS, REPORT, Group, Run, collect
 
@@ -156,23 +156,33 @@ def command_line(workdirs: list[str], out: str | None) -> str:
 
 def replicate_sets(groups: list[Group]) -> list[list[Group]]:
   """Sets of 2 or more sweeps of the same kind, with the same run names and the same
-  run configs but for the seed, in order: the same experiment run again (other seeds,
-  other machines). Sweeps of another model or data set are never averaged together."""
+  run configs but for the seed and the bookkeeping fields (`defaults.BOOKKEEPING`:
+  TensorBoard, checkpoint interval, device count, ...), in order: the same experiment
+  run again (other seeds, other machines). Sweeps of another model or data set are
+  never averaged together."""
   sets: dict[tuple, list[Group]] = {}
   for group in groups:
     if group.workdir is not None:
       key = (group.kind, tuple(r.name for r in group.runs),
-             tuple(_without_seed(r.config) for r in group.runs))
+             tuple(replicate_key(r.config) for r in group.runs))
       sets.setdefault(key, []).append(group)
   return [gs for gs in sets.values() if len(gs) > 1]
 
 
-def _without_seed(config: dict | None) -> str:
-  """A run's config as canonical JSON without its top-level `seed` ('' when unknown)."""
+def replicate_key(config: dict | None) -> str:
+  """A run's config as canonical JSON without its top-level `seed` and the fields that
+  change none of its numbers ('' when the config is unknown)."""
   if config is None:
     return ""
-  return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True,
-                    default=str)
+  kept = json.loads(json.dumps(config, default=str))      # a deep copy
+  for path in ("seed",) + defaults.BOOKKEEPING:
+    *parents, leaf = path.split(".")
+    section = kept
+    for name in parents:
+      section = section.get(name) if isinstance(section, dict) else None
+    if isinstance(section, dict):
+      section.pop(leaf, None)
+  return json.dumps(kept, sort_keys=True)
 
 
 def _mean_sd(values: list[float]) -> str:

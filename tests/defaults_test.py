@@ -24,3 +24,14 @@ def test_complete_fills_missing_fields_and_keeps_own_values():
   full.train.epochs = 99
   assert defaults.complete(full).to_dict() == full.to_dict()
   assert "widths" not in old["model"]
+
+
+def test_every_bookkeeping_field_exists():
+  """report.replicate_key drops these paths; a misspelt one would silently keep a
+  field and split replicates apart."""
+  config = defaults.get_config().to_dict()
+  for path in defaults.BOOKKEEPING:
+    section = config
+    for name in path.split("."):
+      assert isinstance(section, dict) and name in section, path
+      section = section[name]

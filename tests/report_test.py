@@ -313,6 +313,31 @@ def test_replicated_sweeps_get_mean_and_sd(tmp_path):
   assert report.replicate_sets(report.collect(dirs[:1])) == []
 
 
+def test_runs_differing_only_in_bookkeeping_are_replicates(tmp_path):
+  """TensorBoard on or off, another checkpoint or logging interval: the same
+  experiment, averaged; another number of epochs in the same config section is not."""
+  configs = [
+      {"seed": 0, "tensorboard": False, "train": {"epochs": 6, "log_every_steps": 25},
+       "checkpoint": {"every_steps": 500}},
+      {"seed": 1, "tensorboard": True, "train": {"epochs": 6, "log_every_steps": 10},
+       "checkpoint": {"every_steps": 0}},
+      {"seed": 2, "tensorboard": True, "train": {"epochs": 5, "log_every_steps": 25},
+       "checkpoint": {"every_steps": 500}},
+  ]
+  dirs = []
+  for i, config in enumerate(configs):
+    sweep_dir = tmp_path / f"seed{i}"
+    write_run(sweep_dir / "vanilla", records(0), config)
+    write_sweep(sweep_dir, "heuristics", "heuristics",
+                [{"name": "vanilla", "workdir": "vanilla", "overrides": {}}])
+    dirs.append(str(sweep_dir))
+  (replicas,) = report.replicate_sets(report.collect(dirs))
+  assert [g.workdir for g in replicas] == dirs[:2]
+  assert report.replicate_key(configs[0]) == report.replicate_key(configs[1])
+  assert report.replicate_key(configs[0]) != report.replicate_key(configs[2])
+  assert "epochs" in report.replicate_key(configs[0])
+
+
 def test_each_table_says_which_commit_and_command_made_it(tmp_path):
   sweep_dir = tmp_path / "sweep"
   starts = {"vanilla": [("a" * 40, "cmd one")], "bn": [("a" * 40, "cmd one"),
