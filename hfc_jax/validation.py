@@ -86,15 +86,12 @@ def check_training(config: ml_collections.ConfigDict, size: int | None) -> None:
 
 def check_with_data(config: ml_collections.ConfigDict, dataset, mesh) -> None:
   """The checks that need the loaded `dataset` (its image size and training set) and
-  the `mesh`, plus the training fields again (`train_and_evaluate` may be called
-  without `check`): one-line HfcErrors for values wrong for this data or these devices."""
+  the `mesh`, plus the eval, model and training fields again, now against the real
+  image size (`train_and_evaluate` may be called without `check`): one-line HfcErrors
+  for values wrong for this data or these devices."""
   size = dataset.image_size
-  for r in config.eval.radii:
-    frequency.check_radius(r, size, size, field="eval.radii")
-  frequency.check_bands(config.eval.bands, size, size, field="eval.bands")
-  if config.model.input_filter != "none":
-    frequency.check_radius(config.model.filter_radius, size, size,
-                           field="model.filter_radius")
+  check_eval(config.eval, size)
+  check_model(config.model, size)
   sharding.check_batch_size("train.batch_size", config.train.batch_size, mesh)
   sharding.padded_batch_size("eval.batch_size", config.eval.batch_size, mesh)
   if config.train.batch_size > len(dataset.x_train):

@@ -1,5 +1,6 @@
 """`python -m hfc_jax.bench --tiny`: every section runs and reports sane numbers."""
 
+import importlib
 import json
 import math
 import os
@@ -175,7 +176,6 @@ RECIPE_CONFIGS = {"small_cnn": "default", "resnet18": "cifar10_resnet18",
 def test_bench_recipe_trains_what_the_shipped_config_trains(name):
   """The bench carries copies of three configs' recipes (so it runs from an installed
   package); they must not drift from the configs users train with."""
-  import importlib  # pylint: disable=g-import-not-at-top
   shipped = importlib.import_module(f"configs.{RECIPE_CONFIGS[name]}").get_config()
   bench_config = common.model_config(name, "float32")
   assert bench_config.model.to_dict() == shipped.model.to_dict()
