@@ -9,11 +9,11 @@ with PGD-20. Reference (Madry et al., ICLR 2018): 87.3% clean, 45.8% PGD-20 for 
 wide ResNet. About 8x the cost of a plain epoch.
 """
 
-from configs import cifar10_resnet18
+from hfc_jax import presets
 
 
 def get_config():
-  config = cifar10_resnet18.get_config()
+  config = presets.cifar10_resnet18()
   config.data.aug_pad = 4
   config.adv.enabled = True
   config.adv.name = "pgd"

@@ -9,11 +9,11 @@ on L-inf PGD examples only: eps 0.03, 10 steps of eps/10, no random start, with
 pad-2 crop + flip augmentation (used in this mode only).
 """
 
-from configs import cifar10_resnet32_vanilla
+from hfc_jax import presets
 
 
 def get_config():
-  config = cifar10_resnet32_vanilla.get_config()
+  config = presets.cifar10_resnet32_vanilla()
   config.data.augment = True
   config.data.aug_pad = 2
   config.adv.enabled = True

@@ -13,22 +13,8 @@ splits evenly over 1, 2, 4, 8 or 16 devices (a training batch must). On up to 4
 devices `--config.train.batch_size=100` restores the original.
 """
 
-from configs import default
+from hfc_jax import presets
 
 
 def get_config():
-  config = default.get_config()
-  config.seed = 100
-  config.data.name = "cifar10"
-  config.data.rescale = "per_image_max"
-  config.model.name = "preact_resnet32"
-  config.model.norm = "none"
-  config.optim.name = "adam"
-  config.optim.learning_rate = 1e-4
-  config.train.epochs = 100
-  config.train.batch_size = 128       # the original code: 100 (see the docstring)
-  config.train.log_every_steps = 100
-  config.eval.rescale = "per_image_max"
-  config.eval.batch_size = 1000
-  config.eval.train_subset = 10000
-  return config
+  return presets.cifar10_resnet32_vanilla()

@@ -10,8 +10,10 @@ shared): clean test accuracy about 0.95, HFC accuracy about 0.9 at r = 4, 8, 12
 (images that look black) and chance at r = 16, LFC accuracy about 0.8 at r <= 12
 recovering to the clean level at r = 16. With --config.model.norm=none the HFC
 accuracy stays near 0.2: the paper's "BatchNorm models exploit more HFC".
-Every other config imports this one and overrides what differs; each field's
-default and meaning is in hfc_jax/defaults.py (and in `python -m hfc_jax.main --help`).
+Every other config starts from these defaults (through hfc_jax.defaults or
+hfc_jax.presets, never through another config file, so each loads from any working
+directory) and overrides what differs; each field's default and meaning is in
+hfc_jax/defaults.py (and in `python -m hfc_jax.main --help`).
 """
 
 import ml_collections

@@ -12,11 +12,11 @@ and away from the HFC (the paper: adversarially trained models are invariant to 
 r = 12/16). Compare HFC and PGD accuracy with the same config and --config.adv.enabled=False.
 """
 
-from configs import default
+from hfc_jax import defaults
 
 
 def get_config():
-  config = default.get_config()
+  config = defaults.get_config()
   config.data.num_train = 5000
   config.train.epochs = 8
   config.model.norm = "batchnorm"

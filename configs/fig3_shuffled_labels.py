@@ -11,7 +11,7 @@ images right after one epoch, the shuffled one barely learns the LFC and needs f
 more epochs to fit (it memorises through the HFC).
 """
 
-from configs import presets
+from hfc_jax import presets
 
 
 def get_config(dataset: str = "embedded"):

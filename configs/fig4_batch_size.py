@@ -8,7 +8,7 @@ trained at global batch sizes 32, 64, 128 and 256 (multiples of 8, so that they
 split over 8 devices), the learning rate unchanged, as in the paper.
 """
 
-from configs import presets
+from hfc_jax import presets
 
 BATCH_SIZES = (32, 64, 128, 256)
 

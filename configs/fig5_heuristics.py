@@ -14,7 +14,7 @@ Paper: dropout ~ vanilla; mix-up and BatchNorm use more HFC; adversarial trainin
 is invariant to HFC at r = 12/16. Pick runs with --config.sweep.runs="('vanilla','bn_paper')".
 """
 
-from configs import presets
+from hfc_jax import presets
 
 
 def get_config(dataset: str = "embedded"):

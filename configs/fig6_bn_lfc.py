@@ -9,7 +9,7 @@ the original test images and their LFC/HFC. The paper gives no number for this
 figure; it asks whether BatchNorm still helps once the HFC is gone from training.
 """
 
-from configs import presets
+from hfc_jax import presets
 
 RADIUS = 12.0
 

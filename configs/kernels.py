@@ -11,10 +11,10 @@ sweep on 1,000 test images of a small CNN takes minutes on two CPU cores;
 `--config.kernels.num_images=200` for a quick look.
 """
 
-from configs import default
+from hfc_jax import defaults
 
 
 def get_config():
-  config = default.get_config()
+  config = defaults.get_config()
   config.mode = "kernels"
   return config

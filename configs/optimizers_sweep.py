@@ -8,7 +8,7 @@ rate for it (SGD 0.01 with momentum 0.9, Adam and RMSprop at the preset's rate,
 AdaGrad 0.01, AdaDelta 1.0). Paper: only SGD captures more HFC.
 """
 
-from configs import presets
+from hfc_jax import presets
 
 
 def get_config(dataset: str = "embedded"):

@@ -11,7 +11,7 @@ models reach ~0.62 (r = 4) to ~0.77 (r = 16) on the originals; HFC-trained model
 fit the training set and test near chance.
 """
 
-from configs import presets
+from hfc_jax import presets
 
 RADII = (4, 8, 12, 16)
 

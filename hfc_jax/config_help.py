@@ -16,6 +16,7 @@ section (`config.eval = ml_collections.ConfigDict()`) describe the section.
 import ast
 import dataclasses
 import io
+import json
 import os
 import textwrap
 import sys
@@ -198,10 +199,38 @@ def help_text(flag_values, description: str | None = None, config_path: str | No
   return "\n".join(lines + field_lines(fields))
 
 
-def print_help(flag_values, description: str | None = None) -> None:
-  """Prints `help_text` to stdout; a reader that stops early (`| head`) is no error."""
+def _flat(tree: dict, prefix: str = "") -> dict:
+  """{'a': {'b': (1, 2)}} -> {'a.b': [1, 2]}: dotted fields, values in JSON types."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = json.loads(json.dumps(value, default=str))
+  return out
+
+
+def config_lines(config, name: str) -> list[str]:
+  """`  FIELD = VALUE   (default: D)` for every field where `config` (loaded from the
+  config file `name`, with any --config.* overrides) differs from the defaults."""
+  from hfc_jax import defaults  # pylint: disable=g-import-not-at-top  (no JAX import)
+  base, given = _flat(defaults.get_config().to_dict()), _flat(config.to_dict())
+  differ = [k for k in given if k not in base or given[k] != base[k]]
+  lines = ["", f"{name} sets ({len(differ)} fields differ from the defaults):"]
+  lines += [f"  {k} = {given[k]!r}" + (f"   (default: {base[k]!r})" if k in base else "")
+            for k in differ]
+  return lines
+
+
+def print_help(flag_values, description: str | None = None, config=None,
+               config_name: str = "") -> None:
+  """Prints `help_text` to stdout, and with `config` the fields it sets
+  (`config_lines`); a reader that stops early (`| head`) is no error."""
+  text = help_text(flag_values, description)
+  if config is not None:
+    text += "\n" + "\n".join(config_lines(config, config_name))
   try:
-    sys.stdout.write(help_text(flag_values, description) + "\n")
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
   except BrokenPipeError:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the docs' recipe

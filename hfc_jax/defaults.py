@@ -16,7 +16,8 @@ import ml_collections
 # analysis modes. Runs whose configs differ only in these and the seed are replicates
 # of one experiment (`python -m hfc_jax.report` averages them).
 BOOKKEEPING = ("tensorboard", "num_devices", "checkpoint", "train.log_every_steps",
-               "train.prefetch", "robust_eval", "figure2", "kernels",
+               "train.prefetch", "train.divergence_loss", "train.divergence_log_points",
+               "robust_eval", "figure2", "kernels",
                "perturbation_spectrum", "bands", "fourier_heatmap")
 
 
@@ -88,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.mixup_alpha = 0.0     # > 0: mix-up, one lambda ~ Beta(a, a) per batch.
   config.train.smooth_kernel_weight = 0.0  # > 0: + weight * sum of squared differences of
                                      # adjacent first-conv kernel values (smooth kernels).
+  config.train.divergence_loss = 0.0  # > 0: stop (exit 3) once the mean training loss of
+  config.train.divergence_log_points = 3  # this many consecutive log intervals is above it.
 
   # Orbax checkpoints in <workdir>/checkpoints/<step>: at each epoch end, every
   # `every_steps` steps, and at the step where a preemption (SIGTERM) stops the run.

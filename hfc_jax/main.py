@@ -22,6 +22,7 @@ import importlib.util
 import os
 import re
 import sys
+import traceback
 import types
 
 from absl import app, flags, logging
@@ -132,13 +133,20 @@ def parse_flags(argv: list[str]) -> list[str]:
   is the message. A `--config.*` override of a field that does not exist raises from
   inside ml_collections, and a missing config file only when the config is first read,
   so the config is read here. `--help`, `-h`, `--helpfull` print the usage, the flags and
-  every config field with its default and meaning (`config_help`), and exit 0.
+  every config field with its default and meaning (`config_help`), and, with a
+  `--config` file, the fields that config sets; then exit 0. A config file that does
+  not load (a syntax error, a failing import, its own exception) is one line naming the
+  file and line (`config_file_error`), exit 2.
   """
   from hfc_jax import config_help  # pylint: disable=g-import-not-at-top
-  if config_help.wants_help(argv):
-    config_help.print_help(FLAGS, __doc__)
-    sys.exit(0)
+  wants_help = config_help.wants_help(argv)
   try:
+    if wants_help:   # with --config=FILE, it is loaded and the fields it sets are listed
+      FLAGS([a for a in argv if a not in config_help.HELP_ARGS])
+      given = config_arg(argv)
+      config_help.print_help(FLAGS, __doc__, FLAGS.config if given else None,
+                             f"--config={given}")
+      sys.exit(0)
     argv = FLAGS(argv)
     missing = [f"--{name}" for name in REQUIRED if FLAGS[name].value is None]
     if missing:
@@ -151,10 +159,58 @@ def parse_flags(argv: list[str]) -> list[str]:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     message = re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", lines[-1] if lines else "")
     print(f"hfc_jax: error: {message or type(e).__name__}", file=sys.stderr)
-  except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
-    print(f"hfc_jax: error: bad --config or --config.* flag: {_one_line(e)}",
-          file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except  (a config file may raise anything)
+    in_file = config_file_error(e, config_file_arg(argv))
+    if in_file:
+      print(f"hfc_jax: error: {in_file}", file=sys.stderr)
+    elif isinstance(e, (AttributeError, KeyError, OSError, TypeError, ValueError)):
+      print(f"hfc_jax: error: bad --config or --config.* flag: {_one_line(e)}",
+            file=sys.stderr)
+    else:
+      raise
   sys.exit(2)
+
+
+def config_arg(argv: list[str]) -> str | None:
+  """The value of `--config=FILE[:ARG]` (or `--config FILE[:ARG]`) in argv, else None."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg[len("--config="):]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def config_file_arg(argv: list[str]) -> str | None:
+  """The FILE of `--config=FILE[:ARG]` in argv, else None."""
+  value = config_arg(argv)
+  return None if value is None else value.split(":", 1)[0]
+
+
+def config_file_error(error: BaseException, config_file: str | None) -> str | None:
+  """One line for an exception raised while a config file loaded or ran (a syntax error,
+  an import that fails, its own raise), naming the file and line; None when the
+  exception did not come from that file."""
+  if not config_file:
+    return None
+  path = os.path.realpath(config_file)
+  where = None
+  if isinstance(error, SyntaxError) and error.filename:
+    if os.path.realpath(error.filename) == path:
+      where = error.lineno
+  else:
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if os.path.realpath(f.filename) == path]
+    where = frames[-1].lineno if frames else None
+  if where is None:
+    return None
+  message = (error.msg if isinstance(error, SyntaxError) else _one_line(error)).rstrip(".")
+  hint = ""
+  if isinstance(error, ImportError) and (error.name or "").split(".")[0] == "configs":
+    hint = ("; a config file imports hfc_jax (hfc_jax.defaults, hfc_jax.presets), not "
+            "other config files, so that it loads from any directory")
+  return (f"config file {config_file} failed at line {where}: "
+          f"{type(error).__name__}: {message}{hint}.")
 
 
 def main(argv):

@@ -4,7 +4,7 @@ step metrics fetched late, and the divergence check every fetched step passes.
 `EpochProgress` travels in step checkpoints (so a run resumed mid-epoch ends with the
 same epoch means as one never stopped); `StepMetrics` fetches a log interval's metrics
 only at the next log point, so the host never drains the queue of dispatched steps;
-`check_finite` stops a diverged run before anything of it is saved.
+`check_finite` and `LossWatch` stop a diverged run before anything of it is saved.
 """
 
 import collections
@@ -53,8 +53,9 @@ class StepMetrics:
   MAX_IN_FLIGHT = 4
 
   def __init__(self, progress: EpochProgress, recorder: records.Recorder, *,
-               total_steps: int, batch_size: int):
+               total_steps: int, batch_size: int, loss_watch: "LossWatch | None" = None):
     self.progress, self.recorder = progress, recorder
+    self.loss_watch = loss_watch or LossWatch(0.0, 1)
     self.total_steps, self.batch_size = total_steps, batch_size
     self.ready = None       # (last step, metrics, seconds) of a finished interval
     self.fresh: list = []
@@ -90,22 +91,49 @@ class StepMetrics:
     check_finite(fetched, step - len(fetched) + 1)
     losses = [float(m["loss"]) for m in fetched]
     accuracies = [float(m["accuracy"]) for m in fetched]
+    self.loss_watch.add(step, float(np.mean(losses)))
     self.progress.add(losses, accuracies)
     self.recorder.progress(step, self.total_steps, float(np.mean(losses)),
                            float(np.mean(accuracies)), len(losses) * self.batch_size / seconds,
                            seconds / len(losses))
 
 
+STATE_PARTS = ("parameters", "optimiser state", "BatchNorm statistics")
+
+
+def _diverged(step: int, what: str) -> errors.RunFailed:
+  return errors.RunFailed(
+      f"training diverged at step {step}: {what}; nothing from that step on was saved, "
+      "the last checkpoint is kept (lower optim.learning_rate, or add "
+      "optim.grad_clip_norm).", errors.EXIT_DIVERGED)
+
+
 def check_finite(fetched: list[dict], first_step: int) -> None:
-  """Stops the run at the first step whose loss or parameters are not finite. Every
-  checkpoint and epoch record comes after its steps' metrics were checked here, so no
-  bad state is ever saved."""
+  """Stops the run at the first step whose loss, parameters, optimiser state or BatchNorm
+  statistics are not finite (`train.nonfinite_parts`). Every checkpoint and epoch record
+  comes after its steps' metrics were checked here, so no bad state is ever saved."""
   for step, m in enumerate(fetched, first_step):
     loss = float(m["loss"])
-    if not math.isfinite(loss) or not bool(m["params_finite"]):
-      what = (f"the loss is {loss}" if not math.isfinite(loss)
-              else "some parameters are inf or NaN")
-      raise errors.RunFailed(
-          f"training diverged at step {step}: {what}; nothing from that step on was "
-          "saved, the last checkpoint is kept (lower optim.learning_rate, or add "
-          "optim.grad_clip_norm).", errors.EXIT_DIVERGED)
+    bad = [part for part, flag in zip(STATE_PARTS, np.asarray(m["nonfinite"])) if flag]
+    if not math.isfinite(loss):
+      raise _diverged(step, f"the loss is {loss}")
+    if bad:
+      raise _diverged(step, f"inf or NaN in the {' and the '.join(bad)}")
+
+
+class LossWatch:
+  """Stops a run whose loss stays finite but huge: `train.divergence_loss` > 0 and the
+  mean loss of `train.divergence_log_points` consecutive log intervals above it (a run
+  that diverged to 1e27 and stopped learning without overflowing). Off at 0."""
+
+  def __init__(self, threshold: float, patience: int):
+    self.threshold, self.patience, self.above = float(threshold), int(patience), 0
+
+  def add(self, step: int, mean_loss: float) -> None:
+    if self.threshold <= 0:
+      return
+    self.above = self.above + 1 if mean_loss > self.threshold else 0
+    if self.above >= self.patience:
+      raise _diverged(step, f"the mean loss was above train.divergence_loss="
+                      f"{self.threshold:g} for {self.above} log intervals in a row (now "
+                      f"{mean_loss:.4g})")

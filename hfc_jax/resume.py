@@ -35,24 +35,42 @@ HISTORY = "config_history.jsonl"
 _SHOWN = 6   # differences spelled out in the refusal line
 
 
+# Fields that cannot change the result while another field has the given value:
+# {field: (other field, value)}. Training on the original images ignores the radius.
+UNUSED_WHEN = {"train.input_radius": ("train.input_component", "original")}
+
+
+def as_json(value: Any) -> Any:
+  """`value` as it reads back from JSON: tuples (nested too) become lists, so a config
+  compares equal to the copy stored in a checkpoint's metadata."""
+  return json.loads(json.dumps(value, default=str))
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}; tuples and lists compare as lists."""
+  """{'a': {'b': 1}} -> {'a.b': 1}, each value in JSON types (`as_json`)."""
   out = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
     if isinstance(value, dict):
       out.update(flatten(value, name + "."))
     else:
-      out[name] = list(value) if isinstance(value, (tuple, list)) else value
+      out[name] = as_json(value)
   return out
 
 
 def changes(saved: dict, config: dict) -> dict[str, tuple[Any, Any]]:
   """{dotted field: (saved value, new value)} for every field of both that differs. A
   field only one of them has (added or removed by a later version of hfc_jax) is not
-  a change: it did not exist when the other was written."""
+  a change: it did not exist when the other was written; nor is a field that neither
+  config uses (`UNUSED_WHEN`)."""
   old, new = flatten(saved), flatten(config)
-  return {k: (old[k], new[k]) for k in sorted(set(old) & set(new)) if old[k] != new[k]}
+
+  def unused(field: str) -> bool:
+    other, value = UNUSED_WHEN.get(field, (None, None))
+    return other is not None and old.get(other) == new.get(other) == value
+
+  return {k: (old[k], new[k]) for k in sorted(set(old) & set(new))
+          if old[k] != new[k] and not unused(k)}
 
 
 def changes_result(field: str) -> bool:

@@ -104,7 +104,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
   Returns:
     The new state and {'loss', 'accuracy'} batch means (device scalars), measured on
     the images trained on (adversarial, mixed), accuracy against `labels`, and
-    'params_finite' (bool: no parameter became inf or NaN in this step).
+    'nonfinite' ((3,) bool, `nonfinite_parts`: which part of the new state holds an
+    inf or NaN).
   """
   x = input_fn(evaluate.to_float(images)) if input_fn else preprocess(images, rescale)
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -132,9 +133,25 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   new_state = state.replace(step=state.step + 1, params=params,
                             model_state=model_state, opt_state=opt_state)
-  params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
-                                     for p in jax.tree.leaves(params)]))
-  return new_state, {"loss": loss, "accuracy": accuracy, "params_finite": params_finite}
+  return new_state, {"loss": loss, "accuracy": accuracy,
+                     "nonfinite": nonfinite_parts(new_state)}
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+  """Whether every floating-point element of `tree` is finite (a bool scalar); integer
+  leaves (step counters) are skipped. One fused reduction on device."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def nonfinite_parts(state: TrainState) -> jax.Array:
+  """(3,) bool: whether the parameters, the optimiser state and the BatchNorm statistics
+  of `state` hold an inf or NaN, in `progress.STATE_PARTS` order. The optimiser state
+  matters on its own: Adam's second moment can overflow to inf while the parameters
+  stay finite, and every later update is then 0 (a run that silently stops learning)."""
+  return ~jnp.stack([all_finite(state.params), all_finite(state.opt_state),
+                     all_finite(state.model_state)])
 
 
 def make_train_step(functional: Functional, tx, mesh, *, rescale: str,
@@ -252,12 +269,14 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
 
   # ----- Train loop --------------------------------------------------------
   started = time.perf_counter()
+  loss_watch = progress_lib.LossWatch(tc.divergence_loss, tc.divergence_log_points)
   try:
     for epoch in range(len(history), tc.epochs):
       state = _train_epoch(state, step_fn, dataset, mesh, config, epoch, steps_per_epoch,
                            progress, recorder=recorder, watch=watch,
                            heartbeat=workdir_lock.heartbeat,
-                           save=lambda s, p: save(s, history, p), ckpt=ckpt)
+                           save=lambda s, p: save(s, history, p), ckpt=ckpt,
+                           loss_watch=loss_watch)
       t0 = time.perf_counter()
       record = {"epoch": epoch + 1, "step": int(state.step),
                 **progress.means(steps_per_epoch), "train_time_s": progress.train_time_s,
@@ -325,7 +344,7 @@ def _closing(workdir: str, history: list[dict], seconds: float) -> None:
 def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int, steps_per_epoch: int,
                  progress: progress_lib.EpochProgress, *, recorder: records.Recorder,
                  watch: preemption.Watch, save, ckpt: checkpointing.Checkpointer,
-                 heartbeat=lambda: None):
+                 loss_watch: progress_lib.LossWatch | None = None, heartbeat=lambda: None):
   """Runs the remaining steps of epoch `epoch` (from `progress.steps` on), adding
   their metrics to `progress`; returns the state.
 
@@ -346,8 +365,9 @@ def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int, steps_per_ep
   placed = pipeline.prefetch(
       (sharding.put_batch(mesh, x, y.astype(np.int32)) for x, y in batches),
       size=tc.prefetch)
-  metrics = progress_lib.StepMetrics(progress, recorder, total_steps=tc.epochs * steps_per_epoch,
-                         batch_size=tc.batch_size)
+  metrics = progress_lib.StepMetrics(
+      progress, recorder, total_steps=tc.epochs * steps_per_epoch, batch_size=tc.batch_size,
+      loss_watch=loss_watch)
   t0 = time.perf_counter()
 
   def checkpoint(step):

@@ -85,13 +85,13 @@ def mixup(key: jax.Array, x: jax.Array, labels: jax.Array, num_classes: int,
 
 def check_config(train_config, image_size: int | None) -> None:
   """One-line HfcErrors for bad train.input_component/input_radius/mixup_alpha; the
-  radius is checked against `image_size` when it is known (else only >= 1)."""
+  radius is checked against `image_size` when it is known and used (else only >= 1)."""
   component = errors.check_choice("train.input_component",
                                   train_config.input_component,
                                   COMPONENTS)
   radius = train_config.input_radius
   if component != "original" and image_size:
     frequency.check_radius(radius, image_size, image_size, field="train.input_radius")
-  elif component != "original":
+  else:   # checked even when unused, so that a typo never waits for the next run
     errors.check_range("train.input_radius", radius, 1, None)
   errors.check_range("train.mixup_alpha", train_config.mixup_alpha, 0.0, 100.0)

@@ -76,6 +76,9 @@ def check_training(config: ml_collections.ConfigDict, size: int | None) -> None:
   errors.check_range("train.log_every_steps", tc.log_every_steps, 1, None, integer=True)
   errors.check_range("train.prefetch", tc.prefetch, 1, None, integer=True)
   errors.check_range("train.smooth_kernel_weight", tc.smooth_kernel_weight, 0)
+  errors.check_range("train.divergence_loss", tc.divergence_loss, 0)
+  errors.check_range("train.divergence_log_points", tc.divergence_log_points, 1, None,
+                     integer=True)
   transforms.check_config(tc, size)
   errors.check_range("checkpoint.every_steps", config.checkpoint.every_steps, 0, None,
                      integer=True)

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default, presets
-from hfc_jax import attacks, errors, evaluate, frequency, models, sharding, sweep, validation
+from configs import default
+from hfc_jax import attacks, errors, evaluate, frequency, models, presets, sharding, sweep
+from hfc_jax import validation
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 from hfc_jax.models import layers
@@ -182,7 +183,7 @@ def _stand_in_dataset(config):
 def _shipped_run_configs():
   """(label, run config) for every shipped config, data-set argument and sweep run."""
   for path in sorted((ROOT / "configs").glob("*.py")):
-    if path.stem in ("__init__", "presets"):
+    if path.stem == "__init__":
       continue
     module = importlib.import_module(f"configs.{path.stem}")
     takes_arg = bool(inspect.signature(module.get_config).parameters)

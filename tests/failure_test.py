@@ -15,11 +15,13 @@ import subprocess
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from hfc_jax import errors, lock, sharding, train
+from hfc_jax import defaults, errors, lock, resume, sharding, train
+from hfc_jax import progress as progress_lib
 from hfc_jax.analysis import common
 from tests.conftest import ROOT, main_command, run_main, tiny_config
 
@@ -85,7 +87,23 @@ def test_extending_epochs_is_allowed_and_recorded(tmp_path):
   assert entries[-1]["step"] == 8
   assert entries[-1]["changes"]["train.epochs"] == [1, 2]
   assert entries[-1]["changes"]["eval.radii"] == [[4, 8, 12, 16], [4, 8]]
+  assert sorted(entries[-1]["changes"]) == ["eval.radii", "train.epochs"], entries[-1]
   assert json.load(open(os.path.join(workdir, "config.json")))["train"]["epochs"] == 2
+
+
+def test_a_config_compares_equal_to_its_json_copy_and_unused_fields_are_no_change():
+  config = defaults.get_config()
+  config.bands.bands = ((0, 4), (4, 8))     # nested tuples read back as nested lists
+  config.eval.bands = ((0, 4),)
+  saved = json.loads(json.dumps(config.to_dict()))
+  assert resume.changes(saved, config.to_dict()) == {}
+  # The radius of a run trained on the original images changes nothing ...
+  config.train.input_radius = 12.0
+  assert resume.check(saved, config.to_dict(), "w") == {}
+  # ... but does once the run trains on a component.
+  saved["train"]["input_component"] = config.train.input_component = "hfc"
+  with pytest.raises(errors.HfcError, match="train.input_radius 8.0 -> 12.0"):
+    resume.check(saved, config.to_dict(), "w")
 
 
 def test_a_diverged_run_stops_at_once_and_keeps_the_good_checkpoint(tmp_path):
@@ -113,6 +131,66 @@ def test_a_diverged_run_stops_at_once_and_keeps_the_good_checkpoint(tmp_path):
   for a, b in zip(jax.tree.leaves(common.restore(str(workdir), 8).params),
                   jax.tree.leaves(good.params)):
     np.testing.assert_array_equal(a, b)
+
+
+def _saved_leaves(workdir) -> dict[int, list[np.ndarray]]:
+  """{step: every array leaf of the saved train state (parameters, optimiser state, BN
+  statistics)}, read back raw from each checkpoint."""
+  out = {}
+  for step in sorted(int(s) for s in os.listdir(workdir / "checkpoints")):
+    tree = ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+    out[step] = [np.asarray(x) for x in jax.tree.leaves(tree)]
+  return out
+
+
+def test_a_run_whose_optimiser_state_overflows_stops_with_nothing_nonfinite_saved(tmp_path):
+  """Adam at lr 1e4 without BN: the loss reaches ~1e27 but stays finite, and so do the
+  parameters, while Adam's second moment overflows to inf (every later update is then
+  0). The run must stop with exit 3, not end "done" at chance accuracy."""
+  workdir = tmp_path / "adam"
+  config = tiny_config(**{"optim.name": "adam", "optim.learning_rate": 1e4,
+                          "model.norm": "none", "checkpoint.every_steps": 1,
+                          "train.log_every_steps": 1})
+  with pytest.raises(errors.RunFailed) as raised:
+    train.train_and_evaluate(config, str(workdir), mesh=sharding.make_mesh(8))
+  assert raised.value.exit_status == errors.EXIT_DIVERGED
+  assert "inf or NaN in the optimiser state" in str(raised.value), raised.value
+  diverged = int(str(raised.value).split("at step ")[1].split(":")[0])
+  saved = _saved_leaves(workdir)
+  assert saved and max(saved) < diverged, (sorted(saved), diverged)
+  for step, leaves in saved.items():
+    floats = [x for x in leaves if np.issubdtype(x.dtype, np.floating)]
+    assert floats and all(np.isfinite(x).all() for x in floats), step
+
+
+def test_nonfinite_parts_names_each_part_of_the_state():
+  state = train.TrainState(step=jnp.zeros((), jnp.int32),
+                           params={"w": jnp.ones(3)}, model_state={"m": jnp.ones(2)},
+                           opt_state=(jnp.zeros((), jnp.int32), {"nu": jnp.ones(3)}),
+                           rng=jnp.zeros(2, jnp.uint32))
+  assert train.nonfinite_parts(state).tolist() == [False, False, False]
+  for part, index in (("params", 0), ("opt_state", 1), ("model_state", 2)):
+    bad = jax.tree.map(lambda x: x.at[0].set(jnp.inf) if x.dtype == jnp.float32 else x,
+                       getattr(state, part))
+    flags = train.nonfinite_parts(state.replace(**{part: bad})).tolist()
+    assert flags == [i == index for i in range(3)], (part, flags)
+  nan = state.replace(params={"w": jnp.array([0.0, jnp.nan, 1.0])})
+  assert train.nonfinite_parts(nan).tolist() == [True, False, False]
+
+
+def test_a_loss_above_the_divergence_threshold_stops_after_the_set_log_points(tmp_path):
+  watch = progress_lib.LossWatch(10.0, 3)
+  for step, loss in enumerate((11.0, 12.0, 9.0, 11.0, 13.0), 1):   # a dip resets it
+    watch.add(step, loss)
+  with pytest.raises(errors.RunFailed, match="above train.divergence_loss=10 for 3 log "
+                     "intervals in a row") as raised:
+    watch.add(6, 14.0)
+  assert raised.value.exit_status == errors.EXIT_DIVERGED
+  progress_lib.LossWatch(0.0, 1).add(1, 1e30)   # off at 0
+  # Wired into training: a threshold below any loss stops the run at the 2nd log point.
+  config = tiny_config(**{"train.divergence_loss": 1e-6, "train.divergence_log_points": 2})
+  with pytest.raises(errors.RunFailed, match="training diverged at step 8: the mean loss"):
+    train.train_and_evaluate(config, str(tmp_path / "run"), mesh=sharding.make_mesh(8))
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
@@ -221,6 +299,8 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
     (["--config.optim.learning_rate=-1.0"],
      "hfc_jax: error: optim.learning_rate=-1.0 is out of range"),
     (["extra_argument"], "hfc_jax: error: unexpected arguments ['extra_argument']"),
+    (["--config.train.input_radius=-3"],   # checked though training on the originals
+     "hfc_jax: error: train.input_radius=-3.0 is out of range; allowed: [1, inf]."),
 ])
 def test_a_bad_value_is_reported_in_seconds_and_creates_no_workdir(tmp_path, flags, message):
   start = time.time()

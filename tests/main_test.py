@@ -232,3 +232,61 @@ def test_config_files_load_without_the_deprecated_load_module(tmp_path):
   assert result.returncode == 2, result.stderr[-2000:]
   assert result.stderr.strip().splitlines()[-1] == (
       "hfc_jax: error: train.epochs=0 is out of range; allowed: [1, inf].")
+
+
+def _shipped_configs() -> list[str]:
+  """Every shipped config file, with each data-set argument for those that take one."""
+  out = []
+  for path in sorted(pathlib.Path(ROOT, "configs").glob("*.py")):
+    if path.stem == "__init__":
+      continue
+    takes_arg = "def get_config(dataset" in path.read_text()
+    out += ([f"{path}:{d}" for d in ("embedded", "fashion_mnist", "cifar10")]
+            if takes_arg else [str(path)])
+  return out
+
+
+def test_every_shipped_config_loads_from_any_directory(tmp_path):
+  """`--config=/abs/path/configs/X.py --help` from a folder outside the repository loads
+  the config (config files import only hfc_jax) and lists the fields it sets."""
+  def help_of(config):
+    return subprocess.run([sys.executable, "-m", "hfc_jax.main", f"--config={config}",
+                           "--help"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+  configs = _shipped_configs()
+  assert len(configs) >= 20
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    results = dict(zip(configs, pool.map(help_of, configs)))
+  for config, result in results.items():
+    assert result.returncode == 0 and not result.stderr, (config, result.stderr[-2000:])
+    assert f"--config={config} sets (" in result.stdout, config
+  adv = results[os.path.join(ROOT, "configs", "cifar10_resnet32_adv.py")].stdout
+  assert "  adv.enabled = True   (default: False)" in adv
+  assert "  model.name = 'preact_resnet32'   (default: 'small_cnn')" in adv
+  fig4 = results[os.path.join(ROOT, "configs", "fig4_batch_size.py:fashion_mnist")].stdout
+  assert "  data.name = 'idx'   (default: 'embedded')" in fig4
+  assert "sweep.runs = ['batch_32', 'batch_64', 'batch_128', 'batch_256']" in fig4
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("def get_config(:\n  pass\n", "failed at line 1: SyntaxError: invalid syntax."),
+    ("def get_config():\n  raise RuntimeError('no such setting')\n",
+     "failed at line 2: RuntimeError: no such setting."),
+    ("import numpy\nimport no_such_module_here\n",
+     "failed at line 2: ModuleNotFoundError: No module named 'no_such_module_here'."),
+    ("from configs import presets\n",
+     "failed at line 1: ModuleNotFoundError: No module named 'configs'; a config file "
+     "imports hfc_jax"),
+])
+def test_a_config_file_that_does_not_load_is_one_line(tmp_path, source, expected):
+  config = tmp_path / "my_config.py"
+  config.write_text(source)
+  for extra in ([f"--workdir={tmp_path / 'w'}"], ["--help"]):
+    result = subprocess.run([sys.executable, "-m", "hfc_jax.main", f"--config={config}",
+                             *extra], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith(f"hfc_jax: error: config file {config} {expected}"), (
+        result.stderr)
+    assert result.stderr.count("\n") == 1 and not result.stdout
+    assert not (tmp_path / "w").exists()
