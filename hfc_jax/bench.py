@@ -50,7 +50,7 @@ from collections.abc import Sequence
 import jax
 from absl import app, flags, logging
 
-from hfc_jax import benchmarks, errors, records
+from hfc_jax import benchmarks, errors, library_logs
 from hfc_jax.benchmarks.common import Options, Row
 
 SECTION_NAMES = tuple(benchmarks.SECTIONS)
@@ -184,7 +184,7 @@ def run(sections: Sequence[str] = SECTION_NAMES, *, json_path: str | None = None
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  records.quiet_library_logs()
+  library_logs.divert()
   try:
     run(FLAGS.sections, json_path=FLAGS.json, models=FLAGS.models,
         pgd_eval_models=FLAGS.models if FLAGS["models"].present else None,

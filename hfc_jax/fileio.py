@@ -22,6 +22,7 @@ import importlib.util
 import io
 import os
 import re
+import shutil
 import uuid
 
 from etils import epath
@@ -90,6 +91,20 @@ def makedirs(p) -> None:
   path(p).mkdir(parents=True, exist_ok=True)
 
 
+def remove_new_tree(p, *, disposable: tuple[str, ...] = ()) -> bool:
+  """Removes local directory `p`, which this run created, when it holds no file but
+  empty folders and files named in `disposable` (a sweep's plan): a run refused
+  for its data leaves nothing behind. Returns whether it was removed. Remote paths
+  are left alone (an object store has no empty folders to remove)."""
+  if is_remote(p) or not os.path.isdir(p):
+    return False
+  for _, _, files in os.walk(p):
+    if any(name not in disposable for name in files):
+      return False
+  shutil.rmtree(p, ignore_errors=True)
+  return True
+
+
 def basename(p) -> str:
   """The last component of `p` ('run' for 'gs://b/run/' and for 'x/run/.')."""
   if is_remote(p):
@@ -109,9 +124,21 @@ def read_text(p) -> str:
 
 
 def write_bytes(p, data: bytes) -> None:
-  """Writes `data` to `p` so that a reader sees the old file or the new one, never half."""
-  target = path(p)
-  if is_remote(p):
+  """Writes `data` to `p` so that a reader sees the old file or the new one, never half.
+  A write that fails (a full disk, no permission) raises `errors.RunFailed` (exit 4):
+  the run stops, and the old file is kept."""
+  try:
+    _write_bytes(path(p), data, remote=is_remote(p))
+  except OSError as e:
+    raise errors.RunFailed(
+        f"{p} could not be written ({e.strerror or type(e).__name__}); the run stopped "
+        "and the workdir keeps its last finished checkpoint: fix the cause (e.g. free "
+        "disk space), then run the same command to resume.", errors.EXIT_SAVE_FAILED
+    ) from None
+
+
+def _write_bytes(target: epath.Path, data: bytes, *, remote: bool) -> None:
+  if remote:
     target.write_bytes(data)
     return
   tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"

@@ -11,7 +11,8 @@ Exit status, each failure with one line on stderr ("hfc_jax: ..."):
   2    bad input (a config value, a flag, the data, a locked or differently-configured
        workdir): nothing in the workdir is changed;
   3    training diverged (a non-finite loss or parameter): nothing of it was saved;
-  4    a checkpoint could not be written (disk full, permissions): the run stopped;
+  4    a checkpoint or another workdir file could not be written (disk full,
+       permissions): the run stopped;
   130  Ctrl-C; 143  SIGTERM (a preemption), after saving a checkpoint at the current
        step. After 3, 4, 130 and 143 the workdir keeps its last good checkpoint and the
        same command resumes from it.
@@ -21,7 +22,9 @@ import functools
 import importlib.util
 import os
 import re
+import signal
 import sys
+import time
 import traceback
 import types
 
@@ -96,24 +99,58 @@ def run(config, workdir: str, *, allow_changed_config: bool = False):
   mode = errors.check_choice("mode", config.mode, MODES)
   workdir = fileio.check("workdir", workdir)
   check_paths(config)
+  if fileio.scheme(workdir) == "gs":   # seconds and one line, not minutes of retries
+    from hfc_jax import cloud_storage  # pylint: disable=g-import-not-at-top
+    cloud_storage.check_bucket("workdir", workdir)
   if mode == "train":
     from hfc_jax import resume, sweep, train, validation  # pylint: disable=g-import-not-at-top
     if sweep.is_sweep(config):
       for _, run_config, _ in sweep.expand(config):   # every run, before any work
         validation.check(run_config)
-      check_workdir(workdir)
-      return sweep.run_sweep(config, workdir, functools.partial(
-          train.train_and_evaluate, allow_changes=allow_changed_config))
+      train_fn = functools.partial(train.train_and_evaluate,
+                                   allow_changes=allow_changed_config)
+      return _in_new_workdir(workdir, lambda: sweep.run_sweep(config, workdir, train_fn))
     validation.check(config)
     done = resume.finished_history(config, workdir, allow_changes=allow_changed_config)
     if done is not None:
       return done
-    check_workdir(workdir)
-    return train.train_and_evaluate(config, workdir, allow_changes=allow_changed_config)
+    return _in_new_workdir(workdir, lambda: train.train_and_evaluate(
+        config, workdir, allow_changes=allow_changed_config))
   from hfc_jax import checkpointing  # pylint: disable=g-import-not-at-top
   checkpointing.open_existing(workdir).close()   # fails at once on an empty workdir
   check_workdir(workdir)
-  return analysis.run(mode, config, workdir)
+  started = time.perf_counter()
+  results = analysis.run(mode, config, workdir)
+  _closing_study(mode, workdir, time.perf_counter() - started)
+  return results
+
+
+def _closing_study(mode: str, workdir: str, seconds: float) -> None:
+  """A study's last line (stdout, process 0): how long it took and where its files are."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from hfc_jax import records  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return
+  out = fileio.join(workdir, mode)
+  tables = sorted(p.name for p in fileio.path(out).iterdir() if p.name.endswith(".md"))
+  shown = f"; tables: {', '.join(tables)}" if tables else ""
+  print(f"hfc_jax: {mode} done in {records.duration(seconds)}: results in {out}{shown}",
+        flush=True)
+
+
+def _in_new_workdir(workdir: str, work):
+  """Creates `workdir` (`check_workdir`) and returns `work()`. When `work` refuses its
+  input (an HfcError: data that does not load, a batch larger than the data) and the
+  workdir is new, the workdir is removed again: bad input writes nothing."""
+  from hfc_jax import workdirs  # pylint: disable=g-import-not-at-top
+  existed = fileio.is_dir(workdir)
+  check_workdir(workdir)
+  try:
+    return work()
+  except errors.HfcError:
+    if not existed:
+      fileio.remove_new_tree(workdir, disposable=(workdirs.SWEEP,))
+    raise
 
 
 def _one_line(error: BaseException) -> str:
@@ -220,8 +257,8 @@ def main(argv):
     sys.exit(2)
   xla_flags.set_cpu_defaults()   # before JAX creates its backend, which reads XLA_FLAGS
   import jax  # pylint: disable=g-import-not-at-top
-  from hfc_jax import preemption, records  # pylint: disable=g-import-not-at-top
-  records.quiet_library_logs()
+  from hfc_jax import library_logs, preemption  # pylint: disable=g-import-not-at-top
+  library_logs.divert(verbose=FLAGS.verbosity >= 1)
   if FLAGS.jax_distributed:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
@@ -232,18 +269,33 @@ def main(argv):
   try:
     run(FLAGS.config, FLAGS.workdir, allow_changed_config=FLAGS.allow_changed_config)
   except errors.HfcError as e:
-    print(f"hfc_jax: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit(f"hfc_jax: error: {e}", 2)
   except errors.RunFailed as e:
-    print(f"hfc_jax: error: {e}", file=sys.stderr, flush=True)
-    sys.exit(e.exit_status)
+    _exit(f"hfc_jax: error: {e}{library_logs.suffix()}", e.exit_status,
+          now=e.exit_status == errors.EXIT_SAVE_FAILED)
   except preemption.Preempted as e:   # SIGTERM or Ctrl-C during training, saved
-    print(f"hfc_jax: {e}", file=sys.stderr, flush=True)
-    sys.exit(e.exit_status)
+    _exit(f"hfc_jax: {e}", e.exit_status)
   except KeyboardInterrupt:            # Ctrl-C anywhere else (a second one, a study)
-    print("hfc_jax: interrupted (Ctrl-C); the workdir keeps its last finished checkpoint; "
-          "run the same command to resume from it.", file=sys.stderr, flush=True)
-    sys.exit(preemption.EXIT_INTERRUPTED)
+    _exit("hfc_jax: interrupted (Ctrl-C); the workdir keeps its last finished checkpoint; "
+          "run the same command to resume from it.", preemption.EXIT_INTERRUPTED)
+
+
+def _exit(line: str, status: int, *, now: bool = False) -> None:
+  """Prints the run's closing error `line` on stderr and exits with `status`. Ctrl-C
+  pressed again from here on is ignored: the line is already the run's last word, and
+  a second KeyboardInterrupt inside the interpreter's shutdown (Orbax joins its save
+  threads there) would print a traceback after it.
+
+  `now`: exit without the interpreter's shutdown. After a failed save, Orbax's commit
+  threads wait for a signal that the failed save never sends, and the shutdown, which
+  joins them, hung for good (seen on 8 devices). Everything the run keeps is on disk
+  by then: the checkpoints before, closed files, flushed streams."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  print(line, file=sys.stderr, flush=True)
+  if now:
+    sys.stdout.flush()
+    os._exit(status)  # pylint: disable=protected-access
+  sys.exit(status)
 
 
 if __name__ == "__main__":

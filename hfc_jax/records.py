@@ -10,9 +10,7 @@ Every file goes through `hfc_jax.fileio`, so a workdir may be local or `gs://...
 
 import io
 import json
-import logging as pylogging
 import math
-import os
 
 from absl import logging
 
@@ -153,24 +151,3 @@ def epoch_summary(record: dict, epochs: int) -> str:
               "HFC " + " ".join(num(f"test/hfc_{r}") for r in radii)]
   parts.append(duration(record.get("epoch_time_s") or float("nan")))
   return " | ".join(parts)
-
-
-class _DropLibraryInfo(pylogging.Filter):
-  """Drops INFO-and-below records logged from inside the named libraries' files."""
-
-  def __init__(self, libraries: tuple[str, ...]):
-    super().__init__()
-    self.markers = tuple(f"{os.sep}{lib}{os.sep}" for lib in libraries)
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno > pylogging.INFO or not any(
-        m in record.pathname for m in self.markers)
-
-
-def quiet_library_logs(libraries: tuple[str, ...] = ("orbax", "tensorflow_datasets", "jax",
-                                                     "etils", "gcsfs")) -> None:
-  """Keeps library INFO chatter (Orbax's dozens of lines per checkpoint, JAX's probe of
-  a TPU backend on a CPU host) out of the run's log, leaving warnings and errors; our
-  own progress lines stay."""
-  handler = logging.get_absl_handler()
-  handler.addFilter(_DropLibraryInfo(libraries))

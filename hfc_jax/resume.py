@@ -108,20 +108,32 @@ def record(workdir: str, step: int, found: dict[str, tuple[Any, Any]]) -> None:
 def finished_history(config, workdir: str, *, allow_changes: bool = False) -> list | None:
   """The history of a workdir whose latest checkpoint already holds all
   `train.epochs` (None otherwise); read without loading data or locking, and
-  touching nothing. Its settings must match as for a resume."""
+  touching nothing. Its settings must match as for a resume. The checkpoint's arrays
+  are read once (`Checkpointer.verify`): a finished run whose newest checkpoint is
+  unreadable says so and is not finished (the full path sets it aside and retrains
+  from the one before)."""
   if not fileio.is_dir(checkpointing.checkpoint_dir(workdir)):
     return None
   ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+  step, meta = None, None
   try:
     step = ckpt.latest_step()
     meta = ckpt.restore_meta(step) if step is not None else None
-  except Exception:  # pylint: disable=broad-except  (an unreadable one: the full path decides)
-    meta = None
+    if meta is None or len(meta["history"]) < config.train.epochs:
+      return None
+    check(meta["config"], config.to_dict(), workdir, allow=allow_changes)
+    ckpt.verify(step)
+  except errors.HfcError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+    if meta is not None:  # finished, but unreadable: the full path sets it aside
+      logging.warning("the finished run's newest checkpoint %s/%d cannot be read (%s: %s); "
+                      "it will be set aside and the run resumed from the one before",
+                      ckpt.directory, step, type(e).__name__,
+                      (str(e).splitlines() or [""])[0][:200])
+    return None
   finally:
     ckpt.close()
-  if meta is None or len(meta["history"]) < config.train.epochs:
-    return None
-  check(meta["config"], config.to_dict(), workdir, allow=allow_changes)
   if jax.process_index() == 0:
     print(f"hfc_jax: {workdir} is finished: it holds all {len(meta['history'])} epochs "
           f"(step {step}); nothing to do. Metrics: "

@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from hfc_jax import defaults, errors, lock, resume, sharding, train
+from hfc_jax import defaults, errors, fileio, lock, resume, sharding, train
 from hfc_jax import progress as progress_lib
 from hfc_jax.analysis import common
 from tests.conftest import ROOT, main_command, run_main, tiny_config
@@ -54,6 +54,22 @@ def test_a_finished_run_started_again_returns_at_once_and_writes_nothing(one_epo
   assert "is finished: it holds all 1 epochs (step 8); nothing to do" in result.stdout
   assert "images/s" not in result.stderr and "data embedded" not in result.stderr
   assert _snapshot(one_epoch) == before
+
+
+def test_a_finished_run_whose_newest_checkpoint_is_cut_short_says_so_and_retrains(tmp_path):
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(), str(workdir), mesh=sharding.make_mesh(8))
+  for path in (workdir / "checkpoints" / "16").rglob("*"):   # as a disk cut short leaves it
+    if path.is_file() and "ocdbt.process_0" in str(path) and path.stat().st_size > 1000:
+      with open(path, "r+b") as f:
+        f.truncate(100)
+  result = run_main(workdir, "--config.tensorboard=False", timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "is finished" not in result.stdout
+  assert "the finished run's newest checkpoint" in result.stderr
+  assert "/16 cannot be read" in result.stderr and "resumed at step 8" in result.stderr
+  assert os.listdir(workdir / "unreadable_checkpoints") == ["16"]
+  assert common.restore(str(workdir)).step == 16     # retrained, readable again
 
 
 def test_a_changed_result_field_refuses_in_one_line_and_changes_nothing(one_epoch):
@@ -260,12 +276,61 @@ def test_a_full_disk_stops_the_run_at_once_with_the_last_checkpoint_intact(tmp_p
                              mesh=sharding.make_mesh(8))
   message = str(raised.value)
   assert raised.value.exit_status == errors.EXIT_SAVE_FAILED
-  assert "\n" not in message and "No space left on device" in message
-  assert "the last good checkpoint: step 3" in message
+  assert "\n" not in message and "(no space left on device)" in message
+  assert "the last good checkpoint: step 3; fix the cause" in message
   monkeypatch.undo()
   assert common.restore(str(workdir)).step == 3
   assert (workdir / "metrics.jsonl").read_text() == ""     # no epoch was saved
   assert not (workdir / lock.NAME).exists()
+
+
+FULL_DISK_RUN = """
+import errno, sys
+import orbax.checkpoint as ocp
+from absl import app
+calls = {"n": 0}
+original = ocp.type_handlers.ArrayHandler.serialize
+async def full_disk(self, *args, **kwargs):
+  calls["n"] += 1
+  if calls["n"] > 1:
+    raise OSError(errno.ENOSPC, "No space left on device")
+  return await original(self, *args, **kwargs)
+ocp.type_handlers.ArrayHandler.serialize = full_disk
+from hfc_jax import main
+sys.argv = ["hfc_jax.main", *sys.argv[1:]]
+app.run(main.main, flags_parser=main.parse_flags)
+"""
+
+
+def test_a_full_disk_in_a_real_run_is_one_line_and_nothing_else(tmp_path):
+  """As a user sees it: the second checkpoint write fails with ENOSPC inside Orbax's
+  background save; stderr holds absl's info lines and one error line, no Orbax error
+  log, no traceback."""
+  command = main_command(tmp_path / "run", "--config.checkpoint.every_steps=3")
+  result = subprocess.run([command[0], "-c", FULL_DISK_RUN, *command[3:]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == errors.EXIT_SAVE_FAILED, result.stderr[-3000:]
+  lines = [l for l in result.stderr.splitlines() if not l.startswith("I")]
+  assert len(lines) == 1, lines[:20]
+  assert lines[0].startswith("hfc_jax: error: a checkpoint could not be written to "), lines
+  assert "(no space left on device); the run stopped; the last good checkpoint: step 3" \
+      in lines[0]
+
+
+def test_a_workdir_file_that_cannot_be_written_stops_the_run_in_one_line(tmp_path,
+                                                                        monkeypatch):
+  target = tmp_path / "metrics.jsonl"
+  fileio.write_text(target, "old\n")
+
+  def no_space(*args):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(fileio.os, "replace", no_space)
+  with pytest.raises(errors.RunFailed, match=r"metrics.jsonl could not be written \(No "
+                     r"space left on device\); the run stopped") as raised:
+    fileio.write_text(target, "new\n")
+  assert raised.value.exit_status == errors.EXIT_SAVE_FAILED
+  assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["metrics.jsonl"]
 
 
 def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
@@ -301,6 +366,11 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
     (["extra_argument"], "hfc_jax: error: unexpected arguments ['extra_argument']"),
     (["--config.train.input_radius=-3"],   # checked though training on the originals
      "hfc_jax: error: train.input_radius=-3.0 is out of range; allowed: [1, inf]."),
+    # Refused once the data is loaded: the new workdir is removed again.
+    (["--config.train.batch_size=1024"],
+     "hfc_jax: error: train.batch_size=1024 exceeds the 512 training images."),
+    (["--config.data.name=npz", "--config.data.path=/nonexistent/data.npz"],
+     "hfc_jax: error: data.path="),
 ])
 def test_a_bad_value_is_reported_in_seconds_and_creates_no_workdir(tmp_path, flags, message):
   start = time.time()
@@ -310,3 +380,12 @@ def test_a_bad_value_is_reported_in_seconds_and_creates_no_workdir(tmp_path, fla
   lines = _error_lines(result.stderr)
   assert len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
   assert not (tmp_path / "new").exists()
+
+
+def test_a_sweep_refused_for_its_data_leaves_no_workdir(tmp_path):
+  result = run_main(tmp_path / "sweep", "--config.data.num_train=16",
+                    config="configs/fig4_batch_size.py", timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = _error_lines(result.stderr)
+  assert lines[-1] == "hfc_jax: error: train.batch_size=32 exceeds the 16 training images."
+  assert not (tmp_path / "sweep").exists()

@@ -102,12 +102,28 @@ def test_train_resume_analyse_and_report_on_a_bucket(tmp_path, bucket_env):
   flags = ("--config.checkpoint.every_steps=5",)
   first = run_main(workdir, *flags, "--config.train.epochs=1", env=bucket_env, cwd=cwd)
   assert first.returncode == 0, first.stderr[-3000:]
+  # gcsfs's credential warnings and Orbax's logs stay off the terminal.
+  assert "bucket type" not in first.stderr and "Traceback" not in first.stderr
+  ours = {os.path.basename(p) for p in glob.glob(os.path.join(
+      os.path.dirname(fileio.__file__), "**", "*.py"), recursive=True)}
+  native = []   # TensorStore's C++ log (no credentials for the emulator): not Python's
+  for line in first.stderr.splitlines():   # absl: "W1206 00:28:58.54 123 file.py:12] ..."
+    if line[:1] in "WE" and line[1:5].isdigit():
+      source = line.split()[3].split(":")[0]
+      if source.endswith(".cc"):
+        native.append(line)
+      else:
+        assert source in ours, line
+  assert len(native) <= 2, native
   second = run_main(workdir, *flags, env=bucket_env, cwd=cwd)
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resumed at step 8" in second.stderr
   figure2 = run_main(workdir, "--config.mode=figure2", "--config.figure2.batch_size=128",
                      env=bucket_env, cwd=cwd)
   assert figure2.returncode == 0, figure2.stderr[-3000:]
+  assert figure2.stdout.strip().splitlines()[-1].startswith(
+      f"hfc_jax: figure2 done in "), figure2.stdout
+  assert figure2.stdout.strip().endswith(f"results in {workdir}/figure2; tables: figure2.md")
   from hfc_jax import report  # pylint: disable=g-import-not-at-top
   written = report.write_report([workdir])
   assert written["markdown"] == f"{workdir}/report/report.md"
@@ -143,3 +159,47 @@ def test_missing_backend_and_unknown_scheme_are_one_line_errors(monkeypatch, tmp
   assert not (tmp_path / "local").exists()
   with pytest.raises(errors.HfcError, match=r"workdir='hdfs://x/y'.*hdfs:// is not supported"):
     main.run(__import__("configs.default", fromlist=["x"]).get_config(), "hdfs://x/y")
+
+
+def _refused(env: dict, workdir: str, expected: str, cwd) -> float:
+  """Runs main on `workdir` with `env`; asserts exit 2 and one line containing
+  `expected`, with nothing else on stderr but absl's info lines; returns the seconds."""
+  start = time.time()
+  result = run_main(workdir, env=env, cwd=cwd, timeout=120)
+  seconds = time.time() - start
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = [l for l in result.stderr.splitlines() if not l.startswith("I")]
+  assert len(lines) == 1 and lines[0].startswith("hfc_jax: error: workdir='gs://"), lines
+  assert expected in lines[0], lines[0]
+  assert os.listdir(cwd) == []
+  return seconds
+
+
+def test_an_unreachable_missing_or_unauthorised_bucket_fails_in_seconds(tmp_path, bucket_env):
+  """The preflight check (`cloud_storage.check_bucket`): one line within 15 s, where
+  gcsfs and TensorStore retried for about two minutes."""
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  assert _refused(bucket_env, "gs://no-such-bucket/run",
+                  "the bucket gs://no-such-bucket does not exist", cwd) < 15
+  with socket.socket() as closed:          # a port nothing listens on: refused
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+  refused = {**bucket_env, "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"}
+  assert _refused(refused, f"gs://{BUCKET}/run", "cannot reach Cloud Storage at "
+                  f"http://127.0.0.1:{port}", cwd) < 15
+  with socket.socket() as silent:          # accepts connections, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    hanging = {**bucket_env,
+               "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+    assert _refused(hanging, f"gs://{BUCKET}/run", "timed out", cwd) < 15
+  # The real endpoint without credentials: no key file, no gcloud login in HOME, and
+  # the metadata server of a cloud VM pointed at a closed local port.
+  anonymous = {k: v for k, v in bucket_env.items()
+               if k not in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS",
+                            "CLOUDSDK_CONFIG")}
+  anonymous.update(HOME=str(tmp_path / "home"), GCE_METADATA_ROOT="127.0.0.1:1",
+                   GCE_METADATA_HOST="127.0.0.1:1", GCE_METADATA_IP="127.0.0.1:1")
+  assert _refused(anonymous, f"gs://{BUCKET}/run", "no usable Google Cloud credentials "
+                  "(none found); run `gcloud auth application-default login`", cwd) < 15

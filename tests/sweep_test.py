@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from configs import (fig3_shuffled_labels, fig4_batch_size, fig5_heuristics, fig6_bn_lfc,
-                     optimizers_sweep, presets, table1_lfc_hfc)
-from hfc_jax import errors, sweep
+                     optimizers_sweep, table1_lfc_hfc)
+from hfc_jax import errors, presets, sweep
 from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
