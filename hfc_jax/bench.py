@@ -9,8 +9,10 @@ FLOP rate against a measured matmul peak, and PyTorch's ResNet-18 when torch imp
 pgd (PGD-7/10 adversarial steps against the plain step), eval (clean + 8 LFC/HFC
 variants against clean only), split (jitted split_many against NumPy), input (the host
 pipeline against the small_cnn step), scaling (1, 2, 4, 8 devices), checkpoint (Orbax
-save/restore of a ResNet-18 + Adam state) and heatmap (the Fourier heat map's perturbed
-images/s against plain evaluation). The pgd, eval and heatmap sections use small_cnn
+save/restore of a ResNet-18 + Adam state), heatmap (the Fourier heat map's perturbed
+images/s against plain evaluation) and autoattack (an APGD iteration against a PGD step,
+a Square query against a forward pass, the whole AutoAttack on `--autoattack_images`
+test images). The pgd, eval and heatmap sections use small_cnn
 unless `--models` is given. Output: a fixed-width table on stdout and, with `--json`,
 every number in a nested dict {'meta': ..., '<section>': ...}. The sections live in
 the `hfc_jax.benchmarks` package; this module is the driver (flags, table, JSON).
@@ -69,12 +71,15 @@ flags.DEFINE_integer("repeats", None, "Timed repeats; median and min/max over th
 flags.DEFINE_string("json", None, "Write every number to this JSON file.")
 flags.DEFINE_bool("tiny", False, "Shrink everything for a smoke run: batch 16, 2 steps.")
 flags.DEFINE_string("tfds_data_dir", None, "Where tfds CIFAR-10 may be prepared (input section).")
+flags.DEFINE_integer("autoattack_images", None, "Test images of the whole AutoAttack "
+                     "(autoattack section; default 1000, 16 with --tiny).")
 
 
 def make_options(*, models: Sequence[str] = Options.models,
                  pgd_eval_models: Sequence[str] | None = None, batch_size: int = 0,
                  dtype: str = "float32", steps: int | None = None, repeats: int | None = None,
-                 tiny: bool = False, tfds_data_dir: str | None = None) -> Options:
+                 tiny: bool = False, tfds_data_dir: str | None = None,
+                 autoattack_images: int | None = None) -> Options:
   """Checks the values (HfcError) and fills in the defaults of `--tiny`."""
   for name in list(models) + list(pgd_eval_models or ()):
     errors.check_choice("--models", name, MODEL_NAMES)
@@ -84,10 +89,14 @@ def make_options(*, models: Sequence[str] = Options.models,
                              integer=True)
   repeats = errors.check_range("--repeats", (2 if tiny else 3) if repeats is None else repeats,
                                1, integer=True)
+  autoattack_images = errors.check_range(
+      "--autoattack_images", (16 if tiny else 1000) if autoattack_images is None
+      else autoattack_images, 1, integer=True)
   return Options(models=tuple(models),
                  pgd_eval_models=tuple(pgd_eval_models or ("small_cnn",)),
                  batch_size=batch_size, dtype=dtype, steps=steps, repeats=repeats,
-                 tiny=tiny, tfds_data_dir=tfds_data_dir)
+                 tiny=tiny, tfds_data_dir=tfds_data_dir,
+                 autoattack_images=int(autoattack_images))
 
 
 def _cpu_model() -> str:
@@ -189,7 +198,8 @@ def main(argv):
     run(FLAGS.sections, json_path=FLAGS.json, models=FLAGS.models,
         pgd_eval_models=FLAGS.models if FLAGS["models"].present else None,
         batch_size=FLAGS.batch_size, dtype=FLAGS.dtype, steps=FLAGS.steps,
-        repeats=FLAGS.repeats, tiny=FLAGS.tiny, tfds_data_dir=FLAGS.tfds_data_dir)
+        repeats=FLAGS.repeats, tiny=FLAGS.tiny, tfds_data_dir=FLAGS.tfds_data_dir,
+        autoattack_images=FLAGS.autoattack_images)
   except errors.HfcError as e:
     print(f"hfc_jax.bench: error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -133,7 +133,14 @@ def get_config() -> ml_collections.ConfigDict:
   # `--config.mode=robust_eval` on a trained workdir (hfc_jax/analysis/robustness.py).
   config.robust_eval = ml_collections.ConfigDict()
   config.robust_eval.eps = (0.03, 0.06, 0.09, 8 / 255)  # L-inf radii of the fixed-eps attacks.
-  config.robust_eval.attacks = ("fgsm", "pgd")
+  config.robust_eval.attacks = ("fgsm", "pgd")  # fgsm | pgd | apgd_ce | apgd_t | fab_t | square
+                                          # | autoattack (the ensemble), all L-inf.
+  config.robust_eval.autoattack_version = "standard"  # standard (Croce & Hein) | fast (a screen).
+  config.robust_eval.apgd_iters = 0       # APGD-CE/APGD-T iterations (0: the version's, 100/25).
+  config.robust_eval.square_queries = 0   # Square queries (0: the version's, 5000/1000).
+  config.robust_eval.masking_eps = 0.5    # L-inf eps where the probe must reach ~0 accuracy.
+  config.robust_eval.masking_images = 200  # Images of the large-eps / more-iterations checks
+                                          # (the first ones; 0: skip those two checks).
   config.robust_eval.pgd_steps = 20       # PGD-20, step size eps/4, random start.
   config.robust_eval.restarts = 1
   config.robust_eval.num_images = 1000    # Test images evaluated (0: all).
@@ -159,9 +166,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.kernels.compare = ()        # Other workdirs (same data set) studied beside this one.
   config.kernels.rhos = (0.0, 0.1, 0.25, 0.5, 1.0)  # Eq. 3 strengths; 0: as trained.
   config.kernels.cutoffs = (1.0, 1.2)  # Kernel low-pass cut-offs, DFT-index units (< 1: DC only).
+  config.kernels.variants = ("eq3", "eq3_renorm", "scaled", "lowpass")  # Kernels swept: eq3
+                                     # (as written), eq3_renorm (eq. 3 / (1 + 8 rho)), scaled
+                                     # (kernel x (1 + 8 rho)) at each rho; lowpass at each cut-off.
   config.kernels.show_rho = 1.0      # Rho of the smoothed kernels drawn in kernels_rgb.png.
   config.kernels.eps = (0.03, 0.06, 0.09, 8 / 255)  # L-inf radii of the attacks.
-  config.kernels.attacks = ("fgsm", "pgd")
+  config.kernels.attacks = ("fgsm", "pgd")  # As robust_eval.attacks.
+  config.kernels.autoattack_version = "standard"  # standard | fast
+  config.kernels.apgd_iters = 0      # APGD-CE/APGD-T iterations (0: the version's, 100/25).
+  config.kernels.square_queries = 0  # Square queries (0: the version's, 5000/1000).
+  config.kernels.masking_eps = 0.5   # L-inf eps where the probe must reach ~0 accuracy.
+  config.kernels.masking_images = 200  # Images of the large-eps / more-iterations checks (0: skip).
   config.kernels.pgd_steps = 20      # PGD-20, step size eps/4, random start.
   config.kernels.num_images = 1000   # First test images evaluated (0: all).
   config.kernels.batch_size = 250

@@ -113,6 +113,24 @@ def smooth_eq3(kernel: Any, rho: float) -> jnp.ndarray:
   return (k + rho * neighbours).astype(k.dtype)
 
 
+def smooth_eq3_renormalised(kernel: Any, rho: float) -> jnp.ndarray:
+  """Eq. 3 divided by 1 + 8 rho: each value becomes a weighted mean of itself (weight
+  1 / (1 + 8 rho)) and its 8 edge-padded neighbours (rho / (1 + 8 rho) each), so it
+  smooths without amplifying: every value stays within the slice's [min, max] and a
+  constant slice is unchanged. The control that separates eq. 3's smoothing from its
+  gain of up to 1 + 8 rho. (kh, kw, in, out) -> same shape and dtype."""
+  rho = _check_nonnegative("kernels.rho", rho)
+  return (smooth_eq3(kernel, rho) / (1.0 + 8.0 * rho)).astype(check_kernel(kernel).dtype)
+
+
+def scale_kernel(kernel: Any, rho: float) -> jnp.ndarray:
+  """The kernel times 1 + 8 rho: eq. 3's gain on a constant slice, without smoothing
+  (the control that amplifies only). (kh, kw, in, out) -> same shape and dtype."""
+  k = check_kernel(kernel)
+  rho = _check_nonnegative("kernels.rho", rho)
+  return (k * (1.0 + 8.0 * rho)).astype(k.dtype)
+
+
 def corner_distance(kh: int, kw: int) -> float:
   """Largest distance of a centred (kh, kw) DFT index from the DC term (kh//2, kw//2)."""
   return math.hypot(kh // 2, kw // 2)
@@ -144,6 +162,18 @@ def fourier_lowpass_kernel(kernel: Any, cutoff: float) -> jnp.ndarray:
 def smooth_first_conv(params: PyTree, rho: float, *, model: str | None = None) -> PyTree:
   """`params` with only the first conv kernel smoothed by eq. 3 (`smooth_eq3`)."""
   return replace_first_conv(params, smooth_eq3(first_conv_of(params, model=model), rho))
+
+
+def renormalised_first_conv(params: PyTree, rho: float, *, model: str | None = None
+                            ) -> PyTree:
+  """`params` with only the first conv kernel replaced by `smooth_eq3_renormalised`."""
+  kernel = first_conv_of(params, model=model)
+  return replace_first_conv(params, smooth_eq3_renormalised(kernel, rho))
+
+
+def scaled_first_conv(params: PyTree, rho: float, *, model: str | None = None) -> PyTree:
+  """`params` with only the first conv kernel multiplied by 1 + 8 rho (`scale_kernel`)."""
+  return replace_first_conv(params, scale_kernel(first_conv_of(params, model=model), rho))
 
 
 def lowpass_first_conv(params: PyTree, cutoff: float, *, model: str | None = None) -> PyTree:

@@ -34,6 +34,8 @@ def _kernels_config(**overrides):
   config.kernels.cutoffs = (1.0,)
   config.kernels.eps = (0.03, 8 / 255)
   config.kernels.pgd_steps = 3
+  config.kernels.variants = ("eq3", "lowpass")   # the controls: tests/robust_table_test.py
+  config.kernels.masking_images = 0      # checks: tests/robust_table_test.py
   for key, value in overrides.items():
     section, name = key.split(".")
     config[section][name] = value
@@ -81,6 +83,33 @@ def test_sweep_rho_0_row_equals_the_robust_evaluation(workdirs, tmp_path):
   assert row["variant"] == "eq3 rho=0"
   assert row["clean"] == robust["clean"]
   assert row["attacks"] == robust["attacks"]
+  assert row["intervals"] == robust["intervals"]
+  assert row["masking_checks"] == robust["masking_checks"]
+
+
+def test_kernel_controls_against_hand_computed_kernels():
+  """eq. 3 renormalised and the scaled kernel on a 3x3 slice 1..9 at rho = 0.5: eq. 3
+  adds 0.5 x the 8 edge-padded neighbours (centre 5 + 0.5 x 40 = 25, corner 1 +
+  0.5 x (1+1+2+1+2+4+4+5) = 11), renormalised divides by 1 + 8 x 0.5 = 5."""
+  k = np.arange(1, 10, dtype=np.float32).reshape(3, 3, 1, 1)
+  eq3 = np.asarray(smoothness.smooth_eq3(k, 0.5))[..., 0, 0]
+  renorm = np.asarray(smoothness.smooth_eq3_renormalised(k, 0.5))[..., 0, 0]
+  assert eq3[1, 1] == 25.0 and eq3[0, 0] == 11.0
+  np.testing.assert_allclose(renorm, eq3 / 5.0, rtol=1e-6)
+  assert renorm[1, 1] == pytest.approx(5.0) and renorm[0, 0] == pytest.approx(2.2)
+  # A weighted mean: within the slice's range, a constant slice (and its sum) kept.
+  assert renorm.min() >= 1.0 and renorm.max() <= 9.0
+  flat = np.full((3, 3, 2, 4), -0.7, np.float32)
+  np.testing.assert_allclose(smoothness.smooth_eq3_renormalised(flat, 1.0), flat, rtol=1e-6)
+  np.testing.assert_array_equal(smoothness.scale_kernel(k, 0.5), 5.0 * k)
+  params = {"first_conv": {"kernel": k, "bias": np.zeros(1)}, "head": {"kernel": k}}
+  scaled = kernels.Variant("scaled", 0.25).apply(params, "small_cnn")
+  np.testing.assert_array_equal(scaled["first_conv"]["kernel"], 3.0 * k)
+  assert scaled["head"]["kernel"] is k                # only the first conv changes
+  config = _kernels_config(**{"kernels.rhos": (0.0, 0.5), "kernels.cutoffs": (1.0,),
+                              "kernels.variants": ("scaled", "lowpass", "eq3_renorm")})
+  assert [v.name for v in kernels.variants(config.kernels)] == [
+      "eq3 rho=0", "eq3 renorm rho=0.5", "scaled rho=0.5", "lowpass c=1"]
 
 
 def _robust_config(kc_config):
@@ -90,6 +119,7 @@ def _robust_config(kc_config):
   rc.eps, rc.attacks, rc.pgd_steps = kc.eps, kc.attacks, kc.pgd_steps
   rc.num_images, rc.batch_size, rc.seed = kc.num_images, kc.batch_size, kc.seed
   rc.defence_radii, rc.min_eps_search_steps = (), 1
+  rc.masking_images = kc.masking_images
   return config
 
 
@@ -128,6 +158,8 @@ def test_kernels_mode_writes_grids_measures_and_sweep(workdirs):
     (["--config.kernels.rhos=(-0.5,1.0)"], "kernels.rhos=-0.5 is out of range"),
     (["--config.kernels.rhos=()"], "kernels.rhos=() must name at least one rho"),
     (["--config.kernels.eps=(0.03,1.5)"], "kernels.eps=1.5 is out of range; allowed: [0.0, 1.0]"),
+    (["--config.kernels.variants=('eq3','blur')"], "kernels.variants='blur' is not allowed; "
+     "choose one of: 'eq3', 'eq3_renorm', 'scaled', 'lowpass'."),
     ([], "kernels.num_images=1000 exceeds the 256 test images"),
 ])
 def test_bad_kernels_input_is_one_line_and_writes_nothing(workdirs, flags, message):

@@ -37,6 +37,9 @@ EXPECTED = [
     ("scaling", "meshes", "1", "speedup"), ("scaling", "meshes", "8", "images_per_s", "median"),
     ("checkpoint", "size_mb"), ("checkpoint", "save_s", "median"),
     ("checkpoint", "restore_s", "max"), ("checkpoint", "first_save_s"),
+    ("autoattack", "apgd_over_pgd"), ("autoattack", "square_over_forward"),
+    ("autoattack", "apgd_iteration_s"), ("autoattack", "square_query_s"),
+    ("autoattack", "whole", "total_s"), ("autoattack", "whole", "images"),
 ]
 
 
@@ -79,6 +82,10 @@ def test_every_number_is_positive_and_finite(tiny_run):
   assert results["input"]["tfds_cifar10"]["status"] == "not prepared"
   assert results["train"]["torch_resnet18"] is None  # resnet18 was not benchmarked
   assert results["train"]["models"]["small_cnn"]["flops_source"] == "jaxpr (conv + matmul)"
+  whole = results["autoattack"]["whole"]
+  assert whole["images"] == 16 and whole["version"] == "fast"
+  assert sum(int(v) for v in whole["broken_by"].values()) + int(
+      whole["robust"].split("/")[0]) == 16
 
 
 def _conv(x, w, stride=1):
@@ -139,6 +146,8 @@ def test_bad_values_fail_before_any_work():
     bench.run(["split"], models=("vgg",))
   with pytest.raises(errors.HfcError, match="--steps"):
     bench.run(["split"], steps=0)
+  with pytest.raises(errors.HfcError, match="--autoattack_images"):
+    bench.run(["autoattack"], autoattack_images=0)
 
 
 def test_table_has_fixed_width_columns():

@@ -17,12 +17,20 @@ every workdir of `kernels.compare` (same data set and image size), this writes i
   * `measures.json`, and a table in `kernels.md`: the smoothness measures of
     `hfc_jax.smoothness` for each model, original and after each smoothing.
   * `sweep.json`, a table in `kernels.md` and `sweep.png`: table 2 as a sweep. For each
-    rho of `kernels.rhos` (eq. 3) and each cut-off of `kernels.cutoffs` (a Fourier
-    low-pass of each kernel, for comparison), clean accuracy and accuracy under FGSM
-    and PGD (`kernels.pgd_steps` steps of eps/4, random start) at each `kernels.eps`, on
-    the first `kernels.num_images` test images, with the attacks run end to end through
-    the smoothed model. Its rho = 0 row is the plain model's robust evaluation
-    (`robust_eval` with the same settings gives the same numbers).
+    rho of `kernels.rhos` and each cut-off of `kernels.cutoffs`, the first conv replaced
+    by each of `kernels.variants`:
+      eq3         eq. 3 as written (smooths, and amplifies by up to 1 + 8 rho);
+      eq3_renorm  eq. 3 divided by 1 + 8 rho (smooths without amplifying);
+      scaled      the kernel times 1 + 8 rho (amplifies without smoothing);
+      lowpass     a Fourier low-pass of each kernel at each cut-off;
+    (eq3_renorm and scaled are the controls that tell smoothing from gain; at rho = 0
+    all three are the model as trained, run once as `eq3 rho=0`), clean accuracy and
+    accuracy under each attack of `kernels.attacks` (`robust_table`: FGSM, PGD with
+    `kernels.pgd_steps` steps of eps/4, the AutoAttack family) and their worst case at
+    each `kernels.eps`, with 95% Wilson intervals and the gradient-masking checks, on
+    the first `kernels.num_images` test images, the attacks run end to end through the
+    changed model. Its rho = 0 row is the plain model's robust evaluation (`robust_eval`
+    with the same settings gives the same numbers).
 
 Only the first conv layer is changed; BatchNorm statistics and every other parameter
 stay as trained.
@@ -35,26 +43,32 @@ from absl import logging
 from matplotlib.figure import Figure
 
 from hfc_jax import errors, markdown, sharding, smoothness
-from hfc_jax.analysis import common, robustness
+from hfc_jax.analysis import common, robust_table, robustness
 
 MODE = "kernels"
 MAX_FILTERS = 32   # filters drawn per model row
+VARIANTS = ("eq3", "eq3_renorm", "scaled", "lowpass")
+RHO_VARIANTS = VARIANTS[:3]
+_NAMES = {"eq3": "eq3 rho={:g}", "eq3_renorm": "eq3 renorm rho={:g}",
+          "scaled": "scaled rho={:g}", "lowpass": "lowpass c={:g}"}
+_APPLY = {"eq3": smoothness.smooth_first_conv, "eq3_renorm": smoothness.renormalised_first_conv,
+          "scaled": smoothness.scaled_first_conv, "lowpass": smoothness.lowpass_first_conv}
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """One way of smoothing the first conv: eq. 3 at `rho`, or a low-pass at `cutoff`."""
-  method: str       # 'eq3' | 'lowpass'
-  value: float      # rho or cut-off
+  """One way of changing the first conv: a method of VARIANTS at `value` (rho, or the
+  cut-off of 'lowpass')."""
+  method: str
+  value: float
 
   @property
   def name(self) -> str:
-    return f"eq3 rho={self.value:g}" if self.method == "eq3" else f"lowpass c={self.value:g}"
+    """'eq3 rho=0.5', 'eq3 renorm rho=0.5', 'scaled rho=0.5', 'lowpass c=1'."""
+    return _NAMES[self.method].format(self.value)
 
   def apply(self, params, model: str):
-    if self.method == "eq3":
-      return smoothness.smooth_first_conv(params, self.value, model=model)
-    return smoothness.lowpass_first_conv(params, self.value, model=model)
+    return _APPLY[self.method](params, self.value, model=model)
 
 
 # ---------------------------------------------------------------------------
@@ -70,18 +84,28 @@ def check_kernels_config(kc) -> None:
   errors.check_range("kernels.show_rho", kc.show_rho, 0.0, None)
   for cutoff in kc.cutoffs:
     errors.check_range("kernels.cutoffs", cutoff, 1e-9, None)
-  for eps in kc.eps:
-    errors.check_range("kernels.eps", eps, 0.0, 1.0)
-  for name in kc.attacks:
-    errors.check_choice("kernels.attacks", name, ("fgsm", "pgd"))
+  robust_table.check_attack_fields(kc, "kernels")
+  if not kc.variants:
+    raise errors.HfcError(f"kernels.variants=() must name at least one of {VARIANTS}.")
+  for name in kc.variants:
+    errors.check_choice("kernels.variants", name, VARIANTS)
   errors.check_range("kernels.pgd_steps", kc.pgd_steps, 1, None, integer=True)
   errors.check_range("kernels.num_images", kc.num_images, 0, None, integer=True)
   errors.check_range("kernels.batch_size", kc.batch_size, 1, None, integer=True)
 
 
 def variants(kc) -> list[Variant]:
-  return ([Variant("eq3", float(r)) for r in kc.rhos]
-          + [Variant("lowpass", float(c)) for c in kc.cutoffs])
+  """The variants swept, grouped by method in VARIANTS order: each rho method at every
+  rho (rho = 0, the model as trained, once as 'eq3 rho=0'), 'lowpass' at every cut-off."""
+  chosen = [m for m in VARIANTS if m in kc.variants]
+  rho_methods = [m for m in chosen if m in RHO_VARIANTS]
+  out = []
+  if rho_methods and any(float(r) == 0.0 for r in kc.rhos):
+    out.append(Variant("eq3", 0.0))
+  out += [Variant(m, float(r)) for m in rho_methods for r in kc.rhos if float(r) != 0.0]
+  if "lowpass" in chosen:
+    out += [Variant("lowpass", float(c)) for c in kc.cutoffs]
+  return out
 
 
 # ---------------------------------------------------------------------------
@@ -98,18 +122,24 @@ def measure(trained: common.Trained, variant_list: list[Variant]) -> dict:
   return out
 
 
-def sweep(trained: common.Trained, placed: list, settings: robustness.AttackSettings,
-          variant_list: list[Variant], mesh) -> list[dict]:
-  """Table 2 for one model: [{variant, method, value, clean, attacks: {name: {eps:
-  acc}}}], every attack run through the smoothed model."""
+def sweep(trained: common.Trained, x: np.ndarray, y: np.ndarray,
+          settings: robustness.AttackSettings, variant_list: list[Variant], mesh,
+          batch_size: int) -> list[dict]:
+  """Table 2 for one model: [{variant, method, value, clean, attacks: {name: {eps: acc}},
+  intervals, worst_case, masking_checks, ...}] (`robust_table.attack_table`), every
+  attack run through the changed model; x (N, H, W, C) float32 in [0, 1]."""
   model = trained.config.model.name
-  rows = []
+  batch_stats = trained.config.model.norm == "batch_stats"
+  programs, rows = {}, []   # one compile per attack for all variants
   for v in variant_list:
     params = v.apply(trained.params, model)
-    table = robustness.attack_table(trained.functional.logits, (params, trained.model_state),
-                                    placed, settings, mesh)
-    rows.append({"variant": v.name, "method": v.method, "value": v.value,
-                 "clean": table["clean"], "attacks": table["attacks"]})
+    target = robust_table.Target(trained.functional.logits, (params, trained.model_state),
+                                 x, y, mesh, batch_size, batch_stats, programs)
+    table, masks, _ = robust_table.attack_table(target, settings)
+    checks = robust_table.masking_checks(target, settings, table, masks)
+    del table["batch_dependent"], table["batch_note"]   # per model, not per row
+    rows.append({"variant": v.name, "method": v.method, "value": v.value, **table,
+                 "masking_checks": checks})
     logging.info("%s: clean %.4f, %s", v.name, table["clean"], table["attacks"])
   return rows
 
@@ -127,18 +157,23 @@ def run(config, workdir: str) -> dict:
   for w, trained in models:
     smoothness.first_conv_of(trained.params, model=trained.config.model.name)
   x, y, _ = common.load_test_set(models[0][1], kc.num_images, field="kernels.num_images")
-  placed = common.batches(x, y, mesh=mesh, batch_size=kc.batch_size,
-                          field="kernels.batch_size")
+  x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
   settings = robustness.AttackSettings.from_config(kc)
   variant_list = variants(kc)
   results = {"eps": [float(e) for e in kc.eps], "attacks": list(kc.attacks),
-             "pgd_steps": kc.pgd_steps, "num_images": int(len(x)), "models": []}
+             "pgd_steps": kc.pgd_steps, "autoattack_version": kc.autoattack_version,
+             "variants": list(kc.variants), "num_images": int(len(x)), "models": []}
   for w, trained in models:
+    batch_stats = trained.config.model.norm == "batch_stats"
     results["models"].append({
         "workdir": w, "name": trained.name, "model": trained.config.model.name,
         "norm": trained.config.model.norm, "step": trained.step, "epoch": trained.epoch,
+        "batch_dependent": batch_stats,
+        "batch_note": (robust_table.BATCH_NOTE.format(batch_size=kc.batch_size)
+                       if batch_stats else None),
         "measures": measure(trained, variant_list),
-        "sweep": sweep(trained, placed, settings, variant_list, mesh)})
+        "sweep": sweep(trained, x, y.astype(np.int32), settings, variant_list, mesh,
+                       int(kc.batch_size))})
   show = Variant("eq3", float(kc.show_rho))
   out = common.output_dir(workdir, MODE)
   common.write_outputs(out, json_files={"measures.json": _measures_json(results),
@@ -167,18 +202,34 @@ def to_markdown(results: dict) -> str:
            "Smoothness of each model's first conv (lower is smoother; the share of "
            "spectral energy outside each kernel's DC term is 0 for a flat kernel).", "",
            markdown.table(["model", "kernel"] + names, rows)]
+  settings = robustness.AttackSettings(
+      tuple(results["attacks"]), tuple(results["eps"]), results["pgd_steps"],
+      autoattack_version=results["autoattack_version"])
   eps_keys = [robustness.eps_key(e) for e in results["eps"]]
+  names = list(results["attacks"]) + (["worst_case"] if len(results["attacks"]) > 1 else [])
   header = ["model", "first conv", "clean"] + [
-      f"{name.upper() if name == 'fgsm' else 'PGD-' + str(results['pgd_steps'])} {k}"
-      for name in results["attacks"] for k in eps_keys]
-  rows = [[m["name"], row["variant"], f"{row['clean']:.4f}"]
-          + [f"{row['attacks'][name][k]:.4f}" for name in results["attacks"]
+      f"{robust_table.attack_label(name, settings)} {k}" for name in names
+      for k in eps_keys] + ["masking checks"]
+  rows = [[m["name"], row["variant"], robust_table.cell(row["intervals"]["clean"])]
+          + [robust_table.cell(row["intervals"][name][k]) for name in names
              for k in eps_keys]
+          + [", ".join(f"FLAG {c}" for c in row["masking_checks"]["flagged"]) or "pass"]
           for m in results["models"] for row in m["sweep"]]
-  lines += ["", "## Accuracy after smoothing the first conv (table 2 as a sweep)", "",
-            f"{results['num_images']} test images; attacks run through the smoothed "
-            "model (PGD step eps/4, random start). `eq3 rho=0` is the model as trained.",
-            "", markdown.table(header, rows)]
+  check_rows = [[m["name"], row["variant"]] + [
+      f"{c['status']}: {robust_table.check_summary(name, c)}"
+      for name, c in row["masking_checks"].items() if name != "flagged"]
+      for m in results["models"] for row in m["sweep"]]
+  notes = [f"Note ({m['name']}): {m['batch_note']}" for m in results["models"]
+           if m.get("batch_note")]
+  lines += ["", "## Accuracy after changing the first conv (table 2 as a sweep)", "",
+            f"{results['num_images']} test images; attacks run through the changed "
+            "model (PGD step eps/4, random start). Each cell: accuracy under attack "
+            "[95% Wilson interval]. `eq3 rho=0` is the model as trained; `eq3 renorm` "
+            "is eq. 3 / (1 + 8 rho) (smoothing only), `scaled` the kernel x (1 + 8 rho) "
+            "(gain only).", ""] + [n + "\n" for n in notes] + [
+            markdown.table(header, rows), "### Gradient-masking checks", "",
+            markdown.table(["model", "first conv", "monotone", "large_eps",
+                            "square_only", "more_iterations"], check_rows)]
   return "\n".join(lines)
 
 

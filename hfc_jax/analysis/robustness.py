@@ -4,9 +4,11 @@ r"""Robust evaluation of a trained workdir (`--config.mode=robust_eval`).
 
 Wang et al. (CVPR 2020), section 5: adversarial vulnerability and the low-pass defence.
 Writes to `<workdir>/robust_eval/`:
-  * `robust_eval.json` / `robust_eval.md`: accuracy under FGSM and PGD-k (L-inf, step
-    eps/4, random start) at every `robust_eval.eps`; the minimal-eps summary; the input
-    low-pass defence table.
+  * `robust_eval.json` / `robust_eval.md`: accuracy under each attack of
+    `robust_eval.attacks` (FGSM, PGD-k with step eps/4 and random start, APGD-CE,
+    APGD-T, FAB-T, Square, AutoAttack; L-inf) at every `robust_eval.eps` and the worst
+    case over them, each with its 95% Wilson interval, and the gradient-masking checks
+    (`robust_table`); the minimal-eps summary; the input low-pass defence table.
   * `robustness_curve.png`: accuracy vs eps from the per-image minimal L-inf eps at which
     PGD succeeds (batched bisection), i.e. the share of images whose minimal eps is
     larger than eps.
@@ -20,7 +22,6 @@ linear and differentiable, so (b) is the honest white-box number; a large gap be
 (a) and (b) means the defence masks gradients rather than removes vulnerability.
 """
 
-import dataclasses
 import functools
 
 import jax
@@ -30,41 +31,18 @@ from absl import logging
 from matplotlib.figure import Figure
 
 from hfc_jax import attacks, errors, evaluate, frequency, markdown, records, sharding
-from hfc_jax.analysis import common
+from hfc_jax.analysis import common, robust_table
+from hfc_jax.analysis.robust_table import AttackSettings, eps_key  # noqa: F401  (re-exported)
 
 MODE = "robust_eval"
-ATTACKS = ("fgsm", "pgd")
-
-
-def eps_key(eps: float) -> str:
-  """The JSON key of an eps: '0.0314'."""
-  return f"{eps:.4f}"
-
-
-@dataclasses.dataclass(frozen=True)
-class AttackSettings:
-  """The fixed-eps attacks of a study: names, eps list, PGD steps, restarts, seed."""
-  attacks: tuple[str, ...]
-  eps: tuple[float, ...]
-  pgd_steps: int
-  restarts: int = 1
-  seed: int = 0
-
-  @classmethod
-  def from_config(cls, section) -> "AttackSettings":
-    """From a config section with `attacks`, `eps`, `pgd_steps` (and optionally
-    `restarts`, `seed`): `robust` or `kernels`."""
-    return cls(tuple(section.attacks), tuple(float(e) for e in section.eps),
-               int(section.pgd_steps), int(section.get("restarts", 1)),
-               int(section.get("seed", 0)))
+ATTACKS = ("fgsm", "pgd")   # what `attack_table` (the perturbation spectrum's) runs
+# The attack whose images the low-pass defence's transfer row reuses: the first listed.
+TRANSFER_SOURCES = ("pgd", "apgd_ce", "fgsm", "apgd_t", "fab_t", "square")
 
 
 def check_robust_config(rc, image_size: int) -> None:
-  """One-line HfcErrors for the `robust.*` fields."""
-  for name in rc.attacks:
-    errors.check_choice("robust_eval.attacks", name, ATTACKS)
-  for eps in rc.eps:
-    errors.check_range("robust_eval.eps", eps, 0.0, 1.0)
+  """One-line HfcErrors for the `robust_eval.*` fields."""
+  robust_table.check_attack_fields(rc, "robust_eval")
   errors.check_range("robust_eval.pgd_steps", rc.pgd_steps, 0, None, integer=True)
   errors.check_range("robust_eval.restarts", rc.restarts, 1, None, integer=True)
   errors.check_range("robust_eval.num_images", rc.num_images, 0, None, integer=True)
@@ -144,16 +122,21 @@ def run(config, workdir: str) -> dict:
                           field="robust_eval.batch_size")
   settings = AttackSettings.from_config(rc)
   variables = (trained.params, trained.model_state)
-  cache = {}
-  table = attack_table(trained.functional.logits, variables, placed, settings, mesh,
-                       cache=cache)
+  target = robust_table.Target(trained.functional.logits, variables,
+                               x.astype(np.float32) / 255.0, y.astype(np.int32), mesh,
+                               int(rc.batch_size), trained.config.model.norm == "batch_stats")
+  source = next((a for a in TRANSFER_SOURCES if a in settings.attacks), None)
+  table, masks, advs = robust_table.attack_table(target, settings, keep_adv_for=source)
   results = {"workdir": workdir, "epoch": trained.epoch, "step": trained.step,
-             "num_images": int(len(x)), "eps": list(settings.eps),
-             "pgd_steps": rc.pgd_steps, "restarts": rc.restarts, **table}
+             "eps": list(settings.eps), "pgd_steps": rc.pgd_steps, "restarts": rc.restarts,
+             "autoattack_version": rc.autoattack_version, "model_norm":
+             trained.config.model.norm, **table}
+  results["masking_checks"] = robust_table.masking_checks(target, settings, table, masks)
   results["min_eps"], min_eps = _minimal_eps_summary(
       variables, trained.functional.logits, placed, rc)
-  results["defence"] = _lowpass_defence(trained, variables, placed, rc, settings, cache,
-                                        mesh)
+  results["transfer_attack"] = source
+  results["defence"] = _lowpass_defence(trained, variables, placed, rc, settings, advs,
+                                        y, mesh)
   common.write_outputs(common.output_dir(workdir, MODE),
                        json_files={"robust_eval.json": results},
                        texts={"robust_eval.md": to_markdown(results)},
@@ -180,9 +163,14 @@ def _minimal_eps_summary(variables, logits_fn, placed, rc):
   return summary, min_eps
 
 
-def _lowpass_defence(trained, variables, placed, rc, settings: AttackSettings, cache: dict,
-                     mesh) -> list[dict]:
-  """Rows {radius, clean, transfer: {eps: acc}, adaptive: {eps: acc}} for each radius."""
+def _lowpass_defence(trained, variables, placed, rc, settings: AttackSettings, advs: dict,
+                     y: np.ndarray, mesh) -> list[dict]:
+  """Rows {radius, clean, transfer: {eps: acc}, adaptive: {eps: acc}} for each radius;
+  transfer scores `advs` ({eps: (N, H, W, C) images crafted on the undefended model},
+  clean where the model was wrong already; {}: no transfer row)."""
+  placed_advs = {eps: common.batches(adv, y, mesh=mesh, batch_size=rc.batch_size,
+                                     field="robust_eval.batch_size")
+                 for eps, adv in advs.items()}
   rep = sharding.replicated(mesh)
   key = jax.random.key(rc.seed)
   rows = []
@@ -199,9 +187,9 @@ def _lowpass_defence(trained, variables, placed, rc, settings: AttackSettings, c
            "clean": _accuracy(score, variables, placed, lambda i, b: b[0]),
            "transfer": {}, "adaptive": {}}
     for eps in settings.eps:
-      source = cache.get(("pgd", eps)) or cache.get(("fgsm", eps))
-      row["transfer"][eps_key(eps)] = _accuracy(score, variables, placed,
-                                                lambda i, b, a=source: a[i])
+      if eps in placed_advs:
+        row["transfer"][eps_key(eps)] = _accuracy(
+            score, variables, placed, lambda i, b, a=placed_advs[eps]: a[i][0])
       row["adaptive"][eps_key(eps)] = _accuracy(
           score, variables, placed,
           lambda i, b, e=eps: fn(*variables, *b, jax.random.fold_in(key, 1000 + i), e))
@@ -214,27 +202,45 @@ def _lowpass_defence(trained, variables, placed, rc, settings: AttackSettings, c
 # Output
 # ---------------------------------------------------------------------------
 def to_markdown(results: dict) -> str:
-  """The results as Markdown tables."""
+  """The results as Markdown tables: accuracy under each attack and the worst case with
+  95% Wilson intervals, the masking checks, the minimal-eps summary and the defence."""
+  settings = AttackSettings(tuple(results["attacks"]), tuple(results["eps"]),
+                            results["pgd_steps"], results["restarts"],
+                            autoattack_version=results["autoattack_version"])
   eps_keys = [eps_key(e) for e in results["eps"]]
-  attack_rows = [["FGSM" if name == "fgsm" else f"PGD-{results['pgd_steps']}"]
-                 + [f"{row[k]:.4f}" for k in eps_keys]
-                 for name, row in results["attacks"].items()]
   m = results["min_eps"]
   median = "above eps_max" if m["median"] is None else f"{m['median']:.4f}"
+  dash = lambda d, k: f"{d[k]:.4f}" if k in d else "-"
   defence_rows = [[f"{row['radius']:g}", f"{row['clean']:.4f}"]
-                  + [f"{row['transfer'][k]:.4f}" for k in eps_keys]
-                  + [f"{row['adaptive'][k]:.4f}" for k in eps_keys]
+                  + [dash(row["transfer"], k) for k in eps_keys]
+                  + [dash(row["adaptive"], k) for k in eps_keys]
                   for row in results["defence"]]
+  flagged = results["masking_checks"]["flagged"]
   lines = [f"# Robust evaluation of {results['workdir']} (epoch {results['epoch']})", "",
            f"{results['num_images']} test images; clean accuracy "
-           f"{results['clean']:.4f}. PGD: {results['pgd_steps']} steps of eps/4, random "
-           f"start, {results['restarts']} restart(s).", "",
-           markdown.table([""] + [f"eps={k}" for k in eps_keys], attack_rows),
+           f"{robust_table.cell(results['intervals']['clean'])}. Each cell: accuracy under "
+           "attack (L-inf; an image counts if classified correctly and the attack fails) "
+           "[95% Wilson interval]. PGD: "
+           f"{results['pgd_steps']} steps of eps/4, random start, {results['restarts']} "
+           "restart(s).", ""]
+  if results["batch_note"]:
+    lines += [f"Note: {results['batch_note']}", ""]
+  lines += [markdown.table([""] + [f"eps={k}" for k in eps_keys],
+                           robust_table.table_rows(results, settings))]
+  if "autoattack" in results:
+    aa = results["autoattack"]
+    lines += [f"AutoAttack ({aa['version']}), accuracy after each attack: " + "; ".join(
+        f"eps={k}: " + ", ".join(f"{a} {v:.4f}" for a, v in aa["after"][k].items())
+        for k in eps_keys), ""]
+  lines += ["## Gradient-masking checks", "",
+            ("FLAGGED: " + ", ".join(flagged) + ". " if flagged else "No check flagged. ")
+            + "Carlini et al. 2019; Athalye et al. 2018 (hfc_jax/analysis/robust_table.py).",
+            "", robust_table.checks_markdown(results["masking_checks"]),
            f"Minimal L-inf eps at which PGD succeeds: median {median}; "
            f"{m['unbroken_share']:.1%} of images unbroken at eps <= {m['eps_max']}.", "",
            "## Input low-pass defence", "",
-           "(a) transfer: PGD images crafted on the undefended model; (b) adaptive: PGD "
-           "through the filter.", "",
+           f"(a) transfer: {results['transfer_attack'] or 'no single'} attack's images "
+           "crafted on the undefended model; (b) adaptive: PGD through the filter.", "",
            markdown.table(["r", "clean"] + [f"(a) {k}" for k in eps_keys]
                           + [f"(b) {k}" for k in eps_keys], defence_rows)]
   return "\n".join(lines)

@@ -70,6 +70,7 @@ class Options:
   repeats: int = 3
   tiny: bool = False
   tfds_data_dir: str | None = None
+  autoattack_images: int = 1000   # test images of the whole AutoAttack (autoattack section)
 
   @property
   def sizes(self) -> Sizes:

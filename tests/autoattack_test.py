@@ -1,0 +1,368 @@
+"""AutoAttack family (APGD-CE, APGD-T, FAB-T, Square, the ensemble): exact minimal
+perturbations of linear classifiers, the exact hyperplane-and-box projection, DLR
+invariances, exact constraints, keys and device counts."""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import optimize
+
+from hfc_jax import attacks, errors, sharding
+from hfc_jax.attacks import apgd, fab, losses
+
+SHAPE = (4, 4, 1)
+DIM = int(np.prod(SHAPE))
+K = 10
+N = 32
+
+
+def _linear(w, b):
+  """logits = x.reshape(N, -1) @ w + b as a logits_fn, in full float32."""
+  w, b = jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32)
+  return lambda x: jnp.matmul(x.reshape(x.shape[0], -1), w, precision="highest") + b
+
+
+@functools.cache
+def _problem(seed=0, scale=10.0):
+  """N images uniform in [0.3, 0.7] (the box never binds at the minimal perturbation),
+  a K-class linear model (weights scaled so the softmax is confident) and its own
+  predictions as labels: every image starts correctly classified."""
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(0.3, 0.7, (N,) + SHAPE).astype(np.float32)
+  w = (scale * rng.normal(size=(DIM, K))).astype(np.float32)
+  b = (scale * 0.1 * rng.normal(size=K)).astype(np.float32)
+  logits = x.reshape(N, -1).astype(np.float64) @ w + b
+  return x, w, b, logits.argmax(1).astype(np.int32), logits
+
+
+def _smallest(norm, seed=0):
+  """The smallest perturbation norm moving each image to any other class:
+  min_j (f_y - f_j) / ||w_y - w_j||_q, q the dual norm (L1 for L-inf, L2 for L2)."""
+  x, w, _, y, logits = _problem(seed)
+  margin = logits[np.arange(N), y][:, None] - logits  # (N, K)
+  dw = w[:, y].T[:, :, None].astype(np.float64) - w[None]  # (N, D, K)
+  dual = np.abs(dw).sum(1) if norm == "linf" else np.sqrt((dw ** 2).sum(1))
+  per_class = np.where(np.arange(K)[None] == y[:, None], np.inf,
+                       margin / np.where(dual > 0, dual, 1))
+  return per_class.min(1)
+
+
+def _fooled(fn, adv, y):
+  return np.asarray(jnp.argmax(fn(adv), -1) != y)
+
+
+def _assert_feasible(adv, x, eps, norm):
+  """The box and the eps-ball exactly (L-inf in float32), L2 up to x + delta's
+  rounding, as tests/attacks_test.py asserts for PGD."""
+  adv, x = np.asarray(adv), np.asarray(x)
+  eps = np.broadcast_to(np.asarray(eps, np.float32), (len(x),))
+  assert adv.dtype == np.float32
+  assert (adv >= 0).all() and (adv <= 1).all()
+  if norm == "linf":
+    assert (np.abs(adv - x) <= eps[:, None, None, None]).all()
+  else:
+    norms = np.linalg.norm((adv - x).reshape(len(x), -1), axis=1)
+    assert (norms <= eps * (1 + 1e-6) + 6e-8 * np.sqrt(x[0].size)).all()
+
+
+# ---------------------------------------------------------------------------
+# Losses and the projection
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("classes", [10, 4, 3])
+def test_dlr_losses_are_invariant_to_shift_and_positive_scale(classes):
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(64, classes)).astype(np.float32) * 3
+  y = rng.integers(0, classes, 64)
+  t = (y + 1 + rng.integers(0, classes - 1, 64)) % classes
+  for loss in (lambda z: losses.dlr(z, y), lambda z: losses.dlr_targeted(z, y, t)):
+    base = np.asarray(loss(z))
+    assert np.isfinite(base).all() and np.abs(base).max() > 0.1
+    for a, c in ((7.5, 0.0), (0.2, -3.0), (1.0, 11.0)):
+      np.testing.assert_allclose(loss(a * z + c), base, rtol=2e-4, atol=2e-5)
+  # The formulas of Croce & Hein (2020), written out from the sorted logits.
+  zs = -np.sort(-z.astype(np.float64), 1)
+  other = np.where(np.eye(classes, dtype=bool)[y], -np.inf, z).max(1)
+  zy, zt = z[np.arange(64), y], z[np.arange(64), t]
+  np.testing.assert_allclose(losses.dlr(z, y), -(zy - other) / (zs[:, 0] - zs[:, 2]),
+                             rtol=1e-5)
+  fourth = zs[:, min(3, classes - 1)]
+  np.testing.assert_allclose(losses.dlr_targeted(z, y, t),
+                             -(zy - zt) / (zs[:, 0] - 0.5 * (zs[:, 2] + fourth)), rtol=1e-5)
+  assert ((np.asarray(losses.dlr(z, y)) > 0) == (z.argmax(1) != y)).all()
+
+
+def test_dlr_with_two_classes_is_the_margin():
+  z = np.array([[1.0, 3.0], [2.0, -1.0]], np.float32)
+  y = np.array([0, 0])
+  np.testing.assert_allclose(losses.dlr(z, y), [2.0, -3.0])
+  np.testing.assert_allclose(losses.dlr_targeted(z, y, 1 - y), [2.0, -3.0])
+
+
+def test_target_classes_are_the_highest_other_logits():
+  z = np.array([[0.0, 5.0, 3.0, 4.0], [9.0, 1.0, 2.0, 3.0]], np.float32)
+  np.testing.assert_array_equal(losses.target_classes(z, np.array([1, 3]), 3),
+                                [[3, 2, 0], [0, 2, 1]])
+
+
+def _brute_force_l2(x, w, b):
+  """min ||d||_2 s.t. w.(x + d) + b = 0, 0 <= x + d <= 1, by enumerating which
+  coordinates sit at a bound (the rest move along w); None when infeasible."""
+  c, lo, hi = -(w @ x + b), -x, 1 - x
+  best = None
+  for assign in itertools.product(range(3), repeat=len(x)):
+    a = np.array(assign)
+    d = np.where(a == 1, lo, np.where(a == 2, hi, 0.0))
+    free = a == 0
+    rest, ww = c - w[~free] @ d[~free], w[free] @ w[free]
+    if ww == 0:
+      if abs(rest) > 1e-12:
+        continue
+    else:
+      d[free] = rest / ww * w[free]
+    if (d >= lo - 1e-12).all() and (d <= hi + 1e-12).all():
+      if best is None or np.linalg.norm(d) < np.linalg.norm(best):
+        best = d
+  return best
+
+
+def test_hyperplane_box_projection_is_exact():
+  rng = np.random.default_rng(0)
+  n, d = 120, 5
+  x = rng.uniform(0, 1, (n, d))
+  x[::3, 0] = 0.0  # points on the box's faces
+  x[1::3, 1] = 1.0
+  w = rng.normal(size=(n, d)) * (rng.uniform(size=(n, d)) < 0.85)  # some w_i = 0
+  b = 1.5 * rng.normal(size=n)
+  xf, wf, bf = (np.float32(a) for a in (x, w, b))
+  z = {p: np.asarray(fab.project_hyperplane_box(xf, wf, bf, p), np.float64)
+       for p in ("linf", "l2")}
+  feasible = 0
+  for i in range(n):
+    c = -(w[i] @ x[i] + b[i])
+    # L-inf as a linear program in (d, r): min r, -r <= d <= r, w.d = c, box bounds.
+    a_ub = np.block([[np.eye(d), -np.ones((d, 1))], [-np.eye(d), -np.ones((d, 1))]])
+    lp = optimize.linprog(np.r_[np.zeros(d), 1.0], A_ub=a_ub, b_ub=np.zeros(2 * d),
+                          A_eq=np.r_[w[i], 0.0][None], b_eq=[c],
+                          bounds=[(-xi, 1 - xi) for xi in x[i]] + [(0, None)])
+    l2 = _brute_force_l2(x[i], w[i], b[i])
+    assert (lp.status == 0) == (l2 is not None)
+    if l2 is None:  # the hyperplane misses the box: the corner closest to it
+      corner = np.where(np.sign(c) * w[i] > 0, 1.0, np.where(np.sign(c) * w[i] < 0, 0.0,
+                                                             x[i]))
+      for p in z:
+        np.testing.assert_allclose(z[p][i], corner, atol=1e-6)
+      continue
+    feasible += 1
+    for p in z:
+      assert abs(w[i] @ z[p][i] + b[i]) < 1e-5  # on the hyperplane
+    np.testing.assert_allclose(np.abs(z["linf"][i] - x[i]).max(), lp.fun, rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(z["l2"][i] - x[i], l2, atol=1e-5)
+  assert feasible >= 40 and n - feasible >= 20
+  for p in z:
+    assert (z[p] >= 0).all() and (z[p] <= 1).all()
+
+
+def test_apgd_checkpoints():
+  assert apgd.checkpoints(100) == (22, 41, 57, 70, 80, 87, 93, 99)
+  assert apgd.checkpoints(25) == (6, 11, 15, 18, 20, 22, 24)
+  assert apgd.checkpoints(1) == ()
+
+
+# ---------------------------------------------------------------------------
+# Linear classifiers: every attack against the exact minimal perturbation
+# ---------------------------------------------------------------------------
+@functools.cache
+def _jitted(name, norm, seed, options):
+  """The jitted attack on problem `seed`, as a function of (eps, key): compiled once
+  for every scale of eps."""
+  x, w, b, y, _ = _problem(seed)
+  fn = _linear(w, b)
+  return jax.jit(lambda e, k: attacks.run_eval_attack(name, fn, x, y, eps=e, key=k,
+                                                      norm=norm, **dict(options)))
+
+
+def _run(name, norm, scale, seed=0, **options):
+  """attack `name` at scale x the exact minimal norm: (adv, fooled) as numpy."""
+  x, w, b, y, _ = _problem(seed)
+  eps = (scale * _smallest(norm, seed)).astype(np.float32)
+  adv = _jitted(name, norm, seed, tuple(sorted(options.items())))(eps, jax.random.key(0))
+  _assert_feasible(adv, x, eps, norm)
+  return np.asarray(adv), _fooled(_linear(w, b), adv, y)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_apgd_finds_the_minimal_perturbation_and_nothing_below(norm):
+  _, fooled_t = _run("apgd_t", norm, 1.01)
+  _, fooled_ce = _run("apgd_ce", norm, 1.01)
+  assert fooled_t.all(), fooled_t.sum()
+  # Not 95%: cross-entropy is convex in x for a linear model, and at 1.01x its maximum
+  # over the ball is often not the one vertex that fools (measured: 27/32 (L-inf) and
+  # 26/32 (L2) for APGD-CE, 27/32 for 100-step PGD-CE; 32/32 at this scale with DLR).
+  assert fooled_ce.mean() >= 0.75, fooled_ce.sum()
+  for name in ("apgd_t", "apgd_ce"):
+    assert not _run(name, norm, 0.99)[1].any()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fab_finds_the_minimal_norm_within_one_percent(norm):
+  x, w, b, y, _ = _problem()
+  smallest = _smallest(norm)
+  fn = _linear(w, b)
+  adv, norms = jax.jit(lambda k: fab.fab_minimal(fn, x, y, eps=0.1, key=k, norm=norm))(
+      jax.random.key(0))
+  norms, adv = np.asarray(norms, np.float64), np.asarray(adv)
+  assert _fooled(fn, adv, y).all()
+  ratio = norms / smallest
+  assert (ratio >= 1 - 1e-4).all() and (ratio <= 1.01).all(), (ratio.min(), ratio.max())
+  diff = (adv - x).reshape(N, -1)
+  measured = np.abs(diff).max(1) if norm == "linf" else np.linalg.norm(diff, axis=1)
+  np.testing.assert_allclose(norms, measured, rtol=1e-5)
+  # As a check at eps: succeeds at 1.01x (within FAB's 0.5% overshoot), never at 0.99x.
+  assert _run("fab_t", norm, 1.01)[1].all()
+  assert not _run("fab_t", norm, 0.99)[1].any()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_square_breaks_most_images_at_one_and_a_half_times_the_minimum(norm):
+  _, fooled = _run("square", norm, 1.5, n_queries=1000)
+  assert fooled.mean() >= 0.8, fooled.sum()
+  assert not _run("square", norm, 0.99, n_queries=1000)[1].any()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_autoattack_keeps_the_first_success_and_finds_nothing_below_the_minimum(norm):
+  x, w, b, y, _ = _problem()
+  fn = _linear(w, b)
+  run = jax.jit(lambda e, k: attacks.auto_attack(fn, x, y, eps=e, key=k, norm=norm))
+  results = {}
+  for scale, broken in ((1.01, True), (0.99, False)):
+    eps = (scale * _smallest(norm)).astype(np.float32)
+    result = results[scale] = jax.device_get(run(eps, jax.random.key(1)))
+    _assert_feasible(result.adv, x, eps, norm)
+    assert set(result.fooled) == {"clean", "apgd_ce", "apgd_t", "fab_t", "square"}
+    assert not result.fooled["clean"].any()
+    assert (result.robust == (not broken)).all()
+    np.testing.assert_array_equal(_fooled(fn, result.adv, y), ~result.robust)
+  assert not any(m.any() for m in results[0.99].fooled.values())
+  # At 1.01x: APGD-T and FAB-T break every image; the images APGD-CE broke keep its
+  # example (the ensemble's first attack, key fold_in(key, 0)).
+  result, eps = results[1.01], (1.01 * _smallest(norm)).astype(np.float32)
+  assert result.fooled["apgd_t"].all() and result.fooled["fab_t"].all()
+  by_ce = result.fooled["apgd_ce"]
+  assert by_ce.mean() >= 0.75
+  ce = jax.jit(lambda k: attacks.apgd_attack(fn, x, y, eps=eps, key=k, norm=norm))(
+      jax.random.fold_in(jax.random.key(1), 0))
+  np.testing.assert_allclose(result.adv[by_ce], np.asarray(ce)[by_ce], atol=1e-6)
+
+
+def test_fast_autoattack_and_registry():
+  x, w, b, y, _ = _problem(seed=1)
+  fn = _linear(w, b)
+  eps = (1.01 * _smallest("linf", seed=1)).astype(np.float32)
+  assert attacks.AutoAttackSettings.preset("fast").attacks == ("apgd_ce", "apgd_t",
+                                                               "square")
+  adv = jax.jit(lambda k: attacks.run_eval_attack(
+      "autoattack", fn, x, y, eps=eps, key=k, settings="fast"))(jax.random.key(0))
+  _assert_feasible(adv, x, eps, "linf")
+  assert _fooled(fn, adv, y).all()  # APGD-T breaks every image at 1.01x
+  assert set(attacks.REGISTRY) == set(attacks.EVAL_ATTACKS)
+  assert attacks.ATTACKS == ("fgsm", "pgd", "pgd_l2")  # training's attacks unchanged
+  np.testing.assert_array_equal(
+      attacks.run_eval_attack("pgd", fn, x, y, eps=0.03, key=jax.random.key(0), steps=3),
+      attacks.eval_attack("pgd", fn, x, y, eps=0.03, steps=3, key=jax.random.key(0)))
+
+
+def test_check_eval_attack_config():
+  for name in attacks.EVAL_ATTACKS:
+    attacks.check_eval_attack_config(name, 8 / 255, "l2" if name == "pgd_l2" else "linf")
+  attacks.check_eval_attack_config("apgd_t", 1.5, "l2")  # an L2 radius may exceed 1
+  bad = [(("cw", 0.03), "eval.attack"), (("apgd_ce", 0.03, "l1"), "eval.norm"),
+         (("fgsm", 0.03, "l2"), "eval.norm"), (("square", 1.5), "eval.eps"),
+         (("fab_t", -0.1, "l2"), "eval.eps")]
+  for args, field in bad:
+    with pytest.raises(errors.HfcError, match=field):
+      attacks.check_eval_attack_config(*args)
+  with pytest.raises(errors.HfcError, match="attack.name"):
+    attacks.check_attack_config("apgd_ce", 0.03, 0.003, 10, 1)  # not for training
+  with pytest.raises(errors.HfcError, match="attack.name"):
+    attacks.run_eval_attack("cw", None, None, None, eps=0.1, key=None)
+
+
+# ---------------------------------------------------------------------------
+# Exact constraints where the box binds; keys; device counts
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_constraints_hold_exactly_where_the_box_binds(norm):
+  rng = np.random.default_rng(3)
+  x = rng.uniform(0, 1, (16,) + SHAPE).astype(np.float32)
+  x.reshape(-1)[::5] = 0.0
+  x.reshape(-1)[2::5] = 1.0
+  w, b = rng.normal(size=(DIM, K)), rng.normal(size=K)
+  fn = _linear(w, b)
+  y = np.asarray(jnp.argmax(fn(x), -1))
+  eps = rng.uniform(0.05, 0.3, 16).astype(np.float32) * (1 if norm == "linf" else 3)
+
+  @jax.jit
+  def run(key):
+    common = dict(eps=eps, key=key, norm=norm)
+    return (attacks.apgd_targeted(fn, x, y, n_iter=10, n_targets=2, **common),
+            attacks.fab_targeted(fn, x, y, n_iter=10, n_targets=2, **common),
+            attacks.square_attack(fn, x, y, n_queries=50, **common))
+
+  for adv in run(jax.random.key(0)):
+    _assert_feasible(adv, x, eps, norm)
+
+
+def test_same_key_same_result_other_key_other_result():
+  x, w, b, y, _ = _problem(seed=2)
+  fn = _linear(w, b)
+  eps = np.float32(0.5 * _smallest("linf", seed=2).mean())
+
+  @jax.jit
+  def run(key):
+    return (attacks.apgd_attack(fn, x, y, eps=eps, key=key, n_iter=10, n_restarts=2),
+            attacks.fab_targeted(fn, x, y, eps=eps, key=key, n_iter=10, n_restarts=2,
+                                 n_targets=2),
+            attacks.square_attack(fn, x, y, eps=eps, key=key, n_queries=50))
+
+  a, again, other = (jax.device_get(run(jax.random.key(k))) for k in (0, 0, 1))
+  for same, repeat, changed in zip(a, again, other):
+    np.testing.assert_array_equal(same, repeat)
+  assert np.abs(a[0] - other[0]).max() > 1e-3  # random starts differ
+  assert np.abs(a[2] - other[2]).max() > 1e-3
+
+
+def test_one_and_eight_devices_give_the_same_bits():
+  x, w, b, y, _ = _problem(seed=3)
+  fn = _linear(w, b)
+  eps = (1.2 * _smallest("linf", seed=3)).astype(np.float32)
+
+  def attack(x, y, eps, key):
+    return (attacks.apgd_attack(fn, x, y, eps=eps, key=key, n_iter=10, n_restarts=2),
+            attacks.square_attack(fn, x, y, eps=eps, key=key, n_queries=50, norm="l2"))
+
+  outs = []
+  for devices in (1, 8):
+    mesh = sharding.make_mesh(devices)
+    args = sharding.put_batch(mesh, x, y, eps)
+    run = jax.jit(attack, out_shardings=sharding.batch_sharding(mesh))
+    outs.append(jax.device_get(run(*args, jax.random.key(0))))
+  for one, eight in zip(*outs):
+    np.testing.assert_array_equal(one, eight)
+  assert np.abs(outs[0][1] - x).max() > 0  # the attacks did move the images
+
+
+def test_square_schedule_halves_p_at_the_papers_iterations():
+  """AutoAttack's Square: p_init halved after iterations 10, 50, 200, ... as counted on
+  the query itself (no rescaling to the 5,000-query budget)."""
+  from hfc_jax.attacks import square  # pylint: disable=g-import-not-at-top
+  p = lambda i, **kw: float(square.p_schedule(i, 5000, 0.8, **kw))
+  assert [p(i) for i in (0, 10, 11, 50, 51, 201, 501, 1001, 2001, 4001, 4999)] == \
+      pytest.approx([0.8, 0.8, 0.4, 0.4, 0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625, 0.00625])
+  assert p(6, rescale=True) == pytest.approx(0.4)       # 6 of 5,000 is 12 of 10,000
+  assert p(2001, rescale=True) == pytest.approx(0.8 / 2 ** 7)   # 4002: past 4000

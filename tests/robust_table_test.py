@@ -1,0 +1,202 @@
+"""Robust tables (`analysis.robust_table`): AutoAttack with host-side compaction, worst
+case, device-count independence (compacted and batch-statistic layouts), APGD against
+PGD on a trained model, and robust_eval / kernels end to end with AutoAttack."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import kernels as kernels_config
+from hfc_jax import defaults, errors, intervals, main, sharding
+from hfc_jax.analysis import common, robust_table
+from hfc_jax import data as data_lib
+
+N, SHAPE, K = 40, (4, 4, 1), 10
+
+
+def _linear_target(mesh, batch_size=16):
+  """A K-class linear model on N images (each image scored on its own) as a Target;
+  labels are its own predictions, so every image starts correct."""
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0.3, 0.7, (N,) + SHAPE).astype(np.float32)
+  w = jnp.asarray(10 * rng.normal(size=(int(np.prod(SHAPE)), K)), jnp.float32)
+  logits_fn = lambda p, s, x, mask=None: jnp.matmul(x.reshape(x.shape[0], -1), p,
+                                                    precision="highest")
+  y = np.asarray(jnp.argmax(logits_fn(w, None, x), -1)).astype(np.int32)
+  return robust_table.Target(logits_fn, (w, {}), x, y, mesh, batch_size, False)
+
+
+SETTINGS = robust_table.AttackSettings(
+    ("pgd", "autoattack"), (0.01, 0.03), pgd_steps=5, autoattack_version="fast",
+    apgd_iters=5, square_queries=40, masking_images=0)
+
+
+def test_autoattack_compacts_and_is_the_same_on_one_and_eight_devices(monkeypatch):
+  calls = []
+  real = robust_table.fooled
+  def spy(target, name, options, active, *args, **kwargs):
+    calls.append((target.mesh.devices.size, name, int(active.sum())))
+    return real(target, name, options, active, *args, **kwargs)
+  monkeypatch.setattr(robust_table, "fooled", spy)
+  out = {}
+  for devices in (1, 8):
+    target = _linear_target(sharding.make_mesh(devices))
+    table, masks, _ = robust_table.attack_table(target, SETTINGS)
+    out[devices] = (table, masks)
+  (t1, m1), (t8, m8) = out[1], out[8]
+  assert t1 == t8
+  for key in m1.fooled:
+    np.testing.assert_array_equal(m1.fooled[key], m8.fooled[key])
+  # Each attack of the ensemble ran only on the images still robust before it.
+  for eps in SETTINGS.eps:
+    parts = m1.parts[eps]
+    assert list(parts) == ["apgd_ce", "apgd_t", "square"]
+    left = N - parts["apgd_ce"].sum()
+    assert (1, "apgd_t", left) in calls
+    assert (1, "square", left - parts["apgd_t"].sum()) in calls
+    assert not (parts["apgd_ce"] & parts["apgd_t"]).any()
+  # The eps are a few times the typical minimal perturbation: some images break.
+  assert 0 < t1["attacks"]["autoattack"]["0.0300"] < 1
+  # Worst case: robust only where both attacks failed, with its interval.
+  for k in ("0.0100", "0.0300"):
+    eps = float(k)
+    broken = m1.fooled[("pgd", eps)] | m1.fooled[("autoattack", eps)]
+    assert t1["worst_case"][k] == pytest.approx(np.mean(~broken))
+    assert t1["worst_case"][k] <= min(t1["attacks"]["pgd"][k], t1["attacks"]["autoattack"][k])
+    cell = t1["intervals"]["worst_case"][k]
+    assert (cell["n"], cell["correct"]) == (N, int((~broken).sum()))
+    assert (cell["low"], cell["high"]) == intervals.wilson(cell["correct"], N)
+
+
+@pytest.fixture(scope="module")
+def restored(tiny_trained_workdir):
+  """The session's tiny batch_stats model restored on 1 and on 8 devices, and its
+  first 64 test images."""
+  one = common.restore(tiny_trained_workdir)
+  eight = common.restore(tiny_trained_workdir, mesh=sharding.make_mesh(8))
+  dataset = data_lib.load(one.config.data)
+  x = dataset.x_test[:64].astype(np.float32) / 255
+  return one, eight, x, dataset.y_test[:64].astype(np.int32)
+
+
+def _target(trained, x, y, mesh, batch_size=24):
+  assert trained.config.model.norm == "batch_stats"
+  return robust_table.Target(trained.functional.logits, (trained.params, trained.model_state),
+                             x, y, mesh, batch_size, True)
+
+
+def test_batch_statistic_models_use_fixed_batches_on_any_device_count(restored):
+  one, eight, x, y = restored
+  settings = robust_table.AttackSettings(("apgd_ce",), (2 / 255,), pgd_steps=1,
+                                         apgd_iters=4, masking_images=0)
+  t1, m1, _ = robust_table.attack_table(_target(one, x[:40], y[:40], sharding.make_mesh(1)),
+                                        settings)
+  t8, m8, _ = robust_table.attack_table(_target(eight, x[:40], y[:40], sharding.make_mesh(8)),
+                                        settings)
+  np.testing.assert_array_equal(m1.correct, m8.correct)
+  for key in m1.fooled:
+    np.testing.assert_array_equal(m1.fooled[key], m8.fooled[key])
+  assert t1["batch_dependent"] and "batch_stats" in t1["batch_note"]
+  assert m1.fooled[("apgd_ce", 2 / 255)].any()
+  # Another batch size is another model: the layout is part of the result.
+  plan = robust_table._plan(_target(one, x[:40], y[:40], sharding.make_mesh(8)),
+                            np.ones(40, bool))
+  assert [(b, list(idx[[0, -1]]), rows) for b, idx, rows in plan] == [
+      (0, [0, 23], 24), (1, [24, 39], 24)]
+
+
+def test_apgd_is_not_weaker_than_pgd_and_autoattack_is_worst(restored):
+  _, eight, x, y = restored
+  settings = robust_table.AttackSettings(
+      ("pgd", "apgd_ce", "autoattack"), (2 / 255,), pgd_steps=20, apgd_iters=20,
+      autoattack_version="fast", square_queries=100, masking_images=0)
+  table, masks, _ = robust_table.attack_table(_target(eight, x, y, sharding.make_mesh(8), 32),
+                                              settings)
+  assert table["clean"] > 0.1
+  for k in ("0.0078",):
+    pgd, apgd = (table["intervals"][a][k] for a in ("pgd", "apgd_ce"))
+    # Same budget (20 gradient steps): APGD-CE within PGD-20's interval or better.
+    assert apgd["accuracy"] <= pgd["high"], (k, apgd, pgd)
+    auto = table["intervals"]["autoattack"][k]
+    assert auto["accuracy"] <= min(pgd["high"], apgd["high"])
+    assert table["worst_case"][k] <= min(table["attacks"][a][k] for a in settings.attacks)
+  assert table["attacks"]["autoattack"]["0.0078"] < table["clean"]
+
+
+def _robust_config():
+  config = defaults.get_config()
+  config.mode = "robust_eval"
+  rc = config.robust_eval
+  rc.attacks, rc.eps, rc.pgd_steps = ("pgd", "autoattack"), (0.01, 0.03), 3
+  rc.autoattack_version, rc.apgd_iters, rc.square_queries = "fast", 4, 40
+  rc.num_images, rc.batch_size, rc.masking_images = 40, 40, 24
+  rc.defence_radii, rc.min_eps_search_steps, rc.min_eps_pgd_steps = (), 1, 1
+  return config
+
+
+def test_robust_eval_with_autoattack_writes_intervals_and_checks(tiny_trained_workdir):
+  results = main.run(_robust_config(), tiny_trained_workdir)
+  out = os.path.join(tiny_trained_workdir, "robust_eval")
+  on_disk = json.load(open(os.path.join(out, "robust_eval.json")))
+  assert on_disk["intervals"] == json.loads(json.dumps(results["intervals"]))
+  assert set(on_disk["intervals"]) == {"clean", "pgd", "autoattack", "worst_case"}
+  for cells in (on_disk["intervals"]["autoattack"], on_disk["intervals"]["worst_case"]):
+    for c in cells.values():
+      assert c["n"] == 40 and c["low"] <= c["accuracy"] <= c["high"]
+  checks = on_disk["masking_checks"]
+  assert set(checks) == {"monotone", "large_eps", "square_only", "more_iterations",
+                         "flagged"}
+  assert checks["square_only"]["status"] in ("pass", "flag")   # fast runs Square
+  assert checks["large_eps"]["attack"] == "apgd_ce" and checks["large_eps"]["n"] == 24
+  assert checks["more_iterations"]["before"]["n"] == 24
+  assert checks["flagged"] == [k for k in ("monotone", "large_eps", "square_only",
+                                           "more_iterations") if checks[k]["status"] == "flag"]
+  assert on_disk["batch_dependent"] is True
+  assert set(on_disk["autoattack"]["after"]["0.0300"]) == {"apgd_ce", "apgd_t", "square"}
+  table = open(os.path.join(out, "robust_eval.md")).read()
+  assert "| AutoAttack (fast) | " in table and "| worst case | " in table
+  assert "Note: model.norm='batch_stats'" in table and "| large_eps | " in table
+  row = next(l for l in table.splitlines() if l.startswith("| worst case |"))
+  k = on_disk["intervals"]["worst_case"]["0.0100"]
+  assert f"{k['accuracy']:.4f} [{k['low']:.4f}, {k['high']:.4f}]" in row
+
+
+def test_kernels_sweep_with_autoattack_and_the_controls(tiny_trained_workdir):
+  config = kernels_config.get_config()
+  kc = config.kernels
+  kc.attacks, kc.eps, kc.rhos, kc.cutoffs = ("autoattack",), (0.03,), (0.0, 0.5), ()
+  kc.variants = ("eq3", "eq3_renorm", "scaled")
+  kc.autoattack_version, kc.apgd_iters, kc.square_queries = "fast", 3, 30
+  kc.num_images, kc.batch_size, kc.masking_images = 32, 32, 16
+  results = main.run(config, tiny_trained_workdir)
+  rows = results["models"][0]["sweep"]
+  assert [r["variant"] for r in rows] == ["eq3 rho=0", "eq3 rho=0.5", "eq3 renorm rho=0.5",
+                                          "scaled rho=0.5"]
+  for r in rows:
+    cell = r["intervals"]["autoattack"]["0.0300"]
+    assert cell["n"] == 32 and cell["accuracy"] == r["attacks"]["autoattack"]["0.0300"]
+    assert r["masking_checks"]["large_eps"]["n"] == 16
+  assert results["models"][0]["batch_dependent"] is True
+  table = open(os.path.join(tiny_trained_workdir, "kernels", "kernels.md")).read()
+  assert "| run | scaled rho=0.5 | " in table and "AutoAttack (fast) 0.0300" in table
+  assert "### Gradient-masking checks" in table and "Note (run): model.norm=" in table
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("attacks", ("pgd", "deepfool"), "robust_eval.attacks='deepfool' is not allowed; choose "
+     "one of: 'fgsm', 'pgd', 'apgd_ce', 'apgd_t', 'fab_t', 'square', 'autoattack'."),
+    ("autoattack_version", "plus", "robust_eval.autoattack_version='plus' is not allowed"),
+    ("square_queries", -1, "robust_eval.square_queries=-1 is out of range"),
+    ("masking_eps", 2.0, "robust_eval.masking_eps=2.0 is out of range"),
+])
+def test_bad_attack_fields_are_one_line(field, value, message):
+  rc = defaults.get_config().robust_eval
+  rc[field] = value
+  with pytest.raises(errors.HfcError, match=message.replace("(", r"\(").replace(")", r"\)")
+                     .replace("[", r"\[").replace("]", r"\]")) as e:
+    robust_table.check_attack_fields(rc, "robust_eval")
+  assert "\n" not in str(e.value)
