@@ -200,3 +200,32 @@ def test_bad_attack_fields_are_one_line(field, value, message):
                      .replace("[", r"\[").replace("]", r"\]")) as e:
     robust_table.check_attack_fields(rc, "robust_eval")
   assert "\n" not in str(e.value)
+
+
+def test_a_targeted_attack_on_the_cpu_runs_one_target_at_a_time_on_the_survivors(
+    monkeypatch):
+  """APGD-T with its iterations written out (the CPU): one call per target rank, each on
+  the images no earlier rank broke, all through one compiled program; an image counts
+  as broken if any rank broke it."""
+  target = _linear_target(sharding.make_mesh(8))
+  calls = []
+  real = robust_table._fooled_once
+  def spy(target, name, options, active, eps, key, **kwargs):
+    hit, adv = real(target, name, options, active, eps, key, **kwargs)
+    calls.append((kwargs.get("rank", 0), dict(options)["n_targets"], active.copy(), hit))
+    return hit, adv
+  monkeypatch.setattr(robust_table, "_fooled_once", spy)
+  options = (("n_iter", 5), ("n_restarts", 1), ("n_targets", 3), ("unroll", True))
+  active = np.ones(N, bool)
+  wrong, _ = robust_table.fooled(target, "apgd_t", options, active, 0.03,
+                                 jax.random.key(0))
+  assert [c[:2] for c in calls] == [(0, 1), (1, 1), (2, 1)][:len(calls)]
+  remaining = active.copy()
+  for rank, _, ran_on, hit in calls:
+    np.testing.assert_array_equal(ran_on, remaining)   # only the survivors
+    assert not (hit & ~ran_on).any()
+    remaining &= ~hit
+  np.testing.assert_array_equal(wrong, active & ~remaining)
+  assert 0 < wrong.sum() < N
+  programs = [k for k in target.programs if k[0] == "apgd_t"]
+  assert len(programs) == 1       # one program (rank is traced) for every target

@@ -57,8 +57,8 @@ def _contenders(functional, variables, mesh, batch: int, iters: int, queries: in
   calls = {
       "pgd": bound(lambda fn, x, y, k: attacks.eval_attack("pgd", fn, x, y, eps=EPS,
                                                            steps=iters, key=k)),
-      "apgd_ce": bound(lambda fn, x, y, k: attacks.apgd_attack(fn, x, y, eps=EPS, key=k,
-                                                               n_iter=iters)),
+      "apgd_ce": bound(lambda fn, x, y, k: attacks.apgd_attack(
+          fn, x, y, eps=EPS, key=k, n_iter=iters, unroll=None)),   # as robust_table runs it
       "square": bound(lambda fn, x, y, k: attacks.square_attack(fn, x, y, eps=EPS, key=k,
                                                                 n_queries=queries)),
       "forward": bound(lambda fn, x, y, k: fn(x)),
