@@ -257,19 +257,24 @@ def test_a_second_run_on_a_locked_workdir_refuses_naming_the_holder(tmp_path):
   assert len(history) == 1 and not (workdir / lock.NAME).exists()
 
 
-def test_a_full_disk_stops_the_run_at_once_with_the_last_checkpoint_intact(tmp_path,
-                                                                           monkeypatch):
-  """The second checkpoint write fails with ENOSPC (a patched array writer)."""
+def full_disk_serialize(original):
+  """Orbax's array writer `original` (ArrayHandler.serialize) made to fail with ENOSPC
+  from its second call on: the first checkpoint is written, the next save fails."""
   calls = {"n": 0}
-  original = ocp.type_handlers.ArrayHandler.serialize
 
   async def full_disk(self, *args, **kwargs):
     calls["n"] += 1
     if calls["n"] > 1:
       raise OSError(errno.ENOSPC, "No space left on device")
     return await original(self, *args, **kwargs)
+  return full_disk
 
-  monkeypatch.setattr(ocp.type_handlers.ArrayHandler, "serialize", full_disk)
+
+def test_a_full_disk_stops_the_run_at_once_with_the_last_checkpoint_intact(tmp_path,
+                                                                           monkeypatch):
+  """The second checkpoint write fails with ENOSPC (a patched array writer)."""
+  monkeypatch.setattr(ocp.type_handlers.ArrayHandler, "serialize",
+                      full_disk_serialize(ocp.type_handlers.ArrayHandler.serialize))
   workdir = tmp_path / "full"
   with pytest.raises(errors.RunFailed) as raised:
     train.train_and_evaluate(tiny_config(**{"checkpoint.every_steps": 3}), str(workdir),
@@ -285,17 +290,12 @@ def test_a_full_disk_stops_the_run_at_once_with_the_last_checkpoint_intact(tmp_p
 
 
 FULL_DISK_RUN = """
-import errno, sys
+import sys
 import orbax.checkpoint as ocp
 from absl import app
-calls = {"n": 0}
-original = ocp.type_handlers.ArrayHandler.serialize
-async def full_disk(self, *args, **kwargs):
-  calls["n"] += 1
-  if calls["n"] > 1:
-    raise OSError(errno.ENOSPC, "No space left on device")
-  return await original(self, *args, **kwargs)
-ocp.type_handlers.ArrayHandler.serialize = full_disk
+from tests.failure_test import full_disk_serialize
+handler = ocp.type_handlers.ArrayHandler
+handler.serialize = full_disk_serialize(handler.serialize)
 from hfc_jax import main
 sys.argv = ["hfc_jax.main", *sys.argv[1:]]
 app.run(main.main, flags_parser=main.parse_flags)
