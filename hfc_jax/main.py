@@ -10,7 +10,8 @@ Exit status, each failure with one line on stderr ("hfc_jax: ..."):
   0    the run is done (a finished workdir returns at once, untouched);
   2    bad input (a config value, a flag, the data, a locked or differently-configured
        workdir): nothing in the workdir is changed;
-  3    training diverged (a non-finite loss or parameter): nothing of it was saved;
+  3    training diverged (an inf or NaN in the loss, parameters, optimiser state or BN
+       statistics, or a loss above train.divergence_loss): nothing of it was saved;
   4    a checkpoint or another workdir file could not be written (disk full,
        permissions): the run stopped;
   130  Ctrl-C; 143  SIGTERM (a preemption), after saving a checkpoint at the current
