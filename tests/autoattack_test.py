@@ -366,3 +366,35 @@ def test_square_schedule_halves_p_at_the_papers_iterations():
       pytest.approx([0.8, 0.8, 0.4, 0.4, 0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625, 0.00625])
   assert p(6, rescale=True) == pytest.approx(0.4)       # 6 of 5,000 is 12 of 10,000
   assert p(2001, rescale=True) == pytest.approx(0.8 / 2 ** 7)   # 4002: past 4000
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_apgd_ce_is_exact_on_a_binary_linear_model(norm):
+  """With two classes the cross-entropy is a monotone function of the margin f_y - f_j,
+  so maximising it over the eps-ball is finding the smallest perturbation: APGD-CE must
+  break every image at 1.01x the smallest eps and none at 0.99x. (With ten classes the
+  CE maximum is a softmax-weighted mix of directions and need not be the vertex that
+  fools at 1.01x: 27 of 32 there, tested above.)"""
+  rng = np.random.default_rng(3)
+  x = rng.uniform(0.3, 0.7, (N,) + SHAPE).astype(np.float32)
+  w = rng.normal(size=(DIM, 2)).astype(np.float32)
+  diff = x.reshape(N, -1).astype(np.float64) @ (w[:, 0] - w[:, 1])
+  b = np.asarray([0.0, np.median(diff)], np.float32)   # boundary through the data
+  logits = x.reshape(N, -1).astype(np.float64) @ w + b
+  y = logits.argmax(1).astype(np.int32)
+  dw = (w[:, 0] - w[:, 1]).astype(np.float64)
+  dual = np.abs(dw).sum() if norm == "linf" else np.sqrt((dw ** 2).sum())
+  smallest = np.abs(logits[:, 0] - logits[:, 1]) / dual
+  # The minimal step moves pixel i by smallest * |dw_i| / ||dw||_2 (L2) or smallest
+  # (L-inf); keep the images where that stays inside the box, so it is the minimum.
+  reach = smallest * (np.abs(dw).max() / dual if norm == "l2" else 1.0)
+  keep = (1.01 * reach < 0.29) & (smallest > 1e-4)
+  assert keep.sum() >= 16
+  fn = _linear(w, b)
+  attack = jax.jit(lambda x, y, eps: attacks.apgd_attack(
+      fn, x, y, eps=eps, key=jax.random.key(0), norm=norm, n_iter=100))
+  above = attack(x, y, jnp.asarray(1.01 * smallest, jnp.float32))
+  below = attack(x, y, jnp.asarray(0.99 * smallest, jnp.float32))
+  assert _fooled(fn, above, y)[keep].all()
+  assert not _fooled(fn, below, y).any()
+  _assert_feasible(above, x, 1.01 * smallest, norm)
