@@ -16,7 +16,6 @@ section (`config.eval = ml_collections.ConfigDict()`) describe the section.
 import ast
 import dataclasses
 import io
-import json
 import os
 import textwrap
 import sys
@@ -199,22 +198,12 @@ def help_text(flag_values, description: str | None = None, config_path: str | No
   return "\n".join(lines + field_lines(fields))
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  """{'a': {'b': (1, 2)}} -> {'a.b': [1, 2]}: dotted fields, values in JSON types."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = json.loads(json.dumps(value, default=str))
-  return out
-
-
 def config_lines(config, name: str) -> list[str]:
   """`  FIELD = VALUE   (default: D)` for every field where `config` (loaded from the
   config file `name`, with any --config.* overrides) differs from the defaults."""
   from hfc_jax import defaults  # pylint: disable=g-import-not-at-top  (no JAX import)
-  base, given = _flat(defaults.get_config().to_dict()), _flat(config.to_dict())
+  base = defaults.dotted_fields(defaults.get_config().to_dict())
+  given = defaults.dotted_fields(config.to_dict())
   differ = [k for k in given if k not in base or given[k] != base[k]]
   lines = ["", f"{name} sets ({len(differ)} fields differ from the defaults):"]
   lines += [f"  {k} = {given[k]!r}" + (f"   (default: {base[k]!r})" if k in base else "")

@@ -8,6 +8,9 @@ default is written once. `python -m hfc_jax.main --help` lists the fields with t
 comments below.
 """
 
+import json
+from typing import Any
+
 import ml_collections
 
 
@@ -237,4 +240,17 @@ def _merged(base: dict, own: dict) -> dict:
       out[key] = _merged(out[key], value)
     else:
       out[key] = value
+  return out
+
+
+def dotted_fields(tree: dict, prefix: str = "") -> dict[str, Any]:
+  """{'a': {'b': (1, 2)}} -> {'a.b': [1, 2]}: a config dict's fields by dotted name, each
+  value as it reads back from JSON (tuples, nested too, become lists), so that a config
+  compares equal to the copy stored in a checkpoint's metadata."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(dotted_fields(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = json.loads(json.dumps(value, default=str))
   return out

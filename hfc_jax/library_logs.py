@@ -54,10 +54,10 @@ class LibraryLog(pylogging.Filter):
     if is_ours(record):
       return True
     if record.levelno >= pylogging.WARNING:
-      self._keep(record)
+      self.keep(record)
     return self.verbose
 
-  def _keep(self, record: pylogging.LogRecord) -> None:
+  def keep(self, record: pylogging.LogRecord) -> None:
     """Appends `record` (with its traceback) to the file; a failure to write (a full
     disk) loses the record, never the run."""
     try:
@@ -81,16 +81,17 @@ _active: LibraryLog | None = None
 
 
 def _library_traceback(kind, value, tb) -> bool:
-  """Sends an exception whose traceback has no hfc_jax frame to the log file (True);
-  False for one that passed through hfc_jax code (a real crash, printed as usual)."""
+  """Whether to keep an exception's traceback off the terminal: one with no hfc_jax frame
+  goes to the log file, and stays off unless `verbose`; one that passed through hfc_jax
+  code is a real crash, printed as usual."""
   frames = traceback.extract_tb(tb)
   if _active is None or any(f.filename.startswith(PACKAGE_DIR) for f in frames):
     return False
   last = frames[-1] if frames else None
-  _active.filter(pylogging.LogRecord(
+  _active.keep(pylogging.LogRecord(
       "traceback", pylogging.ERROR, last.filename if last else "?",
       last.lineno if last else 0, "%s: %s", (kind.__name__, value), (kind, value, tb)))
-  return True
+  return not _active.verbose
 
 
 def _excepthook(kind, value, tb) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from hfc_jax import checkpointing, errors, fileio, progress, workdirs
+from hfc_jax import checkpointing, defaults, errors, fileio, progress, workdirs
 
 RESULT_FIELDS = ("seed", "model", "data", "optim", "adv", "train.batch_size",
                  "train.input_component", "train.input_radius", "train.mixup_alpha",
@@ -40,30 +40,12 @@ _SHOWN = 6   # differences spelled out in the refusal line
 UNUSED_WHEN = {"train.input_radius": ("train.input_component", "original")}
 
 
-def as_json(value: Any) -> Any:
-  """`value` as it reads back from JSON: tuples (nested too) become lists, so a config
-  compares equal to the copy stored in a checkpoint's metadata."""
-  return json.loads(json.dumps(value, default=str))
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}, each value in JSON types (`as_json`)."""
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(flatten(value, name + "."))
-    else:
-      out[name] = as_json(value)
-  return out
-
-
 def changes(saved: dict, config: dict) -> dict[str, tuple[Any, Any]]:
   """{dotted field: (saved value, new value)} for every field of both that differs. A
   field only one of them has (added or removed by a later version of hfc_jax) is not
   a change: it did not exist when the other was written; nor is a field that neither
   config uses (`UNUSED_WHEN`)."""
-  old, new = flatten(saved), flatten(config)
+  old, new = defaults.dotted_fields(saved), defaults.dotted_fields(config)
 
   def unused(field: str) -> bool:
     other, value = UNUSED_WHEN.get(field, (None, None))
