@@ -14,13 +14,8 @@ from hfc_jax import presets
 
 def get_config():
   config = presets.cifar10_resnet18()
+  config.update(presets.pgd_training(8 / 255, 2 / 255, 7, random_start=True,
+                                     robust_subset=1000))
   config.data.aug_pad = 4
-  config.adv.enabled = True
-  config.adv.name = "pgd"
-  config.adv.eps = 8 / 255
-  config.adv.step_size = 2 / 255
-  config.adv.steps = 7
-  config.adv.random_start = True
-  config.eval.robust_subset = 1000
   config.robust_eval.eps = (8 / 255, 0.03, 0.06, 0.09)
   return config

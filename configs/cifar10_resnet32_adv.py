@@ -13,15 +13,6 @@ from hfc_jax import presets
 
 
 def get_config():
-  config = presets.cifar10_resnet32_vanilla()
-  config.data.augment = True
-  config.data.aug_pad = 2
-  config.adv.enabled = True
-  config.adv.name = "pgd"
-  config.adv.eps = 0.03
-  config.adv.step_size = 0.003
-  config.adv.steps = 10
-  config.adv.random_start = False
-  config.eval.robust_subset = 1000
-  config.eval.robust_eps = 0.03
+  config = presets.base("cifar10")
+  config.update(presets.adversarial("cifar10"))
   return config

@@ -12,7 +12,7 @@ and away from the HFC (the paper: adversarially trained models are invariant to 
 r = 12/16). Compare HFC and PGD accuracy with the same config and --config.adv.enabled=False.
 """
 
-from hfc_jax import defaults
+from hfc_jax import defaults, presets
 
 
 def get_config():
@@ -20,14 +20,8 @@ def get_config():
   config.data.num_train = 5000
   config.train.epochs = 8
   config.model.norm = "batchnorm"
-  config.adv.enabled = True
-  config.adv.name = "pgd"
-  config.adv.eps = 4 / 255
-  config.adv.step_size = 1 / 255
-  config.adv.steps = 5
-  config.adv.random_start = True
-  config.eval.robust_subset = 500
-  config.eval.robust_eps = 4 / 255
+  config.update(presets.pgd_training(4 / 255, 1 / 255, 5, random_start=True,
+                                     robust_subset=500))
   config.robust_eval.num_images = 500
   config.robust_eval.eps = (2 / 255, 4 / 255, 8 / 255, 0.03)
   config.robust_eval.min_eps_max = 0.05

@@ -16,7 +16,7 @@ from hfc_jax import presets
 
 def get_config(dataset: str = "embedded"):
   config = presets.base(dataset)
-  config.model.norm = "batch_stats"   # memorises in tens of epochs on a CPU
+  config.model.norm = "paper_bn"   # memorises in tens of epochs on a CPU
   if dataset == "embedded":
     config.data.num_train = 2000
     config.train.epochs = 40

@@ -24,7 +24,7 @@ def get_config(dataset: str = "embedded"):
       ("dropout", {"model": {"dropout": 0.5}}),
       ("mixup_paper", {"train": {"mixup_alpha": 0.5}}),
       ("mixup_code", {"train": {"mixup_alpha": 1.0}}),
-      ("bn_paper", {"model": {"norm": "batch_stats"}}),
+      ("bn_paper", {"model": {"norm": "paper_bn"}}),
       ("bn_standard", {"model": {"norm": "batchnorm"}}),
       ("adversarial", presets.adversarial(dataset)),
   ])

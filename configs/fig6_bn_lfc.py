@@ -20,5 +20,5 @@ def get_config(dataset: str = "embedded"):
   config.train.input_radius = RADIUS
   return presets.set_sweep(config, "bn_lfc", [
       ("no_bn", {"model": {"norm": "none"}}),
-      ("bn", {"model": {"norm": "batch_stats"}}),
+      ("bn", {"model": {"norm": "paper_bn"}}),
   ])

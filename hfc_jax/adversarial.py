@@ -27,15 +27,16 @@ class Adversary:
   """PGD adversarial training (Madry et al.): the step trains on attacked images only.
 
   `train_mode` attacks the model as it is being trained (batch statistics, dropout on);
-  by default the attack sees the model in evaluation mode.
+  otherwise the attack sees the model in evaluation mode. The fields have no defaults
+  of their own: `from_config` takes them from `config.adv` (`hfc_jax.defaults`).
   """
-  name: str = "pgd"
-  eps: float = 0.03
-  step_size: float = 0.003
-  steps: int = 10
-  random_start: bool = False
-  restarts: int = 1
-  train_mode: bool = False
+  name: str
+  eps: float
+  step_size: float
+  steps: int
+  random_start: bool
+  restarts: int
+  train_mode: bool
 
   @classmethod
   def from_config(cls, adv: ml_collections.ConfigDict) -> "Adversary | None":
@@ -64,6 +65,21 @@ class Adversary:
     return jax.lax.stop_gradient(adv)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """One-line HfcErrors for the adv.* fields (checked also while adv.enabled is off, so
+  that a typo never waits for the run that turns it on) and the eval.robust_* fields of
+  the per-epoch robust accuracy (`robust_evaluator`)."""
+  adv = config.adv
+  for field in ("enabled", "random_start", "train_mode"):
+    errors.check_choice(f"adv.{field}", adv[field], (False, True))
+  attacks.check_attack_config(adv.name, adv.eps, adv.step_size, adv.steps, adv.restarts,
+                              random_start=adv.random_start, section="adv")
+  ec = config.eval
+  errors.check_range("eval.robust_subset", ec.robust_subset, 0, None, integer=True)
+  errors.check_range("eval.robust_steps", ec.robust_steps, 0, None, integer=True)
+  errors.check_range("eval.robust_eps", ec.robust_eps, 0.0, 1.0)
+
+
 def robust_evaluator(config, adversary: Adversary | None, functional: Functional,
                      mesh, test_x: np.ndarray, test_y: np.ndarray):
   """Per-epoch robust accuracy: PGD (`eval.robust_steps` steps of eps/4 at
@@ -75,8 +91,8 @@ def robust_evaluator(config, adversary: Adversary | None, functional: Functional
   subset = ec.robust_subset
   if adversary is None and not subset:
     return None
-  eps = errors.check_range("eval.robust_eps", ec.robust_eps, 0.0, 1.0)
-  attack = functools.partial(attacks.eval_attack, "pgd", eps=eps, steps=ec.robust_steps)
+  attack = functools.partial(attacks.eval_attack, "pgd", eps=ec.robust_eps,
+                             steps=ec.robust_steps)
   fn = make_attack_eval_fn(functional.logits, mesh, attack)
   x, y = test_x[:subset or 500], test_y[:subset or 500]
   key = jax.random.key(config.seed + 2)
@@ -113,9 +129,8 @@ def attack_accuracy(attack_eval_fn, params, model_state, x: np.ndarray, y: np.nd
   """Accuracy of the model on (x, y) under the attack of `attack_eval_fn`, in batches of
   `batch_size` real images; each batch gets its own key, fold_in(key, batch index), so
   the result is reproducible and the same on any mesh."""
-  totals = None
-  for i, batch in enumerate(evaluate.eval_batches(x, y, mesh=mesh, batch_size=batch_size)):
-    out = attack_eval_fn(params, model_state, *batch, jax.random.fold_in(key, i))
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
+  batches = evaluate.eval_batches(x, y, mesh=mesh, batch_size=batch_size)
+  totals = evaluate.accumulate(
+      functools.partial(attack_eval_fn, params, model_state),
+      ((*batch, jax.random.fold_in(key, i)) for i, batch in enumerate(batches)))
   return float(totals["correct"]) / max(float(totals["count"]), 1.0)

@@ -19,6 +19,7 @@ restore with the other.
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -28,6 +29,14 @@ from hfc_jax import errors, fileio
 
 CHECKPOINTS = "checkpoints"
 UNREADABLE = "unreadable_checkpoints"   # where unreadable checkpoints are moved
+
+
+def check_config(config) -> None:
+  """One-line HfcErrors for the checkpoint.* fields: a step interval >= 0 (0: none)
+  and at least 2 checkpoints kept (one to fall back to when the newest is unreadable)."""
+  errors.check_range("checkpoint.every_steps", config.checkpoint.every_steps, 0, None,
+                     integer=True)
+  errors.check_range("checkpoint.keep", config.checkpoint.keep, 2, None, integer=True)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -62,10 +71,12 @@ class Checkpointer:
   there, so the file never lists an epoch that no finished checkpoint holds.
   """
 
-  def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False):
-    """`read_only`: for studies and checks beside a run that may be writing: creates
-    nothing and leaves the temporary directories of saves in progress alone (a
-    writer removes leftovers of killed saves when it starts, under the workdir lock)."""
+  def __init__(self, workdir: str, *, keep: int | None = None, read_only: bool = False):
+    """`keep`: the newest checkpoints a writer keeps (`checkpoint.keep`; None keeps
+    every one, as a reader, which saves nothing, needs). `read_only`: for studies and
+    checks beside a run that may be writing: creates nothing and leaves the temporary
+    directories of saves in progress alone (a writer removes leftovers of killed saves
+    when it starts, under the workdir lock)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=True)
@@ -209,6 +220,27 @@ def open_existing(workdir: str) -> Checkpointer:
   if ckpt.latest_step() is None:
     raise errors.HfcError(f"workdir={workdir!r} holds no finished checkpoint in {path}.")
   return ckpt
+
+
+def newest_readable(ckpt: Checkpointer, read: Callable[[int], Any],
+                    skip: Callable[[int, Exception], None]) -> tuple[int, Any] | None:
+  """(step, read(step)) for the newest checkpoint that `read` can read, or None when
+  the workdir holds none that can be.
+
+  Tries the steps newest first. When `read` raises (a truncated file, a missing
+  metadata file: Orbax raises many types), `skip(step, error)` reports the checkpoint
+  (training moves it aside, analyses only log it) and the one before is tried. An
+  HfcError from `read` is a verdict on the run (its settings changed), not an unreadable
+  file, and propagates. The one loop that training's resume and every analysis use.
+  """
+  for step in reversed(ckpt.all_steps()):
+    try:
+      return step, read(step)
+    except errors.HfcError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+      skip(step, e)
+  return None
 
 
 def abstract_like(tree, sharding: jax.sharding.Sharding | None = None):

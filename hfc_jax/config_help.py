@@ -1,7 +1,9 @@
 """`python -m hfc_jax.main --help`: the usage line, the main flags and every config field.
 
 The config fields are those of hfc_jax/defaults.py (every config starts from it), each printed
-as `FIELD = DEFAULT   meaning`, grouped by section. The meaning is the file's own trailing
+as `FIELD = DEFAULT   [role] meaning`, grouped by section (the role, from
+`defaults.ROLES`, says whether a change of it may resume a run and whether it splits
+replicates). The meaning is the file's own trailing
 comment, read from its source with `ast` and `tokenize` (nothing is executed):
 
   config.train.smooth_kernel_weight = 0.0  # > 0: + weight * sum of squared differences of
@@ -153,7 +155,24 @@ def field_lines(fields: list[Field]) -> list[str]:
                              subsequent_indent="  # ")
       continue
     meaning = f"   {field.meaning}" if field.meaning else ""
-    lines.append(f"  {field.name} = {field.default}{meaning}")
+    lines.append(f"  {field.name} = {field.default}{_role_tag(field.name)}{meaning}")
+  return lines
+
+
+def _role_tag(name: str) -> str:
+  """'   [result]': the field's role in `defaults.ROLES` ('' for a field it lacks)."""
+  from hfc_jax import defaults  # pylint: disable=g-import-not-at-top  (no JAX import)
+  found = defaults.role(name)
+  return f"   [{found}]" if found else ""
+
+
+def role_lines() -> list[str]:
+  """The legend of the `[role]` tags: what each role means on resume and in reports."""
+  from hfc_jax import defaults  # pylint: disable=g-import-not-at-top  (no JAX import)
+  lines = ["field roles (the [tag] after each default):"]
+  for name, meaning in defaults.ROLE_MEANINGS.items():
+    lines += textwrap.wrap(f"{name}: {meaning}.", WIDTH, initial_indent="  ",
+                           subsequent_indent="      ")
   return lines
 
 
@@ -193,8 +212,9 @@ def help_text(flag_values, description: str | None = None, config_path: str | No
   lines += ["flags:", *_flag_lines(flag_values), ""]
   with open(path, encoding="utf-8") as f:
     fields = parse_fields(f.read())
-  lines.append(f"config fields, with their defaults in {path} (set one with "
-               "--config.FIELD=VALUE; other configs override some):")
+  lines += role_lines() + [""]
+  lines.append(f"config fields, with their defaults in {path} and their roles (set one "
+               "with --config.FIELD=VALUE; other configs override some):")
   return "\n".join(lines + field_lines(fields))
 
 

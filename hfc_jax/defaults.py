@@ -14,14 +14,103 @@ from typing import Any
 import ml_collections
 
 
-# Fields that change no number a training run records (up to float rounding): where and
-# how often it writes, how many devices share the global batch, and the settings of the
-# analysis modes. Runs whose configs differ only in these and the seed are replicates
-# of one experiment (`python -m hfc_jax.report` averages them).
-BOOKKEEPING = ("tensorboard", "num_devices", "checkpoint", "train.log_every_steps",
-               "train.prefetch", "train.divergence_loss", "train.divergence_log_points",
-               "robust_eval", "figure2", "kernels",
-               "perturbation_spectrum", "bands", "fourier_heatmap")
+# The role of every config field: what a change of it means for a resumed run, for
+# the replicate key that `python -m hfc_jax.report` averages seeds by, and for the
+# analyses that compare trained models. Each field has exactly one role; `ROLES` gives it
+# by dotted field name or, where a whole section shares one, by section
+# (tests/defaults_test.py fails on a field with none or two). Everything that sorts
+# fields (resume, report, analysis.common, `--help`, `--allow_changed_config`) derives
+# from it.
+RESULT = "result"
+TRAINING_DATA = "training_data"
+RESUMABLE = "resumable"
+BOOKKEEPING = "bookkeeping"
+MACHINE = "machine"
+ANALYSIS = "analysis"
+
+ROLE_MEANINGS = {
+    RESULT: "changes what a run computes: refused when resuming (unless "
+            "--allow_changed_config); part of the replicate key",
+    TRAINING_DATA: "changes only the training images (augmentation, subsets, label "
+                   "shuffling): as 'result', but models that differ in it still share "
+                   "a test set",
+    RESUMABLE: "changes what a run reports, but may change when it resumes (more "
+               "epochs, more scoring), recorded in config_history.jsonl; part of the "
+               "replicate key",
+    BOOKKEEPING: "changes no number a run records (where and how often it writes): "
+                      "may change when resuming; not part of the replicate key",
+    MACHINE: "where the run reads its data and how many devices share the batch: "
+             "may change when resuming; not part of the replicate key",
+    ANALYSIS: "a setting of an analysis mode, never read by training: may change "
+              "when resuming; not part of the replicate key",
+}
+
+ROLES = {
+    "mode": RESUMABLE, "seed": RESULT, "num_devices": MACHINE, "tensorboard": BOOKKEEPING,
+    # data: what the test set is, what the training set is, and where both are read from.
+    "data.name": RESULT, "data.data_dir": MACHINE, "data.path": RESULT,
+    "data.num_classes": RESULT, "data.seed": RESULT, "data.num_train": TRAINING_DATA,
+    "data.num_test": RESULT, "data.image_size": RESULT, "data.hf_prob": RESULT,
+    "data.hf_amplitude": RESULT, "data.augment": TRAINING_DATA, "data.aug_pad": TRAINING_DATA,
+    "data.aug_pad_mode": TRAINING_DATA, "data.aug_flip": TRAINING_DATA,
+    "data.rescale": TRAINING_DATA, "data.train_limit": TRAINING_DATA,
+    "data.test_limit": RESULT, "data.subset_seed": RESULT,
+    "data.shuffle_labels": TRAINING_DATA, "data.label_seed": TRAINING_DATA,
+    "model": RESULT, "optim": RESULT, "adv": RESULT,
+    "train.epochs": RESUMABLE, "train.batch_size": RESULT,
+    "train.log_every_steps": BOOKKEEPING, "train.prefetch": BOOKKEEPING,
+    "train.input_component": RESULT, "train.input_radius": RESULT,
+    "train.mixup_alpha": RESULT, "train.smooth_kernel_weight": RESULT,
+    "train.divergence_loss": BOOKKEEPING, "train.divergence_log_points": BOOKKEEPING,
+    "checkpoint": BOOKKEEPING, "eval": RESUMABLE, "sweep": RESUMABLE,
+    "robust_eval": ANALYSIS, "figure2": ANALYSIS, "kernels": ANALYSIS,
+    "perturbation_spectrum": ANALYSIS, "bands": ANALYSIS, "fourier_heatmap": ANALYSIS,
+}
+
+
+def role(field: str) -> str | None:
+  """The role of dotted `field` ('train.epochs'): its own entry in `ROLES`, else its
+  nearest section's; None for a field hfc_jax does not know."""
+  parts = field.split(".")
+  for n in range(len(parts), 0, -1):
+    found = ROLES.get(".".join(parts[:n]))
+    if found is not None:
+      return found
+  return None
+
+
+def fields_with_role(*roles: str) -> tuple[str, ...]:
+  """The `ROLES` keys (fields or whole sections) of any of `roles`, in registry order."""
+  return tuple(k for k, r in ROLES.items() if r in roles)
+
+
+def summary(*roles: str) -> str:
+  """The fields of `roles` in words, for help texts: 'seed, model.*, data.* except
+  data.data_dir, train.batch_size, ...' (a section is named whole when most of its
+  fields have one of `roles`)."""
+  fields = list(dotted_fields(get_config().to_dict()))
+  sections: dict[str, list[str]] = {}
+  for field in fields:
+    sections.setdefault(field.split(".")[0] if "." in field else field, []).append(field)
+  parts = []
+  for section, members in sections.items():
+    inside = [f for f in members if role(f) in roles]
+    if members == [section]:
+      parts += inside
+    elif len(inside) == len(members):
+      parts.append(f"{section}.*")
+    elif len(inside) > len(members) / 2:
+      parts.append(f"{section}.* except " + ", ".join(f for f in members if f not in inside))
+    else:
+      parts += inside
+  return ", ".join(parts)
+
+
+# Fields that change no number a training run records (up to float rounding): runs whose
+# configs differ only in these and the seed are replicates of one experiment.
+REPLICATE_IGNORED = fields_with_role(BOOKKEEPING, MACHINE, ANALYSIS)
+# Fields a resumed run must keep (`resume.check`).
+FIXED_ON_RESUME = fields_with_role(RESULT, TRAINING_DATA)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -59,7 +148,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = "small_cnn"    # small_cnn | plain_cnn | resnet18 | preact_resnet32
                                      # | plain_cnn_early_pool | plain_cnn_gap (ablations).
-  config.model.norm = "batch_stats"  # none | batch_stats (paper) | batchnorm (running averages)
+  config.model.norm = "paper_bn"     # none | paper_bn | batchnorm. paper_bn: the paper's BN,
+                                     # normalised with the current batch's statistics in
+                                     # training and evaluation, no running averages, gamma 1,
+                                     # beta 0; batchnorm: standard BN with running averages.
+                                     # paper_bn was 'batch_stats', but Flax's 'batch_stats'
+                                     # are the running averages batchnorm keeps; the old
+                                     # name is still accepted.
   config.model.dropout = 0.0         # Dropout rate before the classifier.
   config.model.input_filter = "none"  # none | lowpass | highpass input layer.
   config.model.filter_radius = 0.0   # Radius of that input layer.
@@ -113,6 +208,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.robust_subset = 0      # Test images attacked per epoch (0: only with adv).
   config.eval.robust_steps = 10      # PGD steps of that per-epoch check (step eps/4).
   config.eval.robust_eps = 8 / 255   # Its L-inf eps.
+  config.eval.evaluators = ("lfc_hfc", "attack", "smoothness")  # Per-epoch metrics (evaluators.py).
 
   # PGD adversarial training (Madry): each step trains on attacked images only.
   config.adv = ml_collections.ConfigDict()
@@ -221,15 +317,31 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
+# Values renamed since checkpoints were written, {dotted field: {old: new}}: `complete`
+# maps the old names, so stored configs and command lines that use them still work.
+RENAMED_VALUES = {"model.norm": {"batch_stats": "paper_bn"}}
+
+
 def complete(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
-  """`config` with every field it lacks taken from `get_config()`.
+  """`config` with every field it lacks taken from `get_config()`, and old names of
+  values (`RENAMED_VALUES`) replaced by the current ones.
 
   The config's own values win, and fields the defaults do not know are kept (a later
   check names them if they are wrong). Used on every config `main` runs and on the config
   stored in a checkpoint, which lacks the fields added after it was written.
   """
   own = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-  return ml_collections.ConfigDict(_merged(get_config().to_dict(), own))
+  out = ml_collections.ConfigDict(_merged(get_config().to_dict(), own))
+  for field in RENAMED_VALUES:
+    section, name = field.split(".")
+    out[section][name] = renamed_value(field, out[section][name])
+  return out
+
+
+def renamed_value(field: str, value: Any) -> Any:
+  """`value` of dotted `field`, or its current name if it is a renamed one."""
+  names = RENAMED_VALUES.get(field, {})
+  return names.get(value, value) if isinstance(value, str) else value
 
 
 def _merged(base: dict, own: dict) -> dict:

@@ -9,7 +9,8 @@ keeping r1 <= dist < r2) follow the HFC ones: 1 + 2R + B variants.
 """
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,8 @@ import optax
 
 from hfc_jax import frequency, sharding
 from hfc_jax.data import pipeline
+
+PyTree = Any
 
 
 def variant_names(radii: Sequence[float], bands: Sequence[tuple[float, float]] = ()
@@ -126,6 +129,30 @@ def eval_batches(x: np.ndarray, y: np.ndarray, *, mesh, batch_size: int,
     yield sharding.put_batch(mesh, images, labels.astype(np.int32), mask)
 
 
+def accumulate(batch_fn, batches: Iterable[tuple]) -> PyTree:
+  """The sum over `batches` of `batch_fn(*batch)`, added up on device in batch order and
+  fetched to the host once, at the end.
+
+  Args:
+    batch_fn: a jitted function of one batch's arguments returning a pytree of per-batch
+      sums and counts (float32 arrays; e.g. {'correct': (V,), 'count': ()} of
+      `eval_step`, which leaves padding rows out with the batch's mask).
+    batches: tuples of `batch_fn`'s arguments, e.g. (images, labels, mask) of
+      `eval_batches`; a generator is consumed as the sums are dispatched.
+
+  Returns:
+    The summed pytree as numpy arrays (same structure and shapes as one batch's).
+    Raises ValueError when there are no batches.
+  """
+  totals = None
+  for batch in batches:
+    out = batch_fn(*batch)
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  if totals is None:
+    raise ValueError("accumulate: no batches to sum.")
+  return jax.device_get(totals)
+
+
 def variant_accuracies(eval_fn, params, model_state, x: np.ndarray, y: np.ndarray, *,
                        mesh, batch_size: int, radii: Sequence[float],
                        bands: Sequence[tuple[float, float]] = ()) -> dict[str, float]:
@@ -133,11 +160,8 @@ def variant_accuracies(eval_fn, params, model_state, x: np.ndarray, y: np.ndarra
   fetched once at the end. `batch_size` real images per batch, on any mesh; `radii`
   and `bands` those `eval_fn` was made with.
   Returns {'clean': acc, 'lfc_4': acc, ..., 'band_4_8': acc, ..., 'loss': mean}."""
-  totals = None
-  for batch in eval_batches(x, y, mesh=mesh, batch_size=batch_size):
-    out = eval_fn(params, model_state, *batch)
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
+  totals = accumulate(functools.partial(eval_fn, params, model_state),
+                      eval_batches(x, y, mesh=mesh, batch_size=batch_size))
   count = max(float(totals["count"]), 1.0)
   result = {name: float(c) / count
             for name, c in zip(variant_names(radii, bands), totals["correct"], strict=True)}

@@ -57,13 +57,15 @@ def _rfft_masks(height: int, width: int, radii: tuple[float, ...],
   return out
 
 
-def check_radius(radius: float, height: int, width: int, field: str = "radius") -> float:
-  """Raises HfcError unless 1 <= radius <= max(H, W).
+def check_radius(radius: float, height: int | None, width: int | None,
+                 field: str = "radius") -> float:
+  """Raises HfcError unless 1 <= radius <= max(H, W) (only >= 1 while the image size
+  is not known yet: height None).
 
   Radii past the half-diagonal (22.6 for 32x32) keep the whole spectrum; they are
   allowed because the original code evaluates test sets up to r = 28 on CIFAR.
   """
-  return errors.check_range(field, radius, 1, max(height, width))
+  return errors.check_range(field, radius, 1, None if height is None else max(height, width))
 
 
 def rescale_per_image_max(images: jnp.ndarray) -> jnp.ndarray:
@@ -205,12 +207,6 @@ def band_pass_many(images: jnp.ndarray, bands: Sequence[tuple[float, float]], *,
   return _rescale(out, rescale)
 
 
-def band_pass(images: jnp.ndarray, r1: float, r2: float, *,
-              inclusive: bool = False) -> jnp.ndarray:
-  """(N, H, W, C) images -> float32 (N, H, W, C) keeping only r1 <= dist < r2."""
-  return band_pass_many(images, ((r1, r2),), inclusive=inclusive)[0]
-
-
 def channel_power(x: jnp.ndarray) -> jnp.ndarray:
   """Centred power spectrum of each image and channel: (..., H, W, C) -> float32
   (..., H, W, C), |fftshift(fft2(x, norm='ortho'))|^2, zero frequency at (H//2, W//2).
@@ -218,12 +214,6 @@ def channel_power(x: jnp.ndarray) -> jnp.ndarray:
   x = jnp.asarray(x, jnp.float32)
   f = jnp.fft.fftshift(jnp.fft.fft2(x, axes=(-3, -2), norm="ortho"), axes=(-3, -2))
   return jnp.real(f) ** 2 + jnp.imag(f) ** 2
-
-
-def power_spectrum(x: jnp.ndarray) -> jnp.ndarray:
-  """Mean centred power spectrum of (N, H, W, C) images over images and channels:
-  float32 (H, W), summing to the mean per-channel sum of squares."""
-  return jnp.mean(channel_power(x), axis=(0, 3))
 
 
 def radial_profile(power: jnp.ndarray) -> jnp.ndarray:

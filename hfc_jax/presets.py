@@ -23,29 +23,36 @@ In every preset "vanilla" is the paper's: no BatchNorm, no dropout, no augmentat
 import ml_collections
 
 from hfc_jax import defaults
+from hfc_jax.data.idx_source import FASHION_MNIST_DIR
 
 DATASETS = ("embedded", "fashion_mnist", "cifar10")
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def _cifar10() -> ml_collections.ConfigDict:
+  """What the CIFAR-10 presets share: 100 epochs of batch 128, logged every 100 steps,
+  scored in batches of 1000 on 10,000 training images."""
+  config = defaults.get_config()
+  config.data.name = "cifar10"
+  config.train.epochs = 100
+  config.train.batch_size = 128       # the original code: 100 (see the config's docstring)
+  config.train.log_every_steps = 100
+  config.eval.batch_size = 1000
+  config.eval.train_subset = 10000
+  return config
 
 
 def cifar10_resnet32_vanilla() -> ml_collections.ConfigDict:
   """The paper's vanilla CIFAR-10 run as the original code ran it (documented in
   `configs/cifar10_resnet32_vanilla.py`): pre-activation ResNet-32 without BatchNorm,
   Adam 1e-4, 100 epochs, seed 100, per-image-max rescaling, batch 128 (the code: 100)."""
-  config = defaults.get_config()
+  config = _cifar10()
   config.seed = 100
-  config.data.name = "cifar10"
   config.data.rescale = "per_image_max"
+  config.eval.rescale = "per_image_max"
   config.model.name = "preact_resnet32"
   config.model.norm = "none"
   config.optim.name = "adam"
   config.optim.learning_rate = 1e-4
-  config.train.epochs = 100
-  config.train.batch_size = 128       # the original code: 100 (see the config's docstring)
-  config.train.log_every_steps = 100
-  config.eval.rescale = "per_image_max"
-  config.eval.batch_size = 1000
-  config.eval.train_subset = 10000
   return config
 
 
@@ -53,22 +60,24 @@ def cifar10_resnet18() -> ml_collections.ConfigDict:
   """CIFAR-10 ResNet-18 with standard BatchNorm and SGD (documented in
   `configs/cifar10_resnet18.py`): Nesterov momentum 0.9, lr 0.1 on batch 128 with
   cosine decay, weight decay 5e-4, pad-4 crop + flip, 100 epochs."""
-  config = defaults.get_config()
-  config.data.name = "cifar10"
+  config = _cifar10()
   config.data.augment = True
   config.model.name = "resnet18"
   config.model.norm = "batchnorm"
-  config.optim.name = "sgd"
-  config.optim.learning_rate = 0.1
-  config.optim.nesterov = True
-  config.optim.schedule = "cosine"
-  config.optim.weight_decay = 5e-4
-  config.train.epochs = 100
-  config.train.batch_size = 128
-  config.train.log_every_steps = 100
-  config.eval.batch_size = 1000
-  config.eval.train_subset = 10000
+  config.optim.update({"name": "sgd", "learning_rate": 0.1, "nesterov": True,
+                       "schedule": "cosine", "weight_decay": 5e-4})
   return config
+
+
+# The small presets: what they change from the defaults, in all and per data set.
+_SMALL = {"model": {"norm": "none"}, "train": {"log_every_steps": 20},
+          "eval": {"train_subset": 1000}, "checkpoint": {"keep": 2}}
+_SMALL_DATA = {
+    "embedded": {"data": {"num_train": 5000, "num_test": 1000}, "train": {"epochs": 8}},
+    "fashion_mnist": {"data": {"name": "idx", "path": FASHION_MNIST_DIR, "train_limit": 10000,
+                               "test_limit": 2000},
+                      "train": {"epochs": 6}},
+}
 
 
 def base(dataset: str) -> ml_collections.ConfigDict:
@@ -79,42 +88,37 @@ def base(dataset: str) -> ml_collections.ConfigDict:
   if dataset == "cifar10":
     return cifar10_resnet32_vanilla()
   config = defaults.get_config()
-  config.model.norm = "none"
-  config.tensorboard = True
-  if dataset == "embedded":
-    config.data.num_train = 5000
-    config.data.num_test = 1000
-    config.train.epochs = 8
-  else:
-    config.data.name = "idx"
-    config.data.path = FASHION_MNIST_DIR
-    config.data.train_limit = 10000
-    config.data.test_limit = 2000
-    config.train.epochs = 6
-  config.eval.train_subset = 1000
-  config.train.log_every_steps = 20
-  config.checkpoint.keep = 2
+  config.update(_SMALL)
+  config.update(_SMALL_DATA[dataset])
   return config
+
+
+def pgd_training(eps: float, step_size: float, steps: int, *, random_start: bool,
+                 robust_subset: int) -> dict:
+  """Overrides for L-inf PGD adversarial training (Madry et al.): `steps` steps of
+  `step_size` within `eps`, and the per-epoch PGD check at the same eps on the first
+  `robust_subset` test images. The one spelling of an adversarial recipe, used by
+  `adversarial` and the adversarial configs."""
+  return {"adv": {"enabled": True, "name": "pgd", "eps": eps, "step_size": step_size,
+                  "steps": steps, "random_start": random_start},
+          "eval": {"robust_subset": robust_subset, "robust_eps": eps}}
 
 
 def adversarial(dataset: str) -> dict:
   """Overrides that turn a preset into the paper's adversarial training.
 
   CIFAR-10: the original code's PGD (eps 0.03, 10 steps of eps/10, no random start)
-  with pad-2 crop and flip. Small sets: PGD-5 with random start, at eps 4/255 on
-  Fashion-MNIST and 2/255 on the embedded set. The embedded class texture has a peak
-  amplitude of 0.08, and the vanilla (BatchNorm-free) small CNN trained at 4/255 stayed
-  at chance for 8 epochs (measured: 0.100 clean), so its runs use half that radius.
+  with pad-2 crop and flip (`configs/cifar10_resnet32_adv.py`). Small sets: PGD-5 with
+  random start, at eps 4/255 on Fashion-MNIST and 2/255 on the embedded set. The
+  embedded class texture has a peak amplitude of 0.08, and the vanilla (BatchNorm-free)
+  small CNN trained at 4/255 stayed at chance for 8 epochs (measured: 0.100 clean), so
+  its runs use half that radius.
   """
   if dataset == "cifar10":
     return {"data": {"augment": True, "aug_pad": 2},
-            "adv": {"enabled": True, "name": "pgd", "eps": 0.03, "step_size": 0.003,
-                    "steps": 10, "random_start": False},
-            "eval": {"robust_subset": 1000, "robust_eps": 0.03}}
+            **pgd_training(0.03, 0.003, 10, random_start=False, robust_subset=1000)}
   eps = (2 if dataset == "embedded" else 4) / 255
-  return {"adv": {"enabled": True, "name": "pgd", "eps": eps, "step_size": eps / 4,
-                  "steps": 5, "random_start": True},
-          "eval": {"robust_subset": 500, "robust_eps": eps}}
+  return pgd_training(eps, eps / 4, 5, random_start=True, robust_subset=500)
 
 
 def set_sweep(config: ml_collections.ConfigDict, kind: str,

@@ -137,3 +137,17 @@ class LossWatch:
       raise _diverged(step, f"the mean loss was above train.divergence_loss="
                       f"{self.threshold:g} for {self.above} log intervals in a row (now "
                       f"{mean_loss:.4g})")
+
+
+def check_config(config) -> None:
+  """One-line HfcErrors for the train.* fields of the training loop: its length,
+  logging interval, prefetch depth, the smooth-kernel penalty weight and the
+  divergence stop (`LossWatch`)."""
+  tc = config.train
+  errors.check_range("train.epochs", tc.epochs, 1, None, integer=True)
+  errors.check_range("train.log_every_steps", tc.log_every_steps, 1, None, integer=True)
+  errors.check_range("train.prefetch", tc.prefetch, 1, None, integer=True)
+  errors.check_range("train.smooth_kernel_weight", tc.smooth_kernel_weight, 0)
+  errors.check_range("train.divergence_loss", tc.divergence_loss, 0)
+  errors.check_range("train.divergence_log_points", tc.divergence_log_points, 1, None,
+                     integer=True)

@@ -156,8 +156,9 @@ def command_line(workdirs: list[str], out: str | None) -> str:
 
 def replicate_sets(groups: list[Group]) -> list[list[Group]]:
   """Sets of 2 or more sweeps of the same kind, with the same run names and the same
-  run configs but for the seed and the bookkeeping fields (`defaults.BOOKKEEPING`:
-  TensorBoard, checkpoint interval, device count, ...), in order: the same experiment
+  run configs but for the seed and the fields that change none of their numbers
+  (`defaults.REPLICATE_IGNORED`: TensorBoard, checkpoint interval, device count, data
+  directory, analysis settings, ...), in order: the same experiment
   run again (other seeds, other machines). Sweeps of another model or data set are
   never averaged together."""
   sets: dict[tuple, list[Group]] = {}
@@ -171,18 +172,28 @@ def replicate_sets(groups: list[Group]) -> list[list[Group]]:
 
 def replicate_key(config: dict | None) -> str:
   """A run's config as canonical JSON without its top-level `seed` and the fields that
-  change none of its numbers ('' when the config is unknown)."""
+  change none of its numbers, old value names made current ('' when the config is
+  unknown)."""
   if config is None:
     return ""
   kept = json.loads(json.dumps(config, default=str))      # a deep copy
-  for path in ("seed",) + defaults.BOOKKEEPING:
-    *parents, leaf = path.split(".")
-    section = kept
-    for name in parents:
-      section = section.get(name) if isinstance(section, dict) else None
-    if isinstance(section, dict):
+  for path in defaults.RENAMED_VALUES:     # model.norm 'batch_stats' is 'paper_bn'
+    section, leaf = _parent(kept, path)
+    if section is not None and leaf in section:
+      section[leaf] = defaults.renamed_value(path, section[leaf])
+  for path in ("seed",) + defaults.REPLICATE_IGNORED:
+    section, leaf = _parent(kept, path)
+    if section is not None:
       section.pop(leaf, None)
   return json.dumps(kept, sort_keys=True)
+
+
+def _parent(tree: dict, path: str) -> tuple[dict | None, str]:
+  """(the dict holding dotted `path`'s last name, that name); None if there is none."""
+  *parents, leaf = path.split(".")
+  for name in parents:
+    tree = tree.get(name) if isinstance(tree, dict) else None
+  return (tree if isinstance(tree, dict) else None), leaf
 
 
 def _mean_sd(values: list[float]) -> str:

@@ -5,13 +5,13 @@ finished one without loading anything, `restore_latest` restores the newest read
 checkpoint (setting aside unreadable ones). The config given then is compared with the
 one stored in the checkpoint:
 
-- Fields that change the result (`RESULT_FIELDS`: the seed, the model, the data, the
-  optimiser and learning rate, the batch size, what the step trains on, adversarial
-  training) must match: a difference refuses the run with one line listing the
+- Fields that change the result (roles 'result' and 'training_data' in
+  `defaults.ROLES`: the seed, the model, the data, the optimiser and learning rate, the
+  batch size, what the step trains on, adversarial training) must match: a difference refuses the run with one line listing the
   differences, and nothing in the workdir changes. `--allow_changed_config` continues
   anyway (the run then mixes two settings; the change is recorded).
 - Every other field may change, and is recorded: `train.epochs` (to extend a run),
-  evaluation (`eval.*`), logging, checkpointing, the device count.
+  evaluation (`eval.*`), logging, checkpointing, the device count, the data directory.
 
 Every start that resumes with changes appends one line to `<workdir>/config_history.jsonl`
 ({"time", "step", "changes": {field: [old, new]}}); `config.json` holds the config of
@@ -27,10 +27,6 @@ from absl import logging
 
 from hfc_jax import checkpointing, defaults, errors, fileio, progress, workdirs
 
-RESULT_FIELDS = ("seed", "model", "data", "optim", "adv", "train.batch_size",
-                 "train.input_component", "train.input_radius", "train.mixup_alpha",
-                 "train.smooth_kernel_weight")
-LOCATION_FIELDS = ("data.data_dir",)   # where the data is read from, not what it is
 HISTORY = "config_history.jsonl"
 _SHOWN = 6   # differences spelled out in the refusal line
 
@@ -45,7 +41,7 @@ def changes(saved: dict, config: dict) -> dict[str, tuple[Any, Any]]:
   field only one of them has (added or removed by a later version of hfc_jax) is not
   a change: it did not exist when the other was written; nor is a field that neither
   config uses (`UNUSED_WHEN`)."""
-  old, new = defaults.dotted_fields(saved), defaults.dotted_fields(config)
+  old, new = (_current_names(defaults.dotted_fields(c)) for c in (saved, config))
 
   def unused(field: str) -> bool:
     other, value = UNUSED_WHEN.get(field, (None, None))
@@ -55,11 +51,16 @@ def changes(saved: dict, config: dict) -> dict[str, tuple[Any, Any]]:
           if old[k] != new[k] and not unused(k)}
 
 
+def _current_names(fields: dict[str, Any]) -> dict[str, Any]:
+  """Dotted fields with old value names (`defaults.RENAMED_VALUES`) made current: a run
+  saved with model.norm='batch_stats' resumes with 'paper_bn'."""
+  return {k: defaults.renamed_value(k, v) for k, v in fields.items()}
+
+
 def changes_result(field: str) -> bool:
-  """Whether a change of dotted `field` changes what the run computes."""
-  if field in LOCATION_FIELDS:
-    return False
-  return any(field == f or field.startswith(f + ".") for f in RESULT_FIELDS)
+  """Whether a change of dotted `field` changes what the run computes (its role in
+  `defaults.ROLES`)."""
+  return defaults.role(field) in (defaults.RESULT, defaults.TRAINING_DATA)
 
 
 def check(saved: dict, config: dict, workdir: str, *, allow: bool = False
@@ -131,23 +132,23 @@ def restore_latest(ckpt: checkpointing.Checkpointer, state, config, workdir: str
   missing metadata file) is reported in one line, set aside, and the one before used.
   HfcError when the run's settings changed in a way that changes the result
   (`resume.check`) or its step does not fit the epoch length."""
-  for step in reversed(ckpt.all_steps()):
-    try:
-      meta = ckpt.restore_meta(step)
-    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-      _set_aside(ckpt, step, e)
-      continue
+  def read(step):
+    meta = ckpt.restore_meta(step)
     found = check(meta["config"], config.to_dict(), workdir, allow=allow_changes)
     try:
       restored, meta = ckpt.restore(checkpointing.abstract_like(state), step)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception:  # pylint: disable=broad-except  (Orbax raises many types)
       fixed = [k for k in found if changes_result(k)]
       if fixed:   # allowed changes that give the state another shape (a new optimiser)
         raise errors.HfcError(
             f"workdir={workdir!r}: its checkpoint at step {step} does not fit the changed "
             f"settings ({', '.join(fixed[:4])}); use a new --workdir.") from None
-      _set_aside(ckpt, step, e)
-      continue
+      raise
+    return restored, meta, found
+
+  newest = checkpointing.newest_readable(ckpt, read, lambda step, e: _set_aside(ckpt, step, e))
+  if newest is not None:
+    step, (restored, meta, found) = newest
     history = meta["history"]
     sums = progress.EpochProgress(**meta.get("epoch_progress", {}))
     if int(restored.step) != len(history) * steps_per_epoch + sums.steps:

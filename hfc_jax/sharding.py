@@ -20,10 +20,7 @@ DATA_AXIS = "data"
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
   """A 1-D `data` mesh over the first `num_devices` devices (default: all, all hosts)."""
-  devices = jax.devices()
-  if num_devices is not None:
-    errors.check_range("num_devices", num_devices, 1, len(devices), integer=True)
-    devices = devices[:num_devices]
+  devices = jax.devices()[:mesh_size(num_devices)]
   return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,))
 
@@ -38,14 +35,31 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(field: str, batch_size: int, mesh: Mesh) -> int:
-  """Raises HfcError unless a global TRAINING batch divides evenly over devices and
-  processes (evaluation batches are padded instead: `padded_batch_size`)."""
-  n = mesh.devices.size
-  if batch_size < 1 or batch_size % n or batch_size % jax.process_count():
+def mesh_size(num_devices: int | None) -> int:
+  """The devices `make_mesh(num_devices)` spans: all of them for None; HfcError naming
+  `num_devices` unless it is an integer in [1, the devices JAX sees]."""
+  n = jax.device_count()
+  if num_devices is None:
+    return n
+  return int(errors.check_range("num_devices", num_devices, 1, n, integer=True))
+
+
+def check_batch_size(field: str, batch_size: int, devices: int) -> int:
+  """Raises HfcError unless a global TRAINING batch divides evenly over `devices` and
+  the processes (evaluation batches are padded instead: `padded_batch_size`)."""
+  batch_size = errors.check_range(field, batch_size, 1, None, integer=True)
+  if batch_size % devices or batch_size % jax.process_count():
     raise errors.HfcError(
-        f"{field}={batch_size} must be a positive multiple of the number of devices ({n}).")
+        f"{field}={batch_size} must be a positive multiple of the number of devices "
+        f"({devices}); a training batch is split evenly over them.")
   return batch_size
+
+
+def check_config(config) -> None:
+  """One-line HfcErrors for `num_devices` and for a `train.batch_size` that the mesh of
+  that many devices cannot split evenly (JAX is started by now)."""
+  check_batch_size("train.batch_size", config.train.batch_size,
+                   mesh_size(config.num_devices))
 
 
 def padded_batch_size(field: str, batch_size: int, mesh: Mesh) -> int:

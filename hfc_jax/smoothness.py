@@ -252,25 +252,15 @@ def high_frequency_energy_share(kernel: Any, *, per_slice: bool = False) -> jnp.
   return share if per_slice else jnp.mean(share)
 
 
-def _measures(kernel: Any, per_slice: bool) -> dict[str, jnp.ndarray]:
-  return {
-      "adjacent_difference": adjacent_difference(kernel, per_slice=per_slice),
-      "total_variation": total_variation(kernel, per_slice=per_slice),
-      "total_variation_normalised": total_variation(kernel, normalised=True,
-                                                    per_slice=per_slice),
-      "high_frequency_energy_share": high_frequency_energy_share(kernel,
-                                                                 per_slice=per_slice),
-  }
-
-
 def smoothness_measures(kernel: Any) -> dict[str, float]:
   """All model-level measures of an HWIO kernel as JSON-ready Python floats."""
-  return {name: float(value) for name, value in _measures(kernel, False).items()}
-
-
-def per_slice_measures(kernel: Any) -> dict[str, np.ndarray]:
-  """All measures per slice, each a float NumPy (in, out) array (`.mean(0)`: per filter)."""
-  return {name: np.asarray(value) for name, value in _measures(kernel, True).items()}
+  measures = {
+      "adjacent_difference": adjacent_difference(kernel),
+      "total_variation": total_variation(kernel),
+      "total_variation_normalised": total_variation(kernel, normalised=True),
+      "high_frequency_energy_share": high_frequency_energy_share(kernel),
+  }
+  return {name: float(value) for name, value in measures.items()}
 
 
 # ------------------------------------------------------------------ training penalty

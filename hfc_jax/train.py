@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from hfc_jax import adversarial, checkpointing, evaluate, fileio, frequency, lock
+from hfc_jax import adversarial, checkpointing, evaluate, evaluators, fileio, frequency, lock
 from hfc_jax import models
 from hfc_jax import optimizers, plots, preemption, provenance, records, resume, sharding
 from hfc_jax import progress as progress_lib
@@ -168,8 +168,10 @@ def make_train_step(functional: Functional, tx, mesh, *, rescale: str,
 
 
 def make_config_train_step(config: ml_collections.ConfigDict, functional: Functional,
-                           tx, mesh, num_classes: int):
-  """`make_train_step` for what `config` asks: adversary, input component, mix-up."""
+                           tx, mesh, num_classes: int, *,
+                           adversary: adversarial.Adversary | None):
+  """`make_train_step` for what `config` asks: input component, mix-up, and `adversary`
+  (`Adversary.from_config(config.adv)`, built once per run by the caller)."""
   tc = config.train
   component = tc.input_component
   input_fn = None
@@ -178,8 +180,7 @@ def make_config_train_step(config: ml_collections.ConfigDict, functional: Functi
         mesh, component, float(tc.input_radius),
         inclusive=config.eval.inclusive, rescale=config.data.rescale)
   return make_train_step(functional, tx, mesh, rescale=config.data.rescale,
-                         adversary=adversarial.Adversary.from_config(config.adv),
-                         input_fn=input_fn, mixup_alpha=tc.mixup_alpha,
+                         adversary=adversary, input_fn=input_fn, mixup_alpha=tc.mixup_alpha,
                          num_classes=num_classes,
                          smooth_kernel_weight=tc.smooth_kernel_weight)
 
@@ -256,7 +257,8 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
   recorder.write_history(history)
 
   # ----- Update and evaluation functions -----------------------------------
-  step_fn = make_config_train_step(config, functional, tx, mesh, dataset.num_classes)
+  step_fn = make_config_train_step(config, functional, tx, mesh, dataset.num_classes,
+                                   adversary=adversary)
   eval_sets = {"test": (test_x, test_y), "train_eval": (train_eval_x, train_eval_y)}
   score = make_scorer(config, functional, mesh, eval_sets, adversary)
 
@@ -299,30 +301,18 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
 
 
 def make_scorer(config, functional: Functional, mesh, eval_sets: dict, adversary):
-  """The epoch-end evaluation, `score(state) -> record`: clean/LFC/HFC/band accuracy and
-  loss on each of `eval_sets` ({prefix: (x, y)}), the PGD accuracy (`test/pgd`) when
-  adversarially training or `eval.robust_subset` asks for it, and the first conv's
-  roughness (`first_conv_smoothness`)."""
-  ec = config.eval
-  radii, bands = tuple(float(r) for r in ec.radii), evaluate.bands_of(ec)
-  eval_fn = evaluate.make_eval_fn(functional.logits, mesh, radii=radii, bands=bands,
-                                  inclusive=ec.inclusive, rescale=ec.rescale)
-  test_x, test_y = eval_sets["test"]
-  robust_on = adversarial.robust_evaluator(config, adversary, functional, mesh, test_x, test_y)
+  """The epoch-end evaluation, `score(state) -> record`: the metrics of the evaluators
+  that `eval.evaluators` names, in list order (`hfc_jax.evaluators`). By default:
+  clean/LFC/HFC/band accuracy and loss on each of `eval_sets` ({prefix: (x, y)}), the
+  PGD accuracy (`test/pgd`) when adversarially training or `eval.robust_subset` asks
+  for it, and the first conv's roughness (`first_conv_smoothness`)."""
+  ctx = evaluators.Context(config, functional, mesh, eval_sets, adversary)
+  score_all = evaluators.build_scorer(ctx)
 
   def score(state) -> dict:
     logging.info("evaluating: %s", ", ".join(f"{len(y)} {name} images"
                                               for name, (_, y) in eval_sets.items()))
-    record = {}
-    for prefix, (x, y) in eval_sets.items():
-      scores = evaluate.variant_accuracies(eval_fn, state.params, state.model_state, x, y,
-                                           mesh=mesh, batch_size=ec.batch_size,
-                                           radii=radii, bands=bands)
-      record.update({f"{prefix}/{k}": v for k, v in scores.items()})
-    if robust_on is not None:
-      record["test/pgd"] = robust_on(state.params, state.model_state)
-    record["first_conv_smoothness"] = float(smoothness.first_conv_penalty(state.params))
-    return record
+    return score_all(state)
   return score
 
 

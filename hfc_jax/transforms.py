@@ -83,15 +83,37 @@ def mixup(key: jax.Array, x: jax.Array, labels: jax.Array, num_classes: int,
   return mixed_x.astype(x.dtype), mixed_y, lam
 
 
-def check_config(train_config, image_size: int | None) -> None:
-  """One-line HfcErrors for bad train.input_component/input_radius/mixup_alpha; the
-  radius is checked against `image_size` when it is known and used (else only >= 1)."""
+def check_config(config, image_size: int | None) -> None:
+  """One-line HfcErrors for the frequency splits a run makes: the training input
+  (train.input_component, input_radius, mixup_alpha) and the per-epoch evaluation
+  (eval.*; its robust_* fields: `adversarial.check_config`). Radii are checked against
+  `image_size` when it is known and the radius is used (else only >= 1)."""
+  _check_train(config.train, image_size)
+  _check_eval(config.eval, image_size)
+
+
+def _check_train(train_config, image_size: int | None) -> None:
+  """train.input_component, its radius (against `image_size` when used) and mixup_alpha."""
   component = errors.check_choice("train.input_component",
                                   train_config.input_component,
                                   COMPONENTS)
-  radius = train_config.input_radius
-  if component != "original" and image_size:
-    frequency.check_radius(radius, image_size, image_size, field="train.input_radius")
-  else:   # checked even when unused, so that a typo never waits for the next run
-    errors.check_range("train.input_radius", radius, 1, None)
+  # Checked even when unused (only >= 1 then), so that a typo never waits for the next run.
+  size = image_size if component != "original" else None
+  frequency.check_radius(train_config.input_radius, size, size, field="train.input_radius")
   errors.check_range("train.mixup_alpha", train_config.mixup_alpha, 0.0, 100.0)
+
+
+def _check_eval(eval_config, image_size: int | None) -> None:
+  """eval.*: at least one radius, each in [1, image_size], annuli inside the spectrum,
+  the split's boundary and rescaling, the batch size and the scored subsets."""
+  ec = eval_config
+  if not ec.radii:
+    raise errors.HfcError("eval.radii=() must name at least one radius.")
+  for r in ec.radii:
+    frequency.check_radius(r, image_size, image_size, field="eval.radii")
+  frequency.check_bands(ec.bands, image_size, image_size, field="eval.bands")
+  errors.check_choice("eval.inclusive", ec.inclusive, (False, True))
+  errors.check_choice("eval.rescale", ec.rescale, frequency.RESCALE_CHOICES)
+  errors.check_range("eval.batch_size", ec.batch_size, 1, None, integer=True)
+  for field in ("train_subset", "test_subset"):
+    errors.check_range(f"eval.{field}", ec[field], 0, None, integer=True)

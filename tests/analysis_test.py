@@ -19,7 +19,7 @@ def workdirs(tmp_path_factory):
   """Two small trained workdirs on 8 devices: the paper's batch-statistic BN, and none."""
   root = tmp_path_factory.mktemp("analysis")
   out = {}
-  for norm in ("batch_stats", "none"):
+  for norm in ("paper_bn", "none"):
     config = tiny_config(**{"train.epochs": 1, "model.norm": norm})
     train.train_and_evaluate(config, str(root / norm), mesh=sharding.make_mesh(8))
     out[norm] = str(root / norm)
@@ -52,8 +52,8 @@ def test_restore_across_meshes_is_bit_exact_and_builds_no_optimiser(workdirs, mo
   monkeypatch.setattr(optimizers, "make_optimizer", forbidden)
   monkeypatch.setattr(train, "create_train_state", forbidden)
   x = np.random.default_rng(0).uniform(size=(40, 32, 32, 3)).astype(np.float32)
-  one = common.restore(workdirs["batch_stats"])                  # written on 8 devices
-  eight = common.restore(workdirs["batch_stats"], mesh=sharding.make_mesh(8))
+  one = common.restore(workdirs["paper_bn"])                  # written on 8 devices
+  eight = common.restore(workdirs["paper_bn"], mesh=sharding.make_mesh(8))
   assert one.params["first_conv"]["kernel"].devices() == {jax.devices("cpu")[0]}
   assert len(eight.params["first_conv"]["kernel"].devices()) == 8
   np.testing.assert_array_equal(_predict(one, x), _predict(eight, x))
@@ -77,8 +77,8 @@ def test_restore_says_when_jax_started_with_other_xla_flags(monkeypatch, caplog)
 
 def test_sweep_rho_0_row_equals_the_robust_evaluation(workdirs, tmp_path):
   config = _kernels_config()
-  results = kernels.run(config, workdirs["batch_stats"])
-  robust = main.run(_robust_config(config), workdirs["batch_stats"])
+  results = kernels.run(config, workdirs["paper_bn"])
+  robust = main.run(_robust_config(config), workdirs["paper_bn"])
   row = results["models"][0]["sweep"][0]
   assert row["variant"] == "eq3 rho=0"
   assert row["clean"] == robust["clean"]
@@ -125,13 +125,13 @@ def _robust_config(kc_config):
 
 def test_kernels_mode_writes_grids_measures_and_sweep(workdirs):
   config = _kernels_config(**{"kernels.compare": (workdirs["none"],)})
-  results = main.run(config, workdirs["batch_stats"])
-  out = os.path.join(workdirs["batch_stats"], "kernels")
+  results = main.run(config, workdirs["paper_bn"])
+  out = os.path.join(workdirs["paper_bn"], "kernels")
   assert sorted(os.listdir(out)) == ["kernels.md", "kernels_channels.png", "kernels_rgb.png",
                                      "measures.json", "provenance.json", "sweep.json",
                                      "sweep.png"]
   names = [m["name"] for m in results["models"]]
-  assert names == ["batch_stats", "none"]
+  assert names == ["paper_bn", "none"]
   measures = json.load(open(os.path.join(out, "measures.json")))
   for m in results["models"]:
     trained = common.restore(m["workdir"])
@@ -147,7 +147,7 @@ def test_kernels_mode_writes_grids_measures_and_sweep(workdirs):
       # PGD is at least as strong as no attack, on the same images.
       assert row["attacks"]["pgd"]["0.0314"] <= row["clean"]
   table = open(os.path.join(out, "kernels.md")).read()
-  assert "| batch_stats | eq3 rho=1 |" in table and "| none | lowpass c=1 |" in table
+  assert "| paper_bn | eq3 rho=1 |" in table and "| none | lowpass c=1 |" in table
   from matplotlib.image import imread  # pylint: disable=g-import-not-at-top
   image = imread(os.path.join(out, "kernels_rgb.png"))
   assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 600

@@ -111,7 +111,7 @@ def _assert_l2_feasible(adv, x, eps):
 
 
 @pytest.mark.parametrize("norm,random_start", [
-    ("none", False), ("batchnorm", True), ("batch_stats", True)])
+    ("none", False), ("batchnorm", True), ("paper_bn", True)])
 def test_constraints_hold_to_the_last_bit_on_random_cnns(norm, random_start):
   functional, params, state = _random_cnn(norm)
   rng = np.random.default_rng(1)

@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
-from hfc_jax import checkpointing, sharding
+from hfc_jax import checkpointing, errors, sharding
 from tests.conftest import LogCollector
 
 
@@ -87,3 +88,44 @@ def test_checkpoint_written_by_standard_save_restores(tmp_path):
   assert meta == {"epoch": 2}
   _assert_equal_trees(restored, state)
   assert jnp.asarray(restored["step"]).dtype == jnp.int32
+
+
+class _Steps:
+  """A stand-in Checkpointer holding `steps` (newest_readable only lists them)."""
+
+  def __init__(self, steps):
+    self.steps = steps
+
+  def all_steps(self):
+    return list(self.steps)
+
+
+def test_newest_readable_skips_unreadable_steps_newest_first():
+  tried, skipped = [], []
+
+  def read(step):
+    tried.append(step)
+    if step in (30, 20):
+      raise (ValueError if step == 30 else FileNotFoundError)(f"step {step} is truncated")
+    return f"state {step}"
+
+  found = checkpointing.newest_readable(_Steps([10, 20, 30]), read,
+                                        lambda s, e: skipped.append((s, type(e).__name__)))
+  assert found == (10, "state 10")
+  assert tried == [30, 20, 10]
+  assert skipped == [(30, "ValueError"), (20, "FileNotFoundError")]
+
+
+def test_newest_readable_none_when_nothing_reads_and_verdicts_propagate():
+  def broken(step):
+    raise OSError(step)
+  skipped = []
+  assert checkpointing.newest_readable(_Steps([1, 2]), broken,
+                                       lambda s, e: skipped.append(s)) is None
+  assert skipped == [2, 1]
+  assert checkpointing.newest_readable(_Steps([]), broken, skipped.append) is None
+
+  def changed(step):
+    raise errors.HfcError("settings changed")
+  with pytest.raises(errors.HfcError, match="settings changed"):
+    checkpointing.newest_readable(_Steps([1, 2]), changed, lambda s, e: None)

@@ -8,7 +8,7 @@ import time
 import ml_collections
 import pytest
 
-from hfc_jax import config_help, main
+from hfc_jax import config_help, defaults, main
 from tests.conftest import ROOT
 
 SOURCE = '''
@@ -72,12 +72,12 @@ def test_parser_maps_multi_line_comments_to_their_field():
   assert (fields["train.overrides"].default, fields["train.overrides"].meaning) == (
       "{}", "Run name -> partial config.")
   assert config_help.field_lines(list(fields.values())) == [
-      "  seed = 0   Model init.",
-      "  num_devices = None (int)   Mesh size.",
+      "  seed = 0   [result]   Model init.",
+      "  num_devices = None (int)   [machine]   Mesh size.",
       "",
       "train:",
       "  # Training: the loop and its schedule.",
-      "  train.epochs = 6",
+      "  train.epochs = 6   [resumable]",
       "  train.weight = 0.0   > 0: + weight * sum of squared differences of adjacent kernel "
       "values (smooth kernels).",
       "  train.radii = (4, 8)   Radii, frequency-index units.",
@@ -104,13 +104,17 @@ def test_help_lists_flags_and_config_fields_and_exits_0(flag):
                       "--workdir=<dir> [--config.FIELD=VALUE ...]")
   for name in config_help.MAIN_FLAGS:
     assert any(line.startswith(f"  --{name}: {main.FLAGS[name].help}") for line in lines), name
-  assert "  train.epochs = 6" in lines
-  assert ("  checkpoint.every_steps = 500   Mid-epoch checkpoint interval in steps (0: none)."
+  assert "  train.epochs = 6   [resumable]" in lines
+  assert ("  checkpoint.every_steps = 500   [bookkeeping]   Mid-epoch checkpoint interval in steps (0: none)."
           in lines)
-  assert "  eval.radii = (4, 8, 12, 16)   LFC/HFC radii, frequency-index units." in lines
-  assert "  data.name = \"embedded\"   embedded | cifar10 | cifar100 | mnist | fashion_mnist " \
+  assert "  eval.radii = (4, 8, 12, 16)   [resumable]   LFC/HFC radii, frequency-index units." in lines
+  assert "  data.name = \"embedded\"   [result]   embedded | cifar10 | cifar100 | mnist | fashion_mnist " \
          "| npz | idx (MNIST-format files at data.path)" in lines
   assert lines.index("checkpoint:") < lines.index("eval:")
+  assert "  data.data_dir = None (str)   [machine]   TFDS dir (None: default)." in lines
+  legend = lines.index("field roles (the [tag] after each default):")
+  assert [l.split(":")[0].strip() for l in lines[legend + 1:] if l.startswith("  ") and
+          not l.startswith("      ")][:6] == list(defaults.ROLE_MEANINGS)
   assert result.stderr == ""
 
 

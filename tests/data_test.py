@@ -9,16 +9,22 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hfc_jax import data, defaults
+from hfc_jax import data, defaults, main
 from hfc_jax.data import idx_source, npz_source, pipeline, synthetic, tfds_source
 from hfc_jax.errors import HfcError
-from tests.conftest import run_main
+from tests.conftest import tiny_config
 
 
 def _config(**overrides):
   config = defaults.get_config().data
   config.update(overrides)
   return config
+
+
+def _augment_args(**overrides):
+  """`pipeline.train_batches`' augmentation keywords from the default data config."""
+  dc = _config()
+  return {"pad": dc.aug_pad, "pad_mode": dc.aug_pad_mode, "flip": dc.aug_flip, **overrides}
 
 
 def _radius(size: int) -> np.ndarray:
@@ -52,7 +58,7 @@ def test_embedded_is_deterministic_with_expected_shapes():
 
 
 def test_embedded_labels_are_balanced_and_texture_agrees_at_hf_prob():
-  arrays = synthetic.generate(seed=3, num_train=5000, num_test=100)
+  arrays = synthetic.from_config(_config(seed=3, num_train=5000, num_test=100))
   np.testing.assert_array_equal(np.bincount(arrays["y_train"]), np.full(10, 500))
   agree = np.mean(arrays["tex_train"] == arrays["y_train"])
   assert 0.88 < agree < 0.92
@@ -77,8 +83,8 @@ def test_texture_energy_lies_in_the_ring():
 
 def test_texture_in_the_uint8_images_lies_in_the_ring():
   kwargs = dict(seed=5, num_train=400, num_test=10)
-  plain = synthetic.generate(hf_amplitude=0.0, **kwargs)
-  textured = synthetic.generate(**kwargs)
+  plain = synthetic.from_config(_config(hf_amplitude=0.0, **kwargs))
+  textured = synthetic.from_config(_config(**kwargs))
   np.testing.assert_array_equal(plain["y_train"], textured["y_train"])
   diff = textured["x_train"].astype(np.float64) - plain["x_train"]  # texture + rounding noise
   power = _power(diff / 255).sum(0)
@@ -237,7 +243,7 @@ def _indexed(n, size=4):
 
 def _epoch_labels(y, **kwargs):
   x = np.zeros((len(y), 4, 4, 3), np.uint8)
-  return [labels for _, labels in pipeline.train_batches(x, y, **kwargs)]
+  return [labels for _, labels in pipeline.train_batches(x, y, **_augment_args(), **kwargs)]
 
 
 def test_train_epoch_is_a_permutation_minus_remainder():
@@ -262,7 +268,8 @@ def test_train_order_depends_only_on_seed_and_epoch():
 def test_process_slices_concatenate_to_the_global_batch(augment):
   x = np.random.default_rng(0).integers(0, 256, (130, 8, 8, 3), dtype=np.uint8)
   y = np.arange(130, dtype=np.int32)
-  kwargs = dict(batch_size=32, seed=4, epoch=1, augment=augment, pad=2, pad_mode="reflect")
+  kwargs = dict(batch_size=32, seed=4, epoch=1, augment=augment,
+                **_augment_args(pad=2, pad_mode="reflect"))
   whole = list(pipeline.train_batches(x, y, **kwargs))
   parts = [list(pipeline.train_batches(x, y, process_index=p, process_count=4, **kwargs))
            for p in range(4)]
@@ -320,7 +327,8 @@ def test_augmented_batches_are_crops_of_their_images():
   x, y = _indexed(64, size=6)
   x[:] = np.random.default_rng(1).integers(0, 256, x.shape, dtype=np.uint8)
   images, labels = next(pipeline.train_batches(x, y, batch_size=16, seed=0, epoch=0,
-                                               augment=True, pad=0, flip=True))
+                                               augment=True,
+                                               **_augment_args(pad=0, flip=True)))
   for image, label in zip(images, labels):  # pad 0: only the flip can change an image
     assert np.array_equal(image, x[label]) or np.array_equal(image, x[label][:, ::-1])
 
@@ -350,7 +358,7 @@ def test_batch_size_must_split_over_processes():
   x, y = _indexed(10)
   with pytest.raises(HfcError, match="multiple of the process count"):
     next(pipeline.train_batches(x, y, batch_size=6, seed=0, epoch=0, augment=False,
-                                process_count=4))
+                                process_count=4, **_augment_args()))
 
 
 def test_prefetch_yields_everything_in_order_and_reraises():
@@ -360,7 +368,7 @@ def test_prefetch_yields_everything_in_order_and_reraises():
     yield 1
     raise RuntimeError("boom")
 
-  stream = pipeline.prefetch(failing())
+  stream = pipeline.prefetch(failing(), size=2)
   assert next(stream) == 1
   with pytest.raises(RuntimeError, match="boom"):
     next(stream)
@@ -745,10 +753,10 @@ def test_main_refuses_an_empty_test_set_before_training(tmp_path):
   arrays = _labelled(np.arange(64) % 4, size=8)
   arrays["x_test"], arrays["y_test"] = np.zeros((0, 8, 8, 3), np.uint8), np.zeros(0, np.int64)
   path = _save(tmp_path / "x.npz", **arrays)
-  result = run_main(tmp_path / "run", "--config.data.name=npz", f"--config.data.path={path}",
-                    "--config.eval.radii=(2,)", timeout=120)
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert result.stderr.strip().splitlines()[-1] == (
-      f"hfc_jax: error: data.path={path!r}: x_test holds no images; the test set must hold at "
-      "least one image.")
-  assert not (tmp_path / "run" / "checkpoints").exists()
+  config = tiny_config(**{"data.name": "npz", "data.path": path, "eval.radii": (2,)})
+  with pytest.raises(HfcError) as info:
+    main.run(config, str(tmp_path / "run"))
+  assert str(info.value) == (
+      f"data.path={path!r}: x_test holds no images; the test set must hold at least one "
+      "image.")
+  assert not (tmp_path / "run").exists()   # the new workdir is removed again

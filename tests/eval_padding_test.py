@@ -28,9 +28,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL_NAMES = ("small_cnn", "plain_cnn", "resnet18", "preact_resnet32")
 
 
-def _batch_stats_model(name, seed=0):
+def _paper_bn_model(name, seed=0):
   return Functional.split(models.create(name, num_classes=10, in_channels=3,
-                                        norm="batch_stats", image_size=(8, 8), seed=seed))
+                                        norm="paper_bn", image_size=(8, 8), seed=seed))
 
 
 def _pad(x, extra, fill=0.0):
@@ -43,23 +43,23 @@ def _pad(x, extra, fill=0.0):
 # ---------------------------------------------------------------------------
 # The masked norm and models
 # ---------------------------------------------------------------------------
-def test_masked_batch_stats_norm_equals_numpy_on_the_real_rows():
+def test_masked_paper_bn_norm_equals_numpy_on_the_real_rows():
   x = np.random.default_rng(0).normal(2.0, 3.0, (7, 5, 5, 4)).astype(np.float32)
   mask = np.array([1, 0, 1, 1, 0, 1, 1], np.float32)
   x[mask == 0] = 100.0                       # padding far from the data
   real = x[mask > 0]
   mean = real.mean(axis=(0, 1, 2))
   var = ((real - mean) ** 2).mean(axis=(0, 1, 2))
-  expected = (real - mean) / np.sqrt(var + layers.BATCH_STATS_EPS)
-  out = np.asarray(layers.BatchStatsNorm()(jnp.asarray(x), train=False, mask=mask))
+  expected = (real - mean) / np.sqrt(var + layers.PAPER_BN_EPS)
+  out = np.asarray(layers.PaperBatchNorm()(jnp.asarray(x), train=False, mask=mask))
   np.testing.assert_allclose(out[mask > 0], expected, atol=2e-6)
-  unmasked = np.asarray(layers.BatchStatsNorm()(jnp.asarray(x), train=False))
+  unmasked = np.asarray(layers.PaperBatchNorm()(jnp.asarray(x), train=False))
   assert np.abs(unmasked[mask > 0] - expected).max() > 0.1   # the padding would matter
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_masked_padded_logits_equal_the_unpadded_logits(name):
-  functional, params, state = _batch_stats_model(name)
+  functional, params, state = _paper_bn_model(name)
   x = np.random.default_rng(1).uniform(size=(6, 8, 8, 3)).astype(np.float32)
   padded, mask = _pad(x, 3)
   logits = jax.jit(functional.logits)
@@ -77,7 +77,7 @@ def test_attack_gradients_through_a_padded_batch_equal_the_unpadded_ones():
   the real rows the input gradient of the unpadded batch (the attacks' closures)."""
   # preact_resnet32: no max pool (small_cnn's pooling.max_pool_2x2 gradient differs
   # between eager and jit with batch statistics, padding or not).
-  functional, params, state = _batch_stats_model("preact_resnet32")
+  functional, params, state = _paper_bn_model("preact_resnet32")
   x = np.random.default_rng(2).uniform(size=(6, 8, 8, 3)).astype(np.float32)
   labels = np.arange(6, dtype=np.int32)
   padded, mask = _pad(x, 2)
@@ -142,7 +142,7 @@ def _reference_predictions(functional, params, state, x, radii, batch_size):
 
 
 def test_evaluate_is_the_same_on_any_mesh_and_equals_the_unpadded_reference():
-  functional, params, state = _batch_stats_model("small_cnn", seed=3)
+  functional, params, state = _paper_bn_model("small_cnn", seed=3)
   rng = np.random.default_rng(4)
   x = rng.integers(0, 256, (900, 16, 16, 3), dtype=np.uint8)
   x[:450] //= 2                      # two populations: batch statistics differ

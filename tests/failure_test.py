@@ -6,6 +6,7 @@ finished run started again.
 """
 
 import errno
+import importlib
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from hfc_jax import defaults, errors, fileio, lock, resume, sharding, train
+from hfc_jax import defaults, errors, fileio, lock, main, resume, sharding, train
 from hfc_jax import progress as progress_lib
 from hfc_jax.analysis import common
 from tests.conftest import ROOT, main_command, run_main, tiny_config
@@ -119,6 +120,19 @@ def test_a_config_compares_equal_to_its_json_copy_and_unused_fields_are_no_chang
   # ... but does once the run trains on a component.
   saved["train"]["input_component"] = config.train.input_component = "hfc"
   with pytest.raises(errors.HfcError, match="train.input_radius 8.0 -> 12.0"):
+    resume.check(saved, config.to_dict(), "w")
+
+
+def test_a_run_saved_with_the_old_norm_name_resumes_with_the_new_one():
+  """model.norm 'batch_stats' was renamed 'paper_bn': a checkpoint's config holding the
+  old name is no change of the model; another norm is."""
+  config = defaults.get_config()
+  config.model.norm = "paper_bn"
+  saved = json.loads(json.dumps(config.to_dict()))
+  saved["model"]["norm"] = "batch_stats"
+  assert resume.check(saved, config.to_dict(), "w") == {}
+  config.model.norm = "batchnorm"
+  with pytest.raises(errors.HfcError, match="model.norm 'paper_bn' -> 'batchnorm'"):
     resume.check(saved, config.to_dict(), "w")
 
 
@@ -355,37 +369,37 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
   assert result.returncode == 0 and f"resumed at step {step}" in result.stderr
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--config.adv.enabled=True", "--config.adv.eps=1.5"],
-     "hfc_jax: error: adv.eps=1.5 is out of range; allowed: [0.0, 1.0]."),
-    (["--config.eval.rescale=max"],
-     "hfc_jax: error: eval.rescale='max' is not allowed; choose one of: 'none', "
-     "'per_image_max'."),
-    (["--config.optim.learning_rate=-1.0"],
-     "hfc_jax: error: optim.learning_rate=-1.0 is out of range"),
-    (["extra_argument"], "hfc_jax: error: unexpected arguments ['extra_argument']"),
-    (["--config.train.input_radius=-3"],   # checked though training on the originals
-     "hfc_jax: error: train.input_radius=-3.0 is out of range; allowed: [1, inf]."),
-    # Refused once the data is loaded: the new workdir is removed again.
-    (["--config.train.batch_size=1024"],
-     "hfc_jax: error: train.batch_size=1024 exceeds the 512 training images."),
-    (["--config.data.name=npz", "--config.data.path=/nonexistent/data.npz"],
-     "hfc_jax: error: data.path="),
+@pytest.mark.parametrize("overrides,message", [
+    ({"train.batch_size": 1024}, "train.batch_size=1024 exceeds the 512 training images."),
+    ({"data.name": "npz", "data.path": "/nonexistent/data.npz"},
+     "data.path='/nonexistent/data.npz': no such file; set --config.data.path to an .npz "
+     "with x_train, y_train, x_test, y_test."),
 ])
-def test_a_bad_value_is_reported_in_seconds_and_creates_no_workdir(tmp_path, flags, message):
+def test_a_value_refused_once_the_data_is_loaded_leaves_no_workdir(tmp_path, overrides,
+                                                                  message):
+  """Refused in seconds, after the new workdir was created: it is removed again. (The
+  data-free refusals come before it is created: validation_test, main_test.)"""
   start = time.time()
-  result = run_main(tmp_path / "new", *flags, timeout=120)
-  assert result.returncode == 2
+  with pytest.raises(errors.HfcError) as raised:
+    main.run(tiny_config(**overrides), str(tmp_path / "new"))
   assert time.time() - start < 20
-  lines = _error_lines(result.stderr)
-  assert len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
+  assert str(raised.value) == message
   assert not (tmp_path / "new").exists()
 
 
+def test_an_unexpected_argument_is_one_line_and_exit_2(capsys):
+  with pytest.raises(SystemExit) as raised:
+    main.main(["hfc_jax.main", "extra_argument"])
+  assert raised.value.code == 2
+  assert capsys.readouterr().err == (
+      "hfc_jax: error: unexpected arguments ['extra_argument']; every setting is a flag "
+      "(--workdir, --config, --config.FIELD=VALUE; see --help).\n")
+
+
 def test_a_sweep_refused_for_its_data_leaves_no_workdir(tmp_path):
-  result = run_main(tmp_path / "sweep", "--config.data.num_train=16",
-                    config="configs/fig4_batch_size.py", timeout=120)
-  assert result.returncode == 2, result.stderr[-2000:]
-  lines = _error_lines(result.stderr)
-  assert lines[-1] == "hfc_jax: error: train.batch_size=32 exceeds the 16 training images."
+  config = importlib.import_module("configs.fig4_batch_size").get_config()
+  config.data.num_train = 16
+  with pytest.raises(errors.HfcError) as raised:
+    main.run(config, str(tmp_path / "sweep"))
+  assert str(raised.value) == "train.batch_size=32 exceeds the 16 training images."
   assert not (tmp_path / "sweep").exists()

@@ -137,7 +137,7 @@ def _equations(jaxpr):
 def _make_model(name):
   rngs = nnx.Rngs(0)
   if name == "small_cnn":
-    return small_cnn.SmallCNN(num_classes=10, in_channels=3, norm="batch_stats", rngs=rngs)
+    return small_cnn.SmallCNN(num_classes=10, in_channels=3, norm="paper_bn", rngs=rngs)
   if name == "resnet18":
     return resnet.ResNet18(num_classes=10, in_channels=3, widths=(8, 8, 8, 8),
                            stage_blocks=(1, 1, 1, 1), rngs=rngs)

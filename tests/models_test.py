@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hfc_jax import defaults, errors, models
+from hfc_jax import checkpointing, defaults, errors, models, optimizers, sharding, train
+from hfc_jax.analysis import common
 from hfc_jax.models import layers
+from tests.conftest import tiny_config
 
-NORMS = ("none", "batch_stats", "batchnorm")
+NORMS = ("none", "paper_bn", "batchnorm")
 
 
 def _images(shape, seed=0):
@@ -157,11 +159,11 @@ def test_split_gives_only_params_and_batch_stats(name):
   assert _count(stats) == _count(params) - PARAM_FORMULAS[name](3, 10, "none")
 
 
-def test_batch_stats_norm_matches_numpy():
+def test_paper_bn_norm_matches_numpy():
   x = np.random.default_rng(1).normal(3.0, 2.0, size=(4, 5, 5, 6)).astype(np.float32)
   mean = x.mean(axis=(0, 1, 2))
   expected = (x - mean) / np.sqrt(x.var(axis=(0, 1, 2)) + 1e-3)
-  norm = layers.make_norm("batch_stats", 6, rngs=nnx.Rngs(0))
+  norm = layers.make_norm("paper_bn", 6, rngs=nnx.Rngs(0))
   for train in (True, False):  # the paper's BN uses batch statistics in eval too
     y = np.asarray(norm(jnp.asarray(x), train=train))
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
@@ -185,7 +187,7 @@ def test_batchnorm_uses_running_stats_in_eval():
 
 
 @pytest.mark.parametrize("norm,batch_independent", [("batchnorm", True),
-                                                     ("batch_stats", False)])
+                                                     ("paper_bn", False)])
 def test_model_eval_batch_dependence(norm, batch_independent):
   model = models.create("small_cnn", num_classes=10, in_channels=3, norm=norm)
   x = _images((4, 16, 16, 3), seed=3)
@@ -274,6 +276,21 @@ def test_bad_values_raise_hfc_error(field, kwargs):
     models.create(args.pop("name"), **args)
 
 
+def test_create_and_check_config_refuse_with_the_same_line():
+  """`models.create` (public, used without validation) and `check_config` (run by
+  validation) share one check: a used input filter's radius against the image size."""
+  config = defaults.get_config()
+  config.model.input_filter, config.model.filter_radius = "lowpass", 40.0
+  messages = []
+  for build in (lambda: models.check_config(config, 32),
+                lambda: models.from_config(config.model, num_classes=10, in_channels=3,
+                                           image_size=(32, 32))):
+    with pytest.raises(errors.HfcError) as raised:
+      build()
+    messages.append(str(raised.value))
+  assert messages == ["model.filter_radius=40.0 is out of range; allowed: [1, 32]."] * 2
+
+
 def test_from_config_of_a_checkpoint_written_before_model_widths():
   """Checkpoints written before `model.widths` existed, completed as restore does,
   build the model with its default widths."""
@@ -282,3 +299,49 @@ def test_from_config_of_a_checkpoint_written_before_model_widths():
   model = models.from_config(defaults.complete({"model": old}).model, num_classes=10,
                              in_channels=3, image_size=None)
   assert _count(nnx.state(model, nnx.Param)) == small_cnn_params(3, 10, "none")
+
+
+def test_old_norm_name_batch_stats_builds_the_paper_bn_model():
+  """'batch_stats', the old name of 'paper_bn', is accepted where a norm is read and gives
+  the same model: same layers, parameters and outputs, in training and evaluation."""
+  assert defaults.complete({"model": {"norm": "batch_stats"}}).model.norm == "paper_bn"
+  built = {}
+  for norm in ("batch_stats", "paper_bn"):
+    config = defaults.get_config().model
+    config.norm = norm
+    built[norm] = models.from_config(config, num_classes=10, in_channels=3,
+                                     image_size=(16, 16), seed=4)
+  old, new = built["batch_stats"], built["paper_bn"]
+  assert isinstance(old.first_norm, layers.PaperBatchNorm)
+  assert layers.depends_on_batch("batch_stats") and layers.depends_on_batch("paper_bn")
+  assert not layers.depends_on_batch("batchnorm")
+  old_state, new_state = nnx.to_pure_dict(nnx.state(old)), nnx.to_pure_dict(nnx.state(new))
+  assert jax.tree.structure(old_state) == jax.tree.structure(new_state)
+  for a, b in zip(jax.tree.leaves(old_state), jax.tree.leaves(new_state)):
+    np.testing.assert_array_equal(a, b)
+  x = _images((6, 16, 16, 3), seed=5)
+  for train in (False, True):
+    np.testing.assert_array_equal(old(x, train=train), new(x, train=train))
+
+
+def test_checkpoint_whose_config_says_batch_stats_restores(tmp_path):
+  """A checkpoint written before the rename stores model.norm='batch_stats': it restores,
+  its config says 'paper_bn', and the restored model gives the saved model's logits."""
+  config = tiny_config(**{"model.norm": "batch_stats"})
+  mesh = sharding.make_mesh(1)
+  tx = optimizers.make_optimizer(config.optim, 1, 1)
+  functional, state = train.create_train_state(train.create_model(config, 10, 3, 16), tx,
+                                               config.seed, mesh)
+  meta = {"config": config.to_dict(), "history": [], "num_classes": 10, "channels": 3,
+          "image_size": 16, "epoch_progress": {}}
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  ckpt.save(1, state, meta)
+  ckpt.wait()
+  assert ckpt.restore_meta(1)["config"]["model"]["norm"] == "batch_stats"
+  ckpt.close()
+  trained = common.restore(str(tmp_path))
+  assert trained.config.model.norm == "paper_bn" and trained.step == 0
+  x = _images((5, 16, 16, 3), seed=6)
+  np.testing.assert_array_equal(
+      trained.functional.logits(trained.params, trained.model_state, x),
+      functional.logits(state.params, state.model_state, x))

@@ -25,7 +25,7 @@ def _cosines(size, channels, waves):
 def test_cosines_put_their_energy_exactly_at_their_frequencies(size):
   waves = [(1, 0, 0.3), (3, 5, 0.2), (-6, 2, 0.05)]
   delta = _cosines(size, 3, waves)
-  power = np.asarray(jax.jit(frequency.power_spectrum)(delta))
+  power = np.asarray(jax.jit(frequency.channel_power)(delta)).mean(axis=(0, 3))
   centre = size // 2
   expected = np.zeros((size, size))
   for u, v, a in waves:   # a cos puts a^2 HW / 4 at +-(u, v) (orthonormal FFT)
@@ -47,7 +47,7 @@ def test_energy_shares_are_monotone_and_end_at_1():
   for size, inclusive in ((32, False), (32, True), (28, True), (15, False)):
     x = rng.normal(size=(4, size, size, 3)).astype(np.float32) * rng.uniform(
         size=(4, 1, 1, 3)).astype(np.float32)
-    power = frequency.power_spectrum(x)
+    power = np.mean(frequency.channel_power(x), axis=(0, 3))
     corner = frequency.corner_radius(size, size)
     radii = list(range(1, corner + 1))
     inside = np.asarray(jax.jit(lambda p, i=inclusive: frequency.energy_share_inside(
@@ -90,7 +90,7 @@ def test_mode_writes_consistent_spectra(workdir):
   x, _, _ = common.load_test_set(trained, 100)
   clean = np.load(os.path.join(out, "power_clean.npy"))
   assert clean.shape == (32, 32, 3)
-  np.testing.assert_allclose(clean.mean(-1), frequency.power_spectrum(x / 255.0),
+  np.testing.assert_allclose(clean, np.mean(frequency.channel_power(x / 255.0), axis=0),
                              rtol=1e-4, atol=1e-6)
   eps = results["eps"]
   for name, source in results["sources"].items():

@@ -74,7 +74,7 @@ def test_jitted_model_gradient_equals_nnx_max_pool_with_batch_statistics(monkeyp
   x = np.random.default_rng(2).uniform(size=(6, 32, 32, 3)).astype(np.float32)
   labels = np.arange(6, dtype=np.int32)
   functional, params, state = Functional.split(
-      models.create("small_cnn", num_classes=10, in_channels=3, norm="batch_stats"))
+      models.create("small_cnn", num_classes=10, in_channels=3, norm="paper_bn"))
 
   def loss(images):
     logits = functional.logits(params, state, images)

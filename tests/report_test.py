@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
 
-from hfc_jax import plots, report, workdirs
+from hfc_jax import defaults, plots, report, workdirs
 
 RADII = (4, 8, 12, 16)
 EPOCHS = 5
@@ -357,3 +357,42 @@ def test_each_table_says_which_commit_and_command_made_it(tmp_path):
   summary = json.loads(open(out["json"]).read())
   assert [s["commit"] for s in summary["groups"][0]["runs"]["bn"]["starts"]] == ["a" * 40,
                                                                               "b" * 40]
+
+
+def test_runs_made_from_two_data_dirs_are_replicates(tmp_path):
+  """The same experiment run on two machines, each reading CIFAR-10 from its own TFDS
+  directory (data.data_dir has the role 'machine'), is averaged as one; another data
+  set is not."""
+  def config(seed, data_dir, name="cifar10"):
+    full = defaults.get_config().to_dict()
+    full["seed"], full["data"]["name"], full["data"]["data_dir"] = seed, name, data_dir
+    return full
+  configs = [config(0, "/home/a/tensorflow_datasets"), config(1, "gs://bucket/tfds"),
+             config(2, "/data/tfds", name="cifar100")]
+  dirs = []
+  for i, run_config in enumerate(configs):
+    sweep_dir = tmp_path / f"machine{i}"
+    write_run(sweep_dir / "vanilla", records(i), run_config)
+    write_sweep(sweep_dir, "heuristics", "heuristics",
+                [{"name": "vanilla", "workdir": "vanilla", "overrides": {}}])
+    dirs.append(str(sweep_dir))
+  (replicas,) = report.replicate_sets(report.collect(dirs))
+  assert [g.workdir for g in replicas] == dirs[:2]
+  summary = json.loads(open(report.write_report(dirs, str(tmp_path / "out"))["json"]).read())
+  (averaged,) = summary["replicates"]
+  assert averaged["sweeps"] == dirs[:2]
+  np.testing.assert_allclose(averaged["final"]["vanilla"]["test/clean"],
+                             [records(0)[-1]["test/clean"], records(1)[-1]["test/clean"]])
+
+
+def test_an_old_norm_name_is_the_same_experiment():
+  """A run recorded with model.norm='batch_stats' (the name before 'paper_bn') is a
+  replicate of one recorded with the current name; 'batchnorm' is another experiment."""
+  def config(seed, norm):
+    full = defaults.get_config().to_dict()
+    full["seed"], full["model"]["norm"] = seed, norm
+    return full
+  assert report.replicate_key(config(0, "batch_stats")) == report.replicate_key(
+      config(1, "paper_bn"))
+  assert report.replicate_key(config(0, "batch_stats")) != report.replicate_key(
+      config(1, "batchnorm"))

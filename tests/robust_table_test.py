@@ -30,8 +30,8 @@ def _linear_target(mesh, batch_size=16):
   return robust_table.Target(logits_fn, (w, {}), x, y, mesh, batch_size, False)
 
 
-SETTINGS = robust_table.AttackSettings(
-    ("pgd", "autoattack"), (0.01, 0.03), pgd_steps=5, autoattack_version="fast",
+SETTINGS = robust_table.AttackSettings.from_config(
+    {}, attacks=("pgd", "autoattack"), eps=(0.01, 0.03), pgd_steps=5, autoattack_version="fast",
     apgd_iters=5, square_queries=40, masking_images=0)
 
 
@@ -74,7 +74,7 @@ def test_autoattack_compacts_and_is_the_same_on_one_and_eight_devices(monkeypatc
 
 @pytest.fixture(scope="module")
 def restored(tiny_trained_workdir):
-  """The session's tiny batch_stats model restored on 1 and on 8 devices, and its
+  """The session's tiny paper_bn model restored on 1 and on 8 devices, and its
   first 64 test images."""
   one = common.restore(tiny_trained_workdir)
   eight = common.restore(tiny_trained_workdir, mesh=sharding.make_mesh(8))
@@ -84,14 +84,15 @@ def restored(tiny_trained_workdir):
 
 
 def _target(trained, x, y, mesh, batch_size=24):
-  assert trained.config.model.norm == "batch_stats"
+  assert trained.config.model.norm == "paper_bn"
   return robust_table.Target(trained.functional.logits, (trained.params, trained.model_state),
                              x, y, mesh, batch_size, True)
 
 
 def test_batch_statistic_models_use_fixed_batches_on_any_device_count(restored):
   one, eight, x, y = restored
-  settings = robust_table.AttackSettings(("apgd_ce",), (2 / 255,), pgd_steps=1,
+  settings = robust_table.AttackSettings.from_config({}, attacks=("apgd_ce",),
+                                                     eps=(2 / 255,), pgd_steps=1,
                                          apgd_iters=4, masking_images=0)
   t1, m1, _ = robust_table.attack_table(_target(one, x[:40], y[:40], sharding.make_mesh(1)),
                                         settings)
@@ -100,7 +101,7 @@ def test_batch_statistic_models_use_fixed_batches_on_any_device_count(restored):
   np.testing.assert_array_equal(m1.correct, m8.correct)
   for key in m1.fooled:
     np.testing.assert_array_equal(m1.fooled[key], m8.fooled[key])
-  assert t1["batch_dependent"] and "batch_stats" in t1["batch_note"]
+  assert t1["batch_dependent"] and "paper_bn" in t1["batch_note"]
   assert m1.fooled[("apgd_ce", 2 / 255)].any()
   # Another batch size is another model: the layout is part of the result.
   plan = robust_table._plan(_target(one, x[:40], y[:40], sharding.make_mesh(8)),
@@ -111,8 +112,8 @@ def test_batch_statistic_models_use_fixed_batches_on_any_device_count(restored):
 
 def test_apgd_is_not_weaker_than_pgd_and_autoattack_is_worst(restored):
   _, eight, x, y = restored
-  settings = robust_table.AttackSettings(
-      ("pgd", "apgd_ce", "autoattack"), (2 / 255,), pgd_steps=20, apgd_iters=20,
+  settings = robust_table.AttackSettings.from_config(
+      {}, attacks=("pgd", "apgd_ce", "autoattack"), eps=(2 / 255,), pgd_steps=20, apgd_iters=20,
       autoattack_version="fast", square_queries=100, masking_images=0)
   table, masks, _ = robust_table.attack_table(_target(eight, x, y, sharding.make_mesh(8), 32),
                                               settings)
@@ -159,7 +160,7 @@ def test_robust_eval_with_autoattack_writes_intervals_and_checks(tiny_trained_wo
   assert set(on_disk["autoattack"]["after"]["0.0300"]) == {"apgd_ce", "apgd_t", "square"}
   table = open(os.path.join(out, "robust_eval.md")).read()
   assert "| AutoAttack (fast) | " in table and "| worst case | " in table
-  assert "Note: model.norm='batch_stats'" in table and "| large_eps | " in table
+  assert "Note: model.norm='paper_bn'" in table and "| large_eps | " in table
   row = next(l for l in table.splitlines() if l.startswith("| worst case |"))
   k = on_disk["intervals"]["worst_case"]["0.0100"]
   assert f"{k['accuracy']:.4f} [{k['low']:.4f}, {k['high']:.4f}]" in row

@@ -65,7 +65,7 @@ def test_experiment_configs_expand_for_every_data_set(module, kind, count, datas
     by_name = {name: c for name, c, _ in runs}
     assert by_name["mixup_paper"].train.mixup_alpha == 0.5
     assert by_name["mixup_code"].train.mixup_alpha == 1.0
-    assert by_name["bn_paper"].model.norm == "batch_stats"
+    assert by_name["bn_paper"].model.norm == "paper_bn"
     assert by_name["bn_standard"].model.norm == "batchnorm"
     assert by_name["vanilla"].model.norm == "none" and by_name["adversarial"].adv.enabled
 

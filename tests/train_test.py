@@ -51,7 +51,7 @@ def test_one_and_eight_devices_give_the_same_parameters():
 
 
 def test_eval_step_equals_direct_per_variant_computation():
-  model = models.create("small_cnn", num_classes=10, in_channels=3, norm="batch_stats")
+  model = models.create("small_cnn", num_classes=10, in_channels=3, norm="paper_bn")
   functional, params, model_state = Functional.split(model)
   images, labels = random_batch(24, seed=3)
   mask = np.ones(24, np.float32)

@@ -96,7 +96,7 @@ def test_lfc_training_step_equals_a_step_on_numpy_lfc_images():
   mesh, tx, functional, state, images, labels = _setup(config, seed=1)
   lfc = numpy_split(images.astype(np.float32) / 255.0, 12.0)[0].astype(np.float32)
   config.train.input_component, config.train.input_radius = "lfc", 12.0
-  on_lfc = train.make_config_train_step(config, functional, tx, mesh, 10)
+  on_lfc = train.make_config_train_step(config, functional, tx, mesh, 10, adversary=None)
   plain = train.make_train_step(functional, tx, mesh, rescale="none")
   a, ma = on_lfc(jax.tree.map(jnp.copy, state), *sharding.put_batch(mesh, images, labels))
   b, mb = plain(jax.tree.map(jnp.copy, state), *sharding.put_batch(mesh, lfc, labels))
@@ -122,5 +122,5 @@ def test_bad_transform_config_is_one_line(field, value, match):
   config.train.input_component = "lfc"
   config.train[field] = value
   with pytest.raises(errors.HfcError, match=match.replace("(", r"\(")) as e:
-    transforms.check_config(config.train, 32)
+    transforms.check_config(config, 32)
   assert "\n" not in str(e.value)

@@ -21,8 +21,8 @@ and, with `bands.batch_size` 0, its `eval.batch_size`. Writes into `<workdir>/ba
 (accuracy vs band, and LFC / HFC accuracy vs radius, one colour per model).
 """
 
-import jax
-import jax.numpy as jnp
+import functools
+
 from absl import logging
 from matplotlib.figure import Figure
 
@@ -48,11 +48,7 @@ def check_bands_config(bc) -> None:
 def accuracies(eval_fn, variables, placed: list, names: list[str]) -> dict[str, float]:
   """{variant name: accuracy} of `eval_fn` (`evaluate.make_eval_fn`) over the placed
   batches, summed on device and fetched once."""
-  totals = None
-  for batch in placed:
-    out = eval_fn(*variables, *batch)
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
+  totals = evaluate.accumulate(functools.partial(eval_fn, *variables), placed)
   count = max(float(totals["count"]), 1.0)
   return {n: float(c) / count for n, c in zip(names, totals["correct"], strict=True)}
 

@@ -88,18 +88,22 @@ def restore(workdir: str, step: int | None = None, *, mesh=None) -> Trained:
   it. Reads the parameters, model state and step only; changes nothing."""
   apply_backend_settings()
   ckpt = checkpointing.open_existing(workdir)
+  placed, name = sharding.replicated(mesh or cpu_mesh()), fileio.basename(workdir)
   try:
-    steps = [step] if step is not None else list(reversed(ckpt.all_steps()))
-    for i, candidate in enumerate(steps):
+    if step is not None:
       try:
-        return _restore_step(ckpt, candidate, sharding.replicated(mesh or cpu_mesh()),
-                             fileio.basename(workdir))
+        return _restore_step(ckpt, step, placed, name)
       except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-        if step is not None or i == len(steps) - 1:
-          raise errors.HfcError(f"workdir={workdir!r}: checkpoint {candidate} cannot be "
-                                f"read ({type(e).__name__}).") from None
-        logging.warning("checkpoint %s/%d cannot be read (%s); using the one before",
-                        ckpt.directory, candidate, type(e).__name__)
+        raise errors.HfcError(f"workdir={workdir!r}: checkpoint {step} cannot be read "
+                              f"({type(e).__name__}).") from None
+    newest = checkpointing.newest_readable(
+        ckpt, lambda s: _restore_step(ckpt, s, placed, name),
+        lambda s, e: logging.warning("checkpoint %s/%d cannot be read (%s); using the one "
+                                     "before", ckpt.directory, s, type(e).__name__))
+    if newest is None:
+      raise errors.HfcError(f"workdir={workdir!r}: no checkpoint in {ckpt.directory} can be "
+                            "read.")
+    return newest[1]
   finally:
     ckpt.close()
 
@@ -118,9 +122,11 @@ def _restore_step(ckpt: checkpointing.Checkpointer, step: int, placed, name: str
                  meta["channels"], meta.get("image_size"), name)
 
 
-# Data fields that change only the training images, not the test set a study scores.
-TRAINING_ONLY = ("augment", "aug_pad", "aug_pad_mode", "aug_flip", "rescale", "num_train",
-                 "train_limit", "shuffle_labels", "label_seed", "data_dir")
+# Data fields that change only the training images or where the data is read from,
+# not the test set a study scores (roles 'training_data' and 'machine' in `defaults.ROLES`).
+TRAINING_ONLY = tuple(f.removeprefix("data.") for f in
+                      defaults.fields_with_role(defaults.TRAINING_DATA, defaults.MACHINE)
+                      if f.startswith("data."))
 
 
 def check_same_test_set(models: list[tuple[str, Trained]], field: str) -> None:
@@ -218,14 +224,15 @@ def output_dir(workdir: str, mode: str) -> str:
 def write_outputs(out: str, *, json_files: dict[str, Any] | None = None,
                   texts: dict[str, str] | None = None, figures: dict[str, Any] | None = None,
                   arrays: dict[str, np.ndarray] | None = None, dpi: int = 110) -> None:
-  """Writes a study's files into `out` (process 0 only): JSON (atomic, sorted keys),
+  """Writes a study's files into `out` (process 0 only): JSON (atomic, sorted keys,
+  numpy numbers as JSON numbers: `json_ready`),
   Markdown/text, matplotlib Figures as PNG, numpy arrays as .npy, and
   `provenance.json` (the commit, versions and command that made them)."""
   if jax.process_index() != 0:
     return
   records.write_json(fileio.join(out, "provenance.json"), provenance.describe())
   for name, obj in (json_files or {}).items():
-    records.write_json(fileio.join(out, name), obj)
+    records.write_json(fileio.join(out, name), json_ready(obj))
   for name, text in (texts or {}).items():
     fileio.write_text(fileio.join(out, name), text)
   for name, fig in (figures or {}).items():

@@ -19,7 +19,7 @@ Data and split settings (data section, eval.inclusive, eval.rescale) come from t
 checkpoint's own config; radii, images and batch size from the command line's
 `figure2` section. Predictions are made exactly as the per-epoch evaluation makes them
 (`evaluate.eval_step`): padded batches, each variant scored as a batch of its own, so
-with the batch-statistic norm ('batch_stats') and `figure2.batch_size` 0 (the
+with the batch-statistic norm ('paper_bn') and `figure2.batch_size` 0 (the
 checkpoint's eval.batch_size) the clean predictions are the recorded ones.
 """
 

@@ -184,7 +184,8 @@ def chunk_entries(indices: np.ndarray, eps: float, per_call: int
 def heatmap(chunk_fn, variables, placed: list, *, height: int, width: int, eps: float,
             batch_size: int, seed: int, per_call: int, max_radius: float = 0.0) -> dict:
   """The heat map of one model over the placed batches (`common.batches` of
-  `batch_size` real images each): every call dispatched before anything is fetched.
+  `batch_size` real images each): every chunk of frequencies on each batch in turn,
+  each chunk's sums added up on device by `evaluate.accumulate` and fetched once.
 
   Returns {'errors', 'loss': float32 (H, W) error rate and mean loss per frequency,
   zero frequency at the centre (NaN where not computed); 'clean_error', 'clean_loss';
@@ -193,15 +194,14 @@ def heatmap(chunk_fn, variables, placed: list, *, height: int, width: int, eps: 
   t0 = time.perf_counter()
   indices = frequency_indices(height, width, max_radius)
   key = jax.random.key(seed)
-  sums = []
-  for chunk_index, chunk_eps in chunk_entries(indices, eps, per_call):
-    total = None
-    for b, batch in enumerate(placed):
-      out = chunk_fn(*variables, *batch, np.int32(b * batch_size), chunk_index, chunk_eps,
-                     key)
-      total = out if total is None else jax.tree.map(jnp.add, total, out)
-    sums.append(total)
-  sums = jax.device_get(sums)
+  chunks = chunk_entries(indices, eps, per_call)
+
+  def all_chunks(images, labels, mask, first):   # one batch, every chunk: [chunk sums]
+    return [chunk_fn(*variables, images, labels, mask, first, chunk_index, chunk_eps, key)
+            for chunk_index, chunk_eps in chunks]
+
+  sums = evaluate.accumulate(all_chunks, ((*batch, np.int32(b * batch_size))
+                                          for b, batch in enumerate(placed)))
   count = max(float(sums[0]["count"]), 1.0)
   wrong = np.concatenate([s["wrong"] for s in sums]) / count
   loss = np.concatenate([s["loss"] for s in sums]) / count

@@ -44,6 +44,7 @@ from matplotlib.figure import Figure
 
 from hfc_jax import errors, markdown, sharding, smoothness
 from hfc_jax.analysis import common, robust_table, robustness
+from hfc_jax.models import layers
 
 MODE = "kernels"
 MAX_FILTERS = 32   # filters drawn per model row
@@ -129,12 +130,12 @@ def sweep(trained: common.Trained, x: np.ndarray, y: np.ndarray,
   intervals, worst_case, masking_checks, ...}] (`robust_table.attack_table`), every
   attack run through the changed model; x (N, H, W, C) float32 in [0, 1]."""
   model = trained.config.model.name
-  batch_stats = trained.config.model.norm == "batch_stats"
+  batch_dependent = layers.depends_on_batch(trained.config.model.norm)
   programs, rows = {}, []   # one compile per attack for all variants
   for v in variant_list:
     params = v.apply(trained.params, model)
     target = robust_table.Target(trained.functional.logits, (params, trained.model_state),
-                                 x, y, mesh, batch_size, batch_stats, programs)
+                                 x, y, mesh, batch_size, batch_dependent, programs)
     table, masks, _ = robust_table.attack_table(target, settings)
     checks = robust_table.masking_checks(target, settings, table, masks)
     del table["batch_dependent"], table["batch_note"]   # per model, not per row
@@ -164,13 +165,13 @@ def run(config, workdir: str) -> dict:
              "pgd_steps": kc.pgd_steps, "autoattack_version": kc.autoattack_version,
              "variants": list(kc.variants), "num_images": int(len(x)), "models": []}
   for w, trained in models:
-    batch_stats = trained.config.model.norm == "batch_stats"
+    batch_dependent = layers.depends_on_batch(trained.config.model.norm)
     results["models"].append({
         "workdir": w, "name": trained.name, "model": trained.config.model.name,
         "norm": trained.config.model.norm, "step": trained.step, "epoch": trained.epoch,
-        "batch_dependent": batch_stats,
+        "batch_dependent": batch_dependent,
         "batch_note": (robust_table.BATCH_NOTE.format(batch_size=kc.batch_size)
-                       if batch_stats else None),
+                       if batch_dependent else None),
         "measures": measure(trained, variant_list),
         "sweep": sweep(trained, x, y.astype(np.int32), settings, variant_list, mesh,
                        int(kc.batch_size))})
@@ -202,9 +203,7 @@ def to_markdown(results: dict) -> str:
            "Smoothness of each model's first conv (lower is smoother; the share of "
            "spectral energy outside each kernel's DC term is 0 for a flat kernel).", "",
            markdown.table(["model", "kernel"] + names, rows)]
-  settings = robustness.AttackSettings(
-      tuple(results["attacks"]), tuple(results["eps"]), results["pgd_steps"],
-      autoattack_version=results["autoattack_version"])
+  settings = robustness.AttackSettings.from_config(results)
   eps_keys = [robustness.eps_key(e) for e in results["eps"]]
   names = list(results["attacks"]) + (["worst_case"] if len(results["attacks"]) > 1 else [])
   header = ["model", "first conv", "clean"] + [

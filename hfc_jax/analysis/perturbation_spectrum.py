@@ -132,8 +132,7 @@ def run(config, workdir: str) -> dict:
   x, y, dataset = common.load_test_set(trained, sc.num_images, field=f"{FIELD}.num_images")
   placed = common.batches(x, y, mesh=mesh, batch_size=sc.batch_size,
                           field=f"{FIELD}.batch_size")
-  settings = robustness.AttackSettings(tuple(sc.attacks), (float(sc.eps),),
-                                       int(sc.pgd_steps), seed=int(sc.seed))
+  settings = robustness.AttackSettings.from_config(sc, eps=(float(sc.eps),))
   table, power, norms = _spectra(trained, placed, settings, mesh)
   ec = trained.config.eval
   radii = tuple(float(r) for r in ec.radii)

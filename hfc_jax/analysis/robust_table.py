@@ -17,7 +17,7 @@ only on the still-robust ones, gathered into new batches of at most `batch_size`
 or Square on images APGD already broke would cost most of the time on a CPU. Attack
 number a of the ensemble gets key fold_in(key, a), as `attacks.auto_attack` does.
 
-Models with `model.norm='batch_stats'` (the paper's BN, normalised with the statistics
+Models with `model.norm='paper_bn'` (the paper's BN, normalised with the statistics
 of the evaluated batch) predict an image differently in another batch: they are never
 compacted. Every attack runs on the fixed batches of `batch_size` consecutive test images
 (padding rows masked out of the statistics, so the batches are the same on any device
@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from hfc_jax import attacks, errors, intervals, markdown, sharding
+from hfc_jax import attacks, defaults, errors, intervals, markdown, sharding
 from hfc_jax.attacks.autoattack import VERSIONS, AutoAttackSettings
 
 TABLE_ATTACKS = ("fgsm", "pgd", "apgd_ce", "apgd_t", "fab_t", "square", "autoattack")
@@ -63,7 +63,7 @@ WHITE_BOX = ("fgsm", "pgd", "apgd_ce", "apgd_t", "fab_t")
 LARGE_EPS_LIMIT = 0.02     # large_eps: accuracy at masking_eps must be consistent with <= this
 SQUARE_ONLY_LIMIT = 0.01   # square_only: share of images only Square breaks, at most this
 BATCH_NOTE = (
-    "model.norm='batch_stats' normalises with the statistics of the evaluated batch, so "
+    "model.norm='paper_bn' normalises with the statistics of the evaluated batch, so "
     "an image's prediction and robust accuracy depend on the other images of its batch: "
     "attacked in fixed batches of {batch_size} consecutive test images (the same on any "
     "device count), without compaction between attacks.")
@@ -76,28 +76,31 @@ def eps_key(eps: float) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class AttackSettings:
-  """The attacks of a table, their eps and budgets, and the masking checks' size."""
+  """The attacks of a table, their eps and budgets, and the masking checks' size (the
+  fields of `robust_eval` in hfc_jax/defaults.py, which say what each means)."""
   attacks: tuple[str, ...]
   eps: tuple[float, ...]
   pgd_steps: int
-  restarts: int = 1              # PGD restarts
-  seed: int = 0
-  autoattack_version: str = "standard"
-  apgd_iters: int = 0            # APGD-CE / APGD-T iterations; 0: the version's
-  square_queries: int = 0        # Square queries; 0: the version's
-  masking_eps: float = 0.5       # L-inf eps of the large_eps check
-  masking_images: int = 200      # images of large_eps / more_iterations (0: skip them)
+  restarts: int
+  seed: int
+  autoattack_version: str
+  apgd_iters: int
+  square_queries: int
+  masking_eps: float
+  masking_images: int
 
   @classmethod
-  def from_config(cls, section) -> "AttackSettings":
-    """From a config section (`robust_eval` or `kernels`); fields it lacks keep their
-    defaults."""
-    get = section.get
-    return cls(tuple(section.attacks), tuple(float(e) for e in section.eps),
-               int(section.pgd_steps), int(get("restarts", 1)), int(get("seed", 0)),
-               str(get("autoattack_version", "standard")), int(get("apgd_iters", 0)),
-               int(get("square_queries", 0)), float(get("masking_eps", 0.5)),
-               int(get("masking_images", 200)))
+  def from_config(cls, section, **overrides) -> "AttackSettings":
+    """From a config section (`robust_eval`, `kernels`, `perturbation_spectrum`) or a
+    results dict holding its fields; `overrides` win, and a field neither has comes
+    from the `robust_eval` defaults (the one place they are written)."""
+    base = defaults.get_config().robust_eval
+    get = lambda name: overrides.get(name, section.get(name, base[name]))
+    return cls(tuple(get("attacks")), tuple(float(e) for e in get("eps")),
+               int(get("pgd_steps")), int(get("restarts")), int(get("seed")),
+               str(get("autoattack_version")), int(get("apgd_iters")),
+               int(get("square_queries")), float(get("masking_eps")),
+               int(get("masking_images")))
 
   @property
   def ensemble(self) -> AutoAttackSettings:
@@ -173,7 +176,7 @@ class Target:
   y: np.ndarray
   mesh: jax.sharding.Mesh
   batch_size: int
-  batch_stats: bool
+  batch_dependent: bool    # the model normalises with batch statistics ('paper_bn')
   programs: dict = dataclasses.field(default_factory=dict)
 
   @property
@@ -190,11 +193,11 @@ def _bucket_rows(n_real: int, padded: int, multiple: int) -> int:
 
 def _plan(target: Target, active: np.ndarray) -> list[tuple[int, np.ndarray, int]]:
   """(batch index, image indices, rows) of the batches an attack on `active` runs:
-  compacted, the active images batch_size at a time; batch_stats, the fixed batches of
+  compacted, the active images batch_size at a time; batch_dependent, the fixed batches of
   consecutive images that hold an active image."""
   padded = sharding.padded_batch_size("batch_size", target.batch_size, target.mesh)
   bs = target.batch_size
-  if target.batch_stats:
+  if target.batch_dependent:
     starts = range(0, target.n, bs)
     return [(b, np.arange(s, min(s + bs, target.n)), padded)
             for b, s in enumerate(starts) if active[s:s + bs].any()]
@@ -251,7 +254,7 @@ def _program(target: Target, *key):
 def clean_correct(target: Target) -> tuple[np.ndarray, int]:
   """((N,) bool, K): which images the model classifies correctly unattacked (in the
   fixed batches), and its number of classes."""
-  plan = _plan(dataclasses.replace(target, batch_stats=True), np.ones(target.n, bool))
+  plan = _plan(dataclasses.replace(target, batch_dependent=True), np.ones(target.n, bool))
   fn = _program(target, "clean")
   outs = [(idx, fn(*target.variables, *_place(target, idx, rows))) for _, idx, rows in plan]
   correct = np.zeros(target.n, bool)
@@ -368,9 +371,9 @@ def attack_table(target: Target, settings: AttackSettings, *,
   advs = {}
   table = {"num_images": n, "clean": float(correct.mean()) if n else 0.0,
            "attacks": {}, "intervals": {"clean": intervals.describe(int(correct.sum()), n)},
-           "batch_dependent": target.batch_stats,
+           "batch_dependent": target.batch_dependent,
            "batch_note": (BATCH_NOTE.format(batch_size=target.batch_size)
-                          if target.batch_stats else None)}
+                          if target.batch_dependent else None)}
   for name in settings.attacks:
     row, cells = {}, {}
     for eps in settings.eps:

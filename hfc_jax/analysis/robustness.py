@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 from hfc_jax import attacks, errors, evaluate, frequency, markdown, records, sharding
 from hfc_jax.analysis import common, robust_table
 from hfc_jax.analysis.robust_table import AttackSettings, eps_key  # noqa: F401  (re-exported)
+from hfc_jax.models import layers
 
 MODE = "robust_eval"
 ATTACKS = ("fgsm", "pgd")   # what `attack_table` (the perturbation spectrum's) runs
@@ -124,7 +125,8 @@ def run(config, workdir: str) -> dict:
   variables = (trained.params, trained.model_state)
   target = robust_table.Target(trained.functional.logits, variables,
                                x.astype(np.float32) / 255.0, y.astype(np.int32), mesh,
-                               int(rc.batch_size), trained.config.model.norm == "batch_stats")
+                               int(rc.batch_size),
+                               layers.depends_on_batch(trained.config.model.norm))
   source = next((a for a in TRANSFER_SOURCES if a in settings.attacks), None)
   table, masks, advs = robust_table.attack_table(target, settings, keep_adv_for=source)
   results = {"workdir": workdir, "epoch": trained.epoch, "step": trained.step,
@@ -204,9 +206,7 @@ def _lowpass_defence(trained, variables, placed, rc, settings: AttackSettings, a
 def to_markdown(results: dict) -> str:
   """The results as Markdown tables: accuracy under each attack and the worst case with
   95% Wilson intervals, the masking checks, the minimal-eps summary and the defence."""
-  settings = AttackSettings(tuple(results["attacks"]), tuple(results["eps"]),
-                            results["pgd_steps"], results["restarts"],
-                            autoattack_version=results["autoattack_version"])
+  settings = AttackSettings.from_config(results)
   eps_keys = [eps_key(e) for e in results["eps"]]
   m = results["min_eps"]
   median = "above eps_max" if m["median"] is None else f"{m['median']:.4f}"

@@ -6,7 +6,7 @@ The classifier is any `logits_fn(images) -> logits`, mapping NHWC float32 images
 `functools.partial(functional.logits, params, model_state)` (evaluation mode).
 Gradients are taken with respect to the images only, of the summed per-example
 cross-entropy, so each image gets its own input gradient (as long as the model treats
-the images of a batch independently; the 'batch_stats' norm does not, and its attack is
+the images of a batch independently; the 'paper_bn' norm does not, and its attack is
 then one on the whole batch).
 
 Everything here is a pure jnp function meant to be called under `jax.jit`, with the
@@ -78,10 +78,10 @@ def choose_unroll(unroll: bool | None) -> bool:
 
   Measured on XLA:CPU (2 cores), small_cnn, batch 128 of 32x32x3, L-inf PGD:
   10 steps ran in 1.5 s unrolled and 3.3 s as a fori_loop (2.2x; 1.9x with the
-  'batch_stats' norm), 30 steps in 4.5 s and 6.6-8.7 s. Compiling took 4.1 s
+  'paper_bn' norm), 30 steps in 4.5 s and 6.6-8.7 s. Compiling took 4.1 s
   unrolled and 3.5 s rolled at 10 steps, 6.8 s and 3.5 s at 30 steps.
   On one H200 (same model and batch, random start): 10 steps ran in 2.4 ms unrolled
-  and 2.6 ms rolled, 30 steps in 6.5 and 7.0 ms (9.8 and 9.5 ms with 'batch_stats'),
+  and 2.6 ms rolled, 30 steps in 6.5 and 7.0 ms (9.8 and 9.5 ms with 'paper_bn'),
   but compiling took 2.3-7.8 s unrolled against 0.4-0.9 s rolled.
   """
   if unroll is None:

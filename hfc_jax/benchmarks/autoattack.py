@@ -29,6 +29,7 @@ from hfc_jax import data as data_lib
 from hfc_jax.analysis import robust_table
 from hfc_jax.benchmarks.common import (Options, Row, Timing, mesh_size, model_config,
                                        random_batch, ratio_row, time_together)
+from hfc_jax.models import layers
 from hfc_jax.models.functional import Functional
 
 TARGETS = {"apgd": 1.15, "square": 1.2}   # time ratios, at most
@@ -73,9 +74,9 @@ def _whole_autoattack(functional, variables, mesh, config, images: int, tiny: bo
   logits = jax.jit(functional.logits)(*variables, x)
   y = np.asarray(np.argmax(logits, -1), np.int32)   # every image starts correct
   target = robust_table.Target(functional.logits, variables, x, y, mesh, 250,
-                               config.model.norm == "batch_stats")
-  settings = robust_table.AttackSettings(
-      ("autoattack",), (EPS,), pgd_steps=1, autoattack_version="fast" if tiny else "standard",
+                               layers.depends_on_batch(config.model.norm))
+  settings = robust_table.AttackSettings.from_config(
+      {}, attacks=("autoattack",), eps=(EPS,), pgd_steps=1, autoattack_version="fast" if tiny else "standard",
       apgd_iters=2 if tiny else 0, square_queries=8 if tiny else 0, masking_images=0)
   t0 = time.perf_counter()
   table, masks, _ = robust_table.attack_table(target, settings)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hfc_jax import checkpointing, errors, optimizers, sharding, train
+from hfc_jax import checkpointing, defaults, errors, optimizers, sharding, train
 from hfc_jax.benchmarks.common import (TARGETS, Options, Row, Timing, model_config,
                                        ratio_row, stats, step_rows, time_together,
                                        train_step)
@@ -35,11 +35,14 @@ def tfds_read(data_dir: str | None) -> dict:
   return {"status": "read", "images": len(x), "read_s": seconds, "images_per_s": len(x) / seconds}
 
 
-def _epoch_call(data: dict, batch: int, augment: bool) -> Callable[[], None]:
-  """One epoch of pipeline.train_batches over `data`, batches discarded."""
+def _epoch_call(data: dict, batch: int, augment: bool, data_config) -> Callable[[], None]:
+  """One epoch of pipeline.train_batches over `data` with the augmentation settings of
+  `data_config`, batches discarded."""
+  dc = data_config
   def epoch():
     for _ in pipeline.train_batches(data["x_train"], data["y_train"], batch_size=batch,
-                                    seed=0, epoch=0, augment=augment):
+                                    seed=0, epoch=0, augment=augment, pad=dc.aug_pad,
+                                    pad_mode=dc.aug_pad_mode, flip=dc.aug_flip):
       pass
   return epoch
 
@@ -47,11 +50,15 @@ def _epoch_call(data: dict, batch: int, augment: bool) -> Callable[[], None]:
 def input_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
   """pipeline.train_batches over the embedded set, in turns with the small_cnn step."""
   n, batch = opts.sizes.input_images, opts.batch("small_cnn")
-  data = synthetic.generate(num_train=n, num_test=10)
+  data_config = defaults.get_config().data
+  data_config.update(num_train=n, num_test=10)
+  data = synthetic.from_config(data_config)
   used = pipeline.num_train_steps(n, batch) * batch
   step = train_step(opts, cache, "small_cnn", batch)
-  measured = time_together({"plain": Timing(_epoch_call(data, batch, False), used, 1),
-                            "augment": Timing(_epoch_call(data, batch, True), used, 1),
+  measured = time_together({"plain": Timing(_epoch_call(data, batch, False, data_config),
+                                            used, 1),
+                            "augment": Timing(_epoch_call(data, batch, True, data_config),
+                                              used, 1),
                             "small_cnn_step": step.timing(opts)}, opts.repeats)
   step_rate = measured["small_cnn_step"]["images_per_s"]["median"]
   out, rows = {"images": n, "batch_size": batch, **measured}, []

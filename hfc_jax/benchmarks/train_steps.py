@@ -94,7 +94,7 @@ def pgd_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
       steps = {"plain": train_step(opts, cache, name, batch, devices=devices)}
       for k in ks:
         adversary = adversarial.Adversary("pgd", eps=8 / 255, step_size=2 / 255, steps=k,
-                                          random_start=True)
+                                          random_start=True, restarts=1, train_mode=False)
         steps[f"pgd_{k}"] = train_step(opts, cache, name, batch, devices=devices,
                                        adversary=adversary)
       measured = time_together({key: s.timing(opts) for key, s in steps.items()},

@@ -73,8 +73,26 @@ class Dataset:
     return self.x_train.shape[3]
 
 
+def check_config(config) -> None:
+  """One-line HfcErrors for the data.* fields of `config` that need no data: the name,
+  augmentation, subsets, labels and rescaling (`check_section`). The embedded set's own
+  fields are checked as it is made (`synthetic.generate`), the rest once loaded."""
+  from hfc_jax import frequency  # pylint: disable=g-import-not-at-top  (imports JAX)
+  check_section(config.data)
+  check_choice("data.rescale", config.data.rescale, frequency.RESCALE_CHOICES)
+
+
+def check_section(data_config) -> None:
+  """The checks of `data_config` (a config's data section) that `load` runs first."""
+  check_choice("data.name", data_config.name, NAMES)
+  check_augment(data_config)
+  check_subset_and_labels(data_config)
+
+
 def check_augment(data_config) -> None:
   """Raises a one-line HfcError if the augmentation fields are invalid."""
+  check_choice("data.augment", data_config.augment, (False, True))
+  check_choice("data.aug_flip", data_config.aug_flip, (False, True))
   check_choice("data.aug_pad_mode", data_config.aug_pad_mode, PAD_MODES)
   check_range("data.aug_pad", data_config.aug_pad, 0, 64, integer=True)
 
@@ -82,11 +100,7 @@ def check_augment(data_config) -> None:
 def _load_arrays(data_config, name: str) -> dict:
   """Returns the dict of arrays (and maybe num_classes) from the source `name`."""
   if name == "embedded":
-    arrays = synthetic.generate(
-        seed=data_config.seed, num_train=data_config.num_train,
-        num_test=data_config.num_test, image_size=data_config.image_size,
-        hf_prob=data_config.hf_prob, hf_amplitude=data_config.hf_amplitude)
-    return {**arrays, "num_classes": synthetic.NUM_CLASSES}
+    return {**synthetic.from_config(data_config), "num_classes": synthetic.NUM_CLASSES}
   if name == "npz":
     return npz_source.load_npz(data_config.path)
   if name == "idx":
@@ -308,9 +322,8 @@ def load(data_config) -> Dataset:
       file, a tfds set that is not prepared, an empty split or a label outside
       [0, num_classes).
   """
-  name = check_choice("data.name", data_config.name, NAMES)
-  check_augment(data_config)
-  check_subset_and_labels(data_config)
+  check_section(data_config)
+  name = data_config.name
   arrays = _checked(_load_arrays(data_config, name), data_config, _source(data_config, name))
   arrays = _limit_and_shuffle(arrays, data_config, name)
   return Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],

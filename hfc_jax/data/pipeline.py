@@ -47,7 +47,7 @@ def augment_params(count: int, *, seed: int, epoch: int, pad: int,
   return dy, dx, flips
 
 
-def pad_images(images: np.ndarray, pad: int, pad_mode: str = "zero") -> np.ndarray:
+def pad_images(images: np.ndarray, pad: int, pad_mode: str) -> np.ndarray:
   """Returns (B, H + 2 pad, W + 2 pad, C) `images` padded on H and W, equal to numpy.pad's
   'constant' (zero) or 'reflect' mode.
 
@@ -70,7 +70,7 @@ def pad_images(images: np.ndarray, pad: int, pad_mode: str = "zero") -> np.ndarr
 
 
 def crop_flip(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, flips: np.ndarray, *,
-              pad: int, pad_mode: str = "zero") -> np.ndarray:
+              pad: int, pad_mode: str) -> np.ndarray:
   """Pads by `pad` pixels, crops back to H x W at offsets (dy, dx), flips rows where `flips`.
 
   Args:
@@ -96,7 +96,7 @@ def crop_flip(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, flips: np.ndar
 
 
 def train_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, epoch: int,
-                  augment: bool, pad: int = 2, pad_mode: str = "zero", flip: bool = True,
+                  augment: bool, pad: int, pad_mode: str, flip: bool,
                   process_index: int = 0, process_count: int = 1,
                   start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Yields this process's share of each global training batch of one epoch.
@@ -106,7 +106,8 @@ def train_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, e
     batch_size: the GLOBAL batch size B, a multiple of process_count.
     seed, epoch: all randomness of the epoch comes from these two.
     augment: pad + random crop (+ random horizontal flip if `flip`), see `crop_flip`.
-    pad, pad_mode, flip: the augmentation's settings.
+    pad, pad_mode, flip: the augmentation's settings (`data.aug_pad`, `data.aug_pad_mode`,
+      `data.aug_flip`; no defaults here, the config's are in `hfc_jax.defaults`).
     process_index, process_count: this process and how many share each batch.
     start_step: the first step to yield (a run resumed mid-epoch); the batches are the
       same as those steps' batches of an uninterrupted epoch.
@@ -189,7 +190,7 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
   return False
 
 
-def prefetch(iterator, size: int = 2) -> Iterator:
+def prefetch(iterator, size: int) -> Iterator:
   """Runs `iterator` in a background thread, at most `size` items ahead; re-raises its errors.
 
   The thread starts at once, so the first items are ready before they are asked for. Closing

@@ -1,6 +1,6 @@
 """The embedded default data set: class shapes in the low frequencies, a class texture in the high.
 
-Nothing is downloaded: `generate(seed, ...)` builds the whole set with numpy (10,000 + 2,000
+Nothing is downloaded: `generate(seed=..., ...)` builds the whole set with numpy (10,000 + 2,000
 images in about 2 s), and the same arguments always give identical arrays. It is made so that the
 paper's phenomenon shows without CIFAR: each label is carried by two cues that live in different
 parts of the centred 2-D spectrum, and a CNN may learn either.
@@ -208,9 +208,20 @@ def sample_split(rng: np.random.Generator, design: Design, n: int,
   return images, labels, tex_ids
 
 
-def generate(seed: int = 0, num_train: int = 10_000, num_test: int = 2_000, image_size: int = 32,
-             hf_prob: float = 0.9, hf_amplitude: float = 0.04) -> dict[str, np.ndarray]:
+def from_config(data_config) -> dict[str, np.ndarray]:
+  """`generate` with the settings of a config's `data` section (data.seed, num_train,
+  num_test, image_size, hf_prob, hf_amplitude): the one place they are read, so their
+  defaults live only in `hfc_jax.defaults`."""
+  d = data_config
+  return generate(seed=d.seed, num_train=d.num_train, num_test=d.num_test,
+                  image_size=d.image_size, hf_prob=d.hf_prob, hf_amplitude=d.hf_amplitude)
+
+
+def generate(*, seed: int, num_train: int, num_test: int, image_size: int, hf_prob: float,
+             hf_amplitude: float) -> dict[str, np.ndarray]:
   """Builds the embedded data set; identical arguments give identical arrays.
+
+  No argument has a default: the defaults are the config's (`from_config`).
 
   Returns:
     A dict with x_train (num_train, S, S, 3) uint8, y_train (num_train,) int32, x_test, y_test,

@@ -7,7 +7,7 @@ plain_cnn's flattened head) and called as `model(x, train=..., rngs=..., mask=..
 mapping NHWC float32 images in [0, 1] (any size, any channel count) to float32 logits
 (N, num_classes). `rngs` is only
 needed for dropout with train=True; `mask` (N,) float, 1 real and 0 padding rows, keeps the
-padding of an evaluation batch out of the batch statistics ('batch_stats'). Models store
+padding of an evaluation batch out of the batch statistics ('paper_bn'). Models store
 no `nnx.Rngs`, so `nnx.split(model, nnx.Param, nnx.BatchStat)` gives exactly the
 parameters and the running statistics.
 
@@ -17,9 +17,12 @@ The first conv layer, the one the paper analyses and smooths, is the attribute
 for small_cnn and (3, 3, C, 32) for plain_cnn); `first_conv_kernel` reads it from a
 model, a State or a pure dict.
 
-Norms ('model.norm'): 'none' (the paper's vanilla), 'batch_stats' (the paper's BN: batch
-statistics in train and eval, fixed gamma = 1, beta = 0, eps = 1e-3) and 'batchnorm'
-(trainable scale/bias, running averages with momentum 0.9 used when train=False).
+Norms ('model.norm'): 'none' (the paper's vanilla), 'paper_bn' (the paper's BN: batch
+statistics in train and eval, no running averages, fixed gamma = 1, beta = 0, eps = 1e-3)
+and 'batchnorm' (trainable scale/bias, running averages with momentum 0.9 used when
+train=False). 'paper_bn' was called 'batch_stats', which is still accepted
+(`layers.canonical_norm`); it was renamed because Flax's 'batch_stats' collection holds
+running averages, which only 'batchnorm' keeps.
 `dtype='bfloat16'` computes convs and dense layers in bfloat16; params stay float32.
 """
 
@@ -29,7 +32,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from hfc_jax import errors
+from hfc_jax import errors, frequency
 from hfc_jax.models import layers
 from hfc_jax.models import plain_cnn, preact_resnet, resnet, small_cnn
 
@@ -54,15 +57,12 @@ def create(name: str, *, num_classes: int, in_channels: int, norm: str = "none",
   them). `image_size`: (height, width) of the input images, needed by the models that
   set `needs_image_size` (plain_cnn) and ignored by the others.
   """
-  errors.check_choice("model.name", name, MODELS)
-  errors.check_choice("model.norm", norm, layers.NORMS)
-  errors.check_choice("model.input_filter", input_filter, layers.INPUT_FILTERS)
-  errors.check_choice("model.dtype", dtype, DTYPES)
-  errors.check_range("model.dropout", dropout, 0, 1)
-  errors.check_range("model.filter_radius", filter_radius, 0)
+  widths = check(name, norm=norm, dropout=dropout, input_filter=input_filter,
+                 filter_radius=filter_radius, dtype=dtype, widths=widths,
+                 image_size=image_size)
   errors.check_range("model.num_classes", num_classes, 1, integer=True)
   errors.check_range("model.in_channels", in_channels, 1, integer=True)
-  kwargs = {"widths": check_widths(name, widths)}
+  kwargs = {"widths": widths}
   if getattr(MODELS[name], "needs_image_size", False):
     if image_size is None:
       raise errors.HfcError(f"model.name={name!r} needs the image size (its dense head is "
@@ -72,6 +72,34 @@ def create(name: str, *, num_classes: int, in_channels: int, norm: str = "none",
                       dropout=dropout, input_filter=input_filter,
                       filter_radius=filter_radius, dtype=DTYPES[dtype],
                       rngs=nnx.Rngs(params=seed), **kwargs)
+
+
+def check(name: str, *, norm: str, dropout: float, input_filter: str,
+          filter_radius: float, dtype: str, widths: Sequence[int],
+          image_size: Sequence[int] | None = None) -> tuple[int, ...]:
+  """One-line HfcErrors naming the model.* field of a bad value, shared by `create` and
+  `check_config`; returns the widths to build (`check_widths`). A used input filter's
+  radius must lie in [1, max(height, width)] of `image_size` (>= 1 while unknown)."""
+  errors.check_choice("model.name", name, MODELS)
+  errors.check_choice("model.norm", layers.canonical_norm(norm), layers.NORMS)
+  errors.check_choice("model.input_filter", input_filter, layers.INPUT_FILTERS)
+  errors.check_choice("model.dtype", dtype, DTYPES)
+  errors.check_range("model.dropout", dropout, 0, 1)
+  if input_filter == "none":
+    errors.check_range("model.filter_radius", filter_radius, 0)
+  else:
+    frequency.check_radius(filter_radius, *(image_size or (None, None)),
+                           field="model.filter_radius")
+  return check_widths(name, widths)
+
+
+def check_config(config, image_size: int | None = None) -> None:
+  """One-line HfcErrors for the model.* fields of `config` (`check`) for square images
+  of side `image_size` (None: not known before the data is loaded)."""
+  m = config.model
+  check(m.name, norm=m.norm, dropout=m.dropout, input_filter=m.input_filter,
+        filter_radius=m.filter_radius, dtype=m.dtype, widths=m.widths,
+        image_size=(image_size, image_size) if image_size else None)
 
 
 def check_widths(name: str, widths: Sequence[int]) -> tuple[int, ...]:

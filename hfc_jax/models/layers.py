@@ -11,11 +11,14 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from hfc_jax import errors, frequency
+from hfc_jax import defaults, errors, frequency
 
-NORMS = ("none", "batch_stats", "batchnorm")
+# 'paper_bn' is the paper's BN (batch statistics always, no running averages); it was
+# called 'batch_stats', a name kept readable (`canonical_norm`) though Flax's
+# 'batch_stats' collection is the running averages that 'batchnorm' keeps.
+NORMS = ("none", "paper_bn", "batchnorm")
 INPUT_FILTERS = ("none", "lowpass", "highpass")
-BATCH_STATS_EPS = 1e-3  # the paper's BN epsilon
+PAPER_BN_EPS = 1e-3  # the paper's BN epsilon
 BATCHNORM_MOMENTUM = 0.9  # running average: ra = 0.9 * ra + 0.1 * batch
 BATCHNORM_EPS = 1e-5
 
@@ -29,8 +32,8 @@ class Identity(nnx.Module):
     return x
 
 
-class BatchStatsNorm(nnx.Module):
-  """Norm 'batch_stats': the paper's BN, always normalised by the current batch.
+class PaperBatchNorm(nnx.Module):
+  """Norm 'paper_bn': the paper's BN, always normalised by the current batch.
 
   Mean and variance are taken over N, H, W per channel, in train and eval alike;
   gamma = 1 and beta = 0 are fixed, so the layer has no parameters and no state.
@@ -38,7 +41,7 @@ class BatchStatsNorm(nnx.Module):
   enter them, so a padded batch gives its real rows the outputs of the unpadded batch.
   """
 
-  def __init__(self, epsilon: float = BATCH_STATS_EPS):
+  def __init__(self, epsilon: float = PAPER_BN_EPS):
     self.epsilon = epsilon
 
   def __call__(self, x: jnp.ndarray, *, train: bool, mask: jnp.ndarray | None = None
@@ -86,14 +89,26 @@ class RunningBatchNorm(nnx.BatchNorm):
     return super().__call__(x, use_running_average=False, mask=rows)
 
 
+def canonical_norm(kind: str) -> str:
+  """`kind`, or the current name of a renamed norm ('batch_stats' -> 'paper_bn')."""
+  return defaults.renamed_value("model.norm", kind)
+
+
+def depends_on_batch(kind: str) -> bool:
+  """Whether norm `kind` makes an evaluated image's output depend on the other images
+  of its batch ('paper_bn': it normalises with the batch's statistics)."""
+  return canonical_norm(kind) == "paper_bn"
+
+
 def make_norm(kind: str, num_features: int, *, dtype: Any = jnp.float32,
               rngs: nnx.Rngs) -> nnx.Module:
-  """Returns the normalisation layer `kind` (one of NORMS) for `num_features` channels."""
-  errors.check_choice("model.norm", kind, NORMS)
+  """Returns the normalisation layer `kind` (one of NORMS, or an old name of one) for
+  `num_features` channels."""
+  kind = errors.check_choice("model.norm", canonical_norm(kind), NORMS)
   if kind == "none":
     return Identity()
-  if kind == "batch_stats":
-    return BatchStatsNorm()
+  if kind == "paper_bn":
+    return PaperBatchNorm()
   return RunningBatchNorm(num_features, momentum=BATCHNORM_MOMENTUM, epsilon=BATCHNORM_EPS,
                           dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
