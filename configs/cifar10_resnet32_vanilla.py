@@ -6,7 +6,7 @@ Pre-activation ResNet-32 without BatchNorm, Adam at 1e-4, 100 epochs, no
 augmentation, seed 100; LFC/HFC at r in {4, 8, 12, 16} on the test set and on
 the training set every epoch. Pixels in [0, 1]; the original code also divides
 training and LFC/HFC images by their own maximum (`per_image_max`), kept here.
-Needs CIFAR-10 prepared with tensorflow-datasets (see README, "Data").
+Needs CIFAR-10 prepared with tensorflow-datasets (see docs/data.md).
 
 One deviation: the original code's batch is 100; here it is 128, so that the batch
 splits evenly over 1, 2, 4, 8 or 16 devices (a training batch must). On up to 4

@@ -51,7 +51,7 @@
 #   tfds build cifar10 --data_dir=gs://BUCKET/tfds --file_format=array_record
 # and pass --data-dir gs://BUCKET/tfds to run or watch.
 #
-# Example (README.md, "Cloud TPU", has the whole walk-through):
+# Example (docs/cloud.md has the whole walk-through):
 #   T=(--project my-proj --zone us-central2-b --name hfc-v4 --accelerator-type v4-32 --spot)
 #   launch/tpu_vm.sh watch "${T[@]}" --bucket my-bucket --config configs/cifar10_resnet18.py \
 #       --data-dir gs://my-bucket/tfds --config.train.epochs=50
