@@ -166,6 +166,33 @@ def test_robust_eval_with_autoattack_writes_intervals_and_checks(tiny_trained_wo
   assert f"{k['accuracy']:.4f} [{k['low']:.4f}, {k['high']:.4f}]" in row
 
 
+def test_the_low_pass_defence_is_attacked_with_autoattack_through_the_filter(
+    tiny_trained_workdir):
+  """(c) runs the table's attacks through the filter. At r = 32 the filter keeps the
+  whole 32x32 spectrum, so the defended model is the undefended one (up to the FFT's
+  float rounding) and (c) must repeat the undefended table; at r = 4 it is another
+  model, attacked on its own clean hits."""
+  config = _robust_config()
+  config.robust_eval.defence_radii = (4, 32)
+  results = main.run(config, tiny_trained_workdir)
+  narrow, identity = results["defence"]
+  for row in (narrow, identity):
+    table = row["adaptive_table"]
+    assert set(table) == {"pgd", "autoattack", "worst_case"}
+    for k, worst in table["worst_case"].items():
+      assert worst <= min(table["pgd"][k], table["autoattack"][k])
+      assert 0.0 <= worst <= row["clean"]
+  assert identity["clean"] == results["clean"]
+  for name in ("pgd", "autoattack", "worst_case"):
+    source = results["attacks"][name] if name != "worst_case" else results["worst_case"]
+    for k, acc in source.items():
+      assert abs(identity["adaptive_table"][name][k] - acc) <= 1 / 40   # one image
+  table = open(os.path.join(tiny_trained_workdir, "robust_eval", "robust_eval.md")).read()
+  assert "(c) adaptive: every attack of the table through the filter" in table
+  row = next(l for l in table.splitlines() if l.startswith("| 4 |"))
+  assert row.endswith(f"| {narrow['adaptive_table']['worst_case']['0.0300']:.4f} |")
+
+
 def test_kernels_sweep_with_autoattack_and_the_controls(tiny_trained_workdir):
   config = kernels_config.get_config()
   kc = config.kernels

@@ -17,11 +17,14 @@ Writes to `<workdir>/robust_eval/`:
 The input low-pass defence (the blog's) puts `frequency.lowpass` at radius r in front of
 the *same* trained parameters (the model rebuilt with `input_filter='lowpass'`). It is
 scored two ways: (a) transfer, with adversarial images crafted on the undefended model,
-as the blog did; (b) adaptive, with PGD run end to end through the filter. The filter is
-linear and differentiable, so (b) is the honest white-box number; a large gap between
-(a) and (b) means the defence masks gradients rather than removes vulnerability.
+as the blog did; (b) adaptive, with PGD run end to end through the filter; and, when the
+table runs attacks beyond FGSM and PGD (AutoAttack), (c) adaptive with every one of them
+through the filter, worst case. The filter is linear and differentiable, so (b) and (c)
+are the honest white-box numbers; a large gap between (a) and (b) means the defence
+masks gradients rather than removes vulnerability.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -138,7 +141,7 @@ def run(config, workdir: str) -> dict:
       variables, trained.functional.logits, placed, rc)
   results["transfer_attack"] = source
   results["defence"] = _lowpass_defence(trained, variables, placed, rc, settings, advs,
-                                        y, mesh)
+                                        y, mesh, target)
   common.write_outputs(common.output_dir(workdir, MODE),
                        json_files={"robust_eval.json": results},
                        texts={"robust_eval.md": to_markdown(results)},
@@ -166,10 +169,13 @@ def _minimal_eps_summary(variables, logits_fn, placed, rc):
 
 
 def _lowpass_defence(trained, variables, placed, rc, settings: AttackSettings, advs: dict,
-                     y: np.ndarray, mesh) -> list[dict]:
-  """Rows {radius, clean, transfer: {eps: acc}, adaptive: {eps: acc}} for each radius;
-  transfer scores `advs` ({eps: (N, H, W, C) images crafted on the undefended model},
-  clean where the model was wrong already; {}: no transfer row)."""
+                     y: np.ndarray, mesh, target: robust_table.Target) -> list[dict]:
+  """Rows {radius, clean, transfer: {eps: acc}, adaptive: {eps: acc}, and with attacks
+  beyond FGSM/PGD 'adaptive_table'} for each radius. transfer scores `advs` ({eps:
+  (N, H, W, C) images crafted on the undefended model}, clean where the model was wrong
+  already; {}: no transfer row); adaptive is PGD through the filter; adaptive_table
+  runs every attack of the table (AutoAttack included) through the filter, the same
+  images and keys as the undefended `target`, with its worst case."""
   placed_advs = {eps: common.batches(adv, y, mesh=mesh, batch_size=rc.batch_size,
                                      field="robust_eval.batch_size")
                  for eps, adv in advs.items()}
@@ -195,9 +201,21 @@ def _lowpass_defence(trained, variables, placed, rc, settings: AttackSettings, a
       row["adaptive"][eps_key(eps)] = _accuracy(
           score, variables, placed,
           lambda i, b, e=eps: fn(*variables, *b, jax.random.fold_in(key, 1000 + i), e))
+    if set(settings.attacks) - set(ATTACKS):
+      row["adaptive_table"] = _defended_table(target, defended.logits, settings)
     logging.info("low-pass r=%s: %s", radius, row)
     rows.append(row)
   return rows
+
+
+def _defended_table(target: robust_table.Target, logits_fn, settings: AttackSettings
+                    ) -> dict:
+  """{attack | 'worst_case': {eps: acc}}: `settings`' attacks through the defended
+  model `logits_fn` (the low-pass filter in front of the trained one)."""
+  defended = dataclasses.replace(target, logits_fn=logits_fn, programs={})
+  table, _, _ = robust_table.attack_table(defended, settings)
+  return {**table["attacks"], **({"worst_case": table["worst_case"]}
+                                 if "worst_case" in table else {})}
 
 
 # ---------------------------------------------------------------------------
@@ -211,9 +229,13 @@ def to_markdown(results: dict) -> str:
   m = results["min_eps"]
   median = "above eps_max" if m["median"] is None else f"{m['median']:.4f}"
   dash = lambda d, k: f"{d[k]:.4f}" if k in d else "-"
+  strongest = "worst_case" if len(results["attacks"]) > 1 else next(iter(results["attacks"]))
+  tables = [row for row in results["defence"] if "adaptive_table" in row]
   defence_rows = [[f"{row['radius']:g}", f"{row['clean']:.4f}"]
                   + [dash(row["transfer"], k) for k in eps_keys]
                   + [dash(row["adaptive"], k) for k in eps_keys]
+                  + ([dash(row["adaptive_table"][strongest], k) for k in eps_keys]
+                     if tables else [])
                   for row in results["defence"]]
   flagged = results["masking_checks"]["flagged"]
   lines = [f"# Robust evaluation of {results['workdir']} (epoch {results['epoch']})", "",
@@ -240,9 +262,14 @@ def to_markdown(results: dict) -> str:
            f"{m['unbroken_share']:.1%} of images unbroken at eps <= {m['eps_max']}.", "",
            "## Input low-pass defence", "",
            f"(a) transfer: {results['transfer_attack'] or 'no single'} attack's images "
-           "crafted on the undefended model; (b) adaptive: PGD through the filter.", "",
+           "crafted on the undefended model; (b) adaptive: PGD through the filter"
+           + ("; (c) adaptive: every attack of the table through the filter, worst case "
+              "(AutoAttack's components each run on the defended model)." if tables
+              else "."), "",
            markdown.table(["r", "clean"] + [f"(a) {k}" for k in eps_keys]
-                          + [f"(b) {k}" for k in eps_keys], defence_rows)]
+                          + [f"(b) {k}" for k in eps_keys]
+                          + ([f"(c) {k}" for k in eps_keys] if tables else []),
+                          defence_rows)]
   return "\n".join(lines)
 
 
