@@ -61,7 +61,7 @@ def cifar10_resnet18() -> ml_collections.ConfigDict:
   `configs/cifar10_resnet18.py`): Nesterov momentum 0.9, lr 0.1 on batch 128 with
   cosine decay, weight decay 5e-4, pad-4 crop + flip, 100 epochs."""
   config = _cifar10()
-  config.data.augment = True
+  config.data.augment, config.data.aug_pad = True, 4
   config.model.name = "resnet18"
   config.model.norm = "batchnorm"
   config.optim.update({"name": "sgd", "learning_rate": 0.1, "nesterov": True,

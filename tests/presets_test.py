@@ -81,3 +81,13 @@ def test_small_presets_change_only_their_fields():
       **common, "data.name": "idx", "data.path": "/usr/share/datasets/fashion-mnist",
       "data.train_limit": 10000, "data.test_limit": 2000}
   assert presets.base("fashion_mnist").train.epochs == 6   # the default's, set anyway
+
+
+def test_resnet18_recipe_crops_from_a_4_pixel_pad():
+  """The documented CIFAR-10 ResNet-18 recipe: pad-4 random crop and flip, SGD Nesterov
+  0.9 at lr 0.1, cosine decay, weight decay 5e-4, standard BN."""
+  data, model, optim = (presets.cifar10_resnet18()[k] for k in ("data", "model", "optim"))
+  assert (data.augment, data.aug_pad, data.aug_flip) == (True, 4, True)
+  assert (model.name, model.norm) == ("resnet18", "batchnorm")
+  assert (optim.name, optim.learning_rate, optim.nesterov, optim.schedule,
+          optim.weight_decay, optim.momentum) == ("sgd", 0.1, True, "cosine", 5e-4, 0.9)
