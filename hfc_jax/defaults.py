@@ -222,7 +222,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.adv.train_mode = False      # Attack the model in training mode (default: eval mode).
 
   # A sweep runs several variants of this config, each in <workdir>/<run name>
-  # (hfc_jax/sweep.py); `runs` empty: one run in the workdir itself.
+  # (hfc_jax/run/sweep.py); `runs` empty: one run in the workdir itself.
   config.sweep = ml_collections.ConfigDict()
   config.sweep.kind = "generic"      # generic | heuristics | batch_size | optimizers |
                                      # train_component | shuffled_labels | bn_lfc

@@ -115,7 +115,8 @@ def run(config, workdir: str, *, allow_changed_config: bool = False):
     from hfc_jax import cloud_storage  # pylint: disable=g-import-not-at-top
     cloud_storage.check_bucket("workdir", workdir)
   if mode == "train":
-    from hfc_jax import resume, sweep, train, validation  # pylint: disable=g-import-not-at-top
+    from hfc_jax import train, validation  # pylint: disable=g-import-not-at-top
+    from hfc_jax.run import resume, sweep  # pylint: disable=g-import-not-at-top
     if sweep.is_sweep(config):
       for _, run_config, _ in sweep.expand(config):   # every run, before any work
         validation.check(run_config)
@@ -125,7 +126,7 @@ def run(config, workdir: str, *, allow_changed_config: bool = False):
     validation.check(config)
     return _in_new_workdir(workdir, lambda: train.train_and_evaluate(
         config, workdir, allow_changes=allow_changed_config))
-  from hfc_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from hfc_jax.workdir import checkpointing  # pylint: disable=g-import-not-at-top
   checkpointing.open_existing(workdir).close()   # fails at once on an empty workdir
   create_workdir(workdir)
   started = time.perf_counter()
@@ -137,7 +138,7 @@ def run(config, workdir: str, *, allow_changed_config: bool = False):
 def _closing_study(mode: str, workdir: str, seconds: float) -> None:
   """A study's last line (stdout, process 0): how long it took and where its files are."""
   import jax  # pylint: disable=g-import-not-at-top
-  from hfc_jax import records  # pylint: disable=g-import-not-at-top
+  from hfc_jax.workdir import records  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     return
   out = fileio.join(workdir, mode)
@@ -151,7 +152,7 @@ def _in_new_workdir(workdir: str, work):
   """Creates `workdir` (`create_workdir`) and returns `work()`. When `work` refuses its
   input (an HfcError: data that does not load, a batch larger than the data) and the
   workdir is new, the workdir is removed again: bad input writes nothing."""
-  from hfc_jax import workdirs  # pylint: disable=g-import-not-at-top
+  from hfc_jax.workdir import workdirs  # pylint: disable=g-import-not-at-top
   existed = fileio.is_dir(workdir)
   create_workdir(workdir)
   try:
@@ -267,7 +268,8 @@ def main(argv):
     sys.exit(2)
   xla_flags.set_cpu_defaults()   # before JAX creates its backend, which reads XLA_FLAGS
   import jax  # pylint: disable=g-import-not-at-top
-  from hfc_jax import library_logs, preemption  # pylint: disable=g-import-not-at-top
+  from hfc_jax import library_logs  # pylint: disable=g-import-not-at-top
+  from hfc_jax.run import preemption  # pylint: disable=g-import-not-at-top
   library_logs.divert(verbose=FLAGS.verbosity >= 1)
   if FLAGS.jax_distributed:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,

@@ -17,16 +17,15 @@ import numpy as np
 import optax
 from absl import logging
 
-from hfc_jax import adversarial, checkpointing, evaluate, evaluators, fileio, frequency, lock
-from hfc_jax import models
-from hfc_jax import optimizers, plots, preemption, provenance, records, resume, sharding
-from hfc_jax import progress as progress_lib
-from hfc_jax import smoothness
-from hfc_jax import transforms
-from hfc_jax import validation, workdirs
+from hfc_jax import adversarial, evaluate, evaluators, fileio, frequency, models, optimizers
+from hfc_jax import sharding, smoothness, transforms, validation
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 from hfc_jax.models.functional import Functional
+from hfc_jax.reporting import plots
+from hfc_jax.run import lock, preemption, resume
+from hfc_jax.run import progress as progress_lib
+from hfc_jax.workdir import checkpointing, provenance, records, workdirs
 
 PyTree = Any
 

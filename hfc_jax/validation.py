@@ -13,8 +13,10 @@ import json
 
 import ml_collections
 
-from hfc_jax import adversarial, checkpointing, errors, models, optimizers, progress
+from hfc_jax import adversarial, errors, models, optimizers
 from hfc_jax import data, evaluators, sharding, transforms
+from hfc_jax.run import progress
+from hfc_jax.workdir import checkpointing
 
 # Image side of the data sets whose size is known without loading them.
 KNOWN_SIZES = {"cifar10": 32, "cifar100": 32, "mnist": 28, "fashion_mnist": 28}

@@ -46,6 +46,7 @@ def _predict(trained, x):
   return np.asarray(jax.jit(trained.functional.logits)(trained.params, trained.model_state, x))
 
 
+@pytest.mark.slow
 def test_restore_across_meshes_is_bit_exact_and_builds_no_optimiser(workdirs, monkeypatch):
   def forbidden(*args, **kwargs):
     raise AssertionError("restore built optimiser state")
@@ -68,6 +69,7 @@ def test_restore_across_meshes_is_bit_exact_and_builds_no_optimiser(workdirs, mo
 
 
 def test_restore_says_when_jax_started_with_other_xla_flags(monkeypatch, caplog):
+  jax.devices()     # JAX has started (alone, this test ran before any test started it)
   monkeypatch.setenv("XLA_FLAGS", "")           # main would add its CPU flag here
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   with caplog.at_level(logging.WARNING):
@@ -75,6 +77,7 @@ def test_restore_says_when_jax_started_with_other_xla_flags(monkeypatch, caplog)
   assert any("not main's" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_sweep_rho_0_row_equals_the_robust_evaluation(workdirs, tmp_path):
   config = _kernels_config()
   results = kernels.run(config, workdirs["paper_bn"])
@@ -123,6 +126,7 @@ def _robust_config(kc_config):
   return config
 
 
+@pytest.mark.slow
 def test_kernels_mode_writes_grids_measures_and_sweep(workdirs):
   config = _kernels_config(**{"kernels.compare": (workdirs["none"],)})
   results = main.run(config, workdirs["paper_bn"])
@@ -162,11 +166,13 @@ def test_kernels_mode_writes_grids_measures_and_sweep(workdirs):
      "choose one of: 'eq3', 'eq3_renorm', 'scaled', 'lowpass'."),
     ([], "kernels.num_images=1000 exceeds the 256 test images"),
 ])
+@pytest.mark.slow
 def test_bad_kernels_input_is_one_line_and_writes_nothing(workdirs, flags, message):
   assert_refused(workdirs["none"], message, *flags, config="configs/kernels.py", tiny=False,
                  timeout=120)
 
 
+@pytest.mark.slow
 def test_no_checkpoint_and_incomparable_compare_workdirs_are_refused(workdirs, tmp_path):
   with pytest.raises(errors.HfcError, match="holds no checkpoint"):
     main.run(_kernels_config(), str(tmp_path / "empty"))
@@ -178,6 +184,7 @@ def test_no_checkpoint_and_incomparable_compare_workdirs_are_refused(workdirs, t
   assert not os.path.exists(os.path.join(workdirs["none"], "kernels"))
 
 
+@pytest.mark.slow
 def test_a_model_without_a_first_conv_is_named(workdirs):
   trained = common.restore(workdirs["none"])
   params = {k: v for k, v in trained.params.items() if k != "first_conv"}

@@ -111,7 +111,8 @@ def _assert_l2_feasible(adv, x, eps):
 
 
 @pytest.mark.parametrize("norm,random_start", [
-    ("none", False), ("batchnorm", True), ("paper_bn", True)])
+    ("none", False), pytest.param("batchnorm", True, marks=pytest.mark.slow),
+    pytest.param("paper_bn", True, marks=pytest.mark.slow)])
 def test_constraints_hold_to_the_last_bit_on_random_cnns(norm, random_start):
   functional, params, state = _random_cnn(norm)
   rng = np.random.default_rng(1)
@@ -158,6 +159,7 @@ def test_same_key_same_examples_other_key_other_examples():
   _assert_l2_feasible(a_l2, x, np.float32(0.1))
 
 
+@pytest.mark.slow
 def test_restarts_keep_the_first_fooling_or_the_highest_loss_image():
   x, w, b, y = _linear_problem(64, 10, 0.2, 0.8, seed=6)
   fn = _linear(w, b)
@@ -215,6 +217,7 @@ def _loss_and_accuracy(fn, adv, y):
   return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
 
+@pytest.mark.slow
 def test_pgd_beats_fgsm_beats_clean_and_accuracy_falls_with_eps(trained):
   fn, x, y = trained
 
@@ -260,6 +263,7 @@ def test_minimal_eps_of_a_linear_model_is_margin_over_l1_norm():
   np.testing.assert_allclose(found[mid], closed[mid], atol=eps_max / 2**16 + 1e-6)
 
 
+@pytest.mark.slow
 def test_minimal_eps_breaks_the_cnn_and_a_tenth_less_mostly_does_not(trained):
   fn, x, y = trained
   found = np.asarray(jax.jit(lambda x, y: attacks.minimal_linf_eps(
@@ -280,6 +284,7 @@ def test_minimal_eps_breaks_the_cnn_and_a_tenth_less_mostly_does_not(trained):
 # ---------------------------------------------------------------------------
 # (6) Loops, (7) compile once, config and dispatch
 # ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_unrolled_and_fori_loop_agree(trained):
   cnn, x, y = trained
   run = jax.jit(lambda unroll: attacks.pgd_linf(

@@ -196,6 +196,7 @@ def _run(name, norm, scale, seed=0, **options):
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.slow
 def test_apgd_finds_the_minimal_perturbation_and_nothing_below(norm):
   _, fooled_t = _run("apgd_t", norm, 1.01)
   _, fooled_ce = _run("apgd_ce", norm, 1.01)
@@ -209,6 +210,7 @@ def test_apgd_finds_the_minimal_perturbation_and_nothing_below(norm):
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.slow
 def test_fab_finds_the_minimal_norm_within_one_percent(norm):
   x, w, b, y, _ = _problem()
   smallest = _smallest(norm)
@@ -235,6 +237,7 @@ def test_square_breaks_most_images_at_one_and_a_half_times_the_minimum(norm):
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.slow
 def test_autoattack_keeps_the_first_success_and_finds_nothing_below_the_minimum(norm):
   x, w, b, y, _ = _problem()
   fn = _linear(w, b)
@@ -260,6 +263,7 @@ def test_autoattack_keeps_the_first_success_and_finds_nothing_below_the_minimum(
   np.testing.assert_allclose(result.adv[by_ce], np.asarray(ce)[by_ce], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fast_autoattack_and_registry():
   x, w, b, y, _ = _problem(seed=1)
   fn = _linear(w, b)
@@ -297,6 +301,7 @@ def test_check_eval_attack_config():
 # Exact constraints where the box binds; keys; device counts
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.slow
 def test_constraints_hold_exactly_where_the_box_binds(norm):
   rng = np.random.default_rng(3)
   x = rng.uniform(0, 1, (16,) + SHAPE).astype(np.float32)
@@ -318,6 +323,7 @@ def test_constraints_hold_exactly_where_the_box_binds(norm):
     _assert_feasible(adv, x, eps, norm)
 
 
+@pytest.mark.slow
 def test_same_key_same_result_other_key_other_result():
   x, w, b, y, _ = _problem(seed=2)
   fn = _linear(w, b)
@@ -337,6 +343,7 @@ def test_same_key_same_result_other_key_other_result():
   assert np.abs(a[2] - other[2]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_one_and_eight_devices_give_the_same_bits():
   x, w, b, y, _ = _problem(seed=3)
   fn = _linear(w, b)

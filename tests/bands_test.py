@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from hfc_jax import errors, evaluate, frequency, main, models, plots, sharding, train
+from hfc_jax import errors, evaluate, frequency, main, models, sharding, train
 from hfc_jax.analysis import bands, common
 from hfc_jax.models.functional import Functional
+from hfc_jax.reporting import plots
 from tests.conftest import assert_refused, tiny_config
 
 
@@ -65,6 +66,7 @@ def test_band_checks_name_the_field():
       frequency.check_bands(((0, 4), band), 32, 32, "eval.bands")
 
 
+@pytest.mark.slow
 def test_eval_step_scores_band_variants_after_the_hfc_ones():
   model = models.create("small_cnn", num_classes=10, in_channels=3, norm="paper_bn")
   functional, params, model_state = Functional.split(model)
@@ -91,6 +93,7 @@ def test_eval_step_scores_band_variants_after_the_hfc_ones():
   assert evaluate.variant_names(radii) == ["clean", "lfc_4", "hfc_4"]
 
 
+@pytest.mark.slow
 def test_training_records_band_accuracies_and_the_report_plots_them(tmp_path):
   config = tiny_config(**{"train.epochs": 1, "eval.bands": ((0, 4), (4, 23))})
   history = train.train_and_evaluate(config, str(tmp_path / "run"), mesh=sharding.make_mesh(8))
@@ -99,7 +102,7 @@ def test_training_records_band_accuracies_and_the_report_plots_them(tmp_path):
     # (0, 4) and (4, 23) cover the 32x32 spectrum (corner 22.6): the second is the HFC.
     assert history[-1][f"{split}/band_4_23"] == history[-1][f"{split}/hfc_4"]
   assert plots.bands(history) == [("0", "4"), ("4", "23")]
-  from hfc_jax import report  # pylint: disable=g-import-not-at-top
+  from hfc_jax.reporting import report  # pylint: disable=g-import-not-at-top
   result = report.write_report([str(tmp_path / "run")], str(tmp_path / "report"))
   fig = result["figures"]["runs_bands.png"]
   assert len(fig.axes[0].get_lines()) == 2
@@ -120,6 +123,22 @@ def test_band_figure_structure():
       "[0, 4)", "[4, 8)", "[12.5, 16)"]
 
 
+def test_the_bands_fields_are_checked_before_the_workdir_is_read(tmp_path):
+  """In process, through the mode dispatcher (`analysis.run`): the `bands.*` fields that
+  need no data are refused in one line before the workdir is opened (the refusals
+  through `python -m hfc_jax.main` on a trained workdir are slow tests below)."""
+  import hfc_jax.analysis  # pylint: disable=g-import-not-at-top
+  for overrides, message in (
+      ({"bands.bands": ()}, "bands.bands=() must name at least one (r1, r2) band."),
+      ({"bands.bands": ((0, 4), (8, 4))}, "bands.bands: band (8, 4) must have 0 <= r1 < r2."),
+      ({"bands.num_images": -1}, "bands.num_images=-1 is out of range; allowed: [0, inf]."),
+      ({"bands.compare": ("",)}, "bands.compare=('',) must list workdirs.")):
+    with pytest.raises(errors.HfcError) as raised:
+      hfc_jax.analysis.run(bands.MODE, _config(**overrides), str(tmp_path / "none"))
+    assert str(raised.value) == message
+  assert not (tmp_path / "none").exists()
+
+
 # ---------------------------------------------------------------------------
 # The bands mode on a trained workdir
 # ---------------------------------------------------------------------------
@@ -133,6 +152,7 @@ def _config(**overrides):
                         "bands.batch_size": 64, **overrides})
 
 
+@pytest.mark.slow
 def test_mode_writes_band_and_radius_curves(workdir):
   results = main.run(_config(**{"bands.compare": (workdir,)}), workdir)
   out = os.path.join(workdir, bands.MODE)
@@ -165,6 +185,7 @@ def test_mode_writes_band_and_radius_curves(workdir):
   assert "| run | 1 |" in table and "| [16, 23) |" in table and "| 23 |" in table
 
 
+@pytest.mark.slow
 def test_compared_workdirs_must_share_the_test_set(workdir):
   trained = common.restore(workdir)
   other_config = trained.config.copy_and_resolve_references()
@@ -189,5 +210,6 @@ def test_compared_workdirs_must_share_the_test_set(workdir):
      "bands.bands: band (16, 30) ends beyond the 32x32 spectrum: r2 <= 24"),
     (["--config.bands.num_images=300"], "bands.num_images=300 exceeds the 256 test images"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, flags, message):
   assert_refused(workdir, message, f"--config.mode={bands.MODE}", *flags, timeout=180)

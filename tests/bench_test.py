@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from hfc_jax import bench, errors
-from hfc_jax.benchmarks import common, torch_reference
+from hfc_jax import errors
+from hfc_jax.benchmarks import common, driver, torch_reference
 from hfc_jax.benchmarks.common import Row
 from hfc_jax.models import input_conv
 
@@ -46,7 +46,7 @@ EXPECTED = [
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("bench") / "bench.json")
-  return bench.run(tiny=True, models=("small_cnn",), json_path=path), path
+  return driver.run(tiny=True, models=("small_cnn",), json_path=path), path
 
 
 def _numbers(tree, path=()):
@@ -61,9 +61,10 @@ def _numbers(tree, path=()):
     yield path, tree
 
 
+@pytest.mark.slow
 def test_every_expected_number_is_reported(tiny_run):
   results, _ = tiny_run
-  assert set(results) == {"meta", *bench.SECTION_NAMES}
+  assert set(results) == {"meta", *driver.SECTION_NAMES}
   for path in EXPECTED:
     node = results
     for key in path:
@@ -72,6 +73,7 @@ def test_every_expected_number_is_reported(tiny_run):
     assert isinstance(node, (int, float)), path
 
 
+@pytest.mark.slow
 def test_every_number_is_positive_and_finite(tiny_run):
   results, _ = tiny_run
   measured = {k: v for k, v in results.items() if k != "meta"}
@@ -120,6 +122,7 @@ def test_jaxpr_flops_of_the_image_conv_count_what_runs():
   assert common.jaxpr_flops(both, x, w) == 3 * conv   # + the image gradient's matmul
 
 
+@pytest.mark.slow
 def test_json_file_holds_every_number(tiny_run):
   results, path = tiny_run
   with open(path) as f:
@@ -139,27 +142,49 @@ def test_command_line_sets_eight_cpu_devices_and_writes_json(tmp_path):
   assert results["split"]["ratio"] > 0
 
 
+def test_the_sections_helpers_in_process(tmp_path):
+  """The bench's sections in the fast tier (the whole tiny bench above is slow): what
+  the checkpoint, train, pgd and autoattack sections compute around their timings (the
+  size on disk, the PyTorch check, the meshes, the model and its contenders)."""
+  from hfc_jax import sharding  # pylint: disable=g-import-not-at-top
+  from hfc_jax.benchmarks import autoattack, host_io, train_steps  # pylint: disable=g-import-not-at-top
+  (tmp_path / "sub").mkdir()
+  (tmp_path / "a.bin").write_bytes(b"x" * 300_000)
+  (tmp_path / "sub" / "b.bin").write_bytes(b"x" * 200_000)
+  assert host_io._dir_mb(str(tmp_path)) == pytest.approx(0.5)
+  _, status = torch_reference.import_torch(common.Options(models=("small_cnn",)))
+  assert status in ("torch is not installed", "not run: resnet18 is not in --models")
+  assert train_steps._pgd_device_counts(16) == [8, 1]   # the full mesh, and 1 on a CPU
+  mesh = sharding.make_mesh(8)
+  functional, variables, config = autoattack._model(mesh)
+  assert config.model.name == "small_cnn"
+  contenders = autoattack._contenders(functional, variables, mesh, 16, 2, 4)
+  assert sorted(contenders) == ["apgd_ce", "forward", "pgd", "square"]
+  assert contenders["forward"]().shape == (16, 10)
+
+
 def test_bad_values_fail_before_any_work():
   with pytest.raises(errors.HfcError, match="--sections"):
-    bench.run(["train", "nope"])
+    driver.run(["train", "nope"])
   with pytest.raises(errors.HfcError, match="--models"):
-    bench.run(["split"], models=("vgg",))
+    driver.run(["split"], models=("vgg",))
   with pytest.raises(errors.HfcError, match="--steps"):
-    bench.run(["split"], steps=0)
+    driver.run(["split"], steps=0)
   with pytest.raises(errors.HfcError, match="--autoattack_images"):
-    bench.run(["autoattack"], autoattack_images=0)
+    driver.run(["autoattack"], autoattack_images=0)
 
 
 def test_table_has_fixed_width_columns():
   rows = [Row("train", "step", {"median": 0.5, "min": 0.25, "max": 1.0}, "s"),
           Row("pgd", "ratio", 6.1, "x", "<= 6.5: ok")]
-  lines = bench.format_table(rows).splitlines()
+  lines = driver.format_table(rows).splitlines()
   assert lines[0].split() == ["section", "item", "value", "min", "-", "max", "unit", "target"]
   assert "0.2500 - 1.000" in lines[2] and lines[3].endswith("<= 6.5: ok")
   unit = lines[0].index("unit")
   assert lines[2][unit] == "s" and lines[3][unit] == "x"
 
 
+@pytest.mark.slow
 def test_resnet18_over_pytorch_is_a_target_row(monkeypatch, capsys):
   """With PyTorch present, ours / PyTorch's images per second is reported against >= 1.
   A stand-in "PyTorch" step that sleeps 1 s per batch of 16 makes the ratio known."""
@@ -167,7 +192,7 @@ def test_resnet18_over_pytorch_is_a_target_row(monkeypatch, capsys):
   monkeypatch.setattr(torch_reference, "import_torch", lambda opts: (object(), "stand-in"))
   monkeypatch.setattr(torch_reference, "torch_timings", lambda torch, batch, opts: {
       "torch_slow": common.Timing(slow, batch, opts.steps)})
-  results = bench.run(("train",), tiny=True, models=("resnet18",))
+  results = driver.run(("train",), tiny=True, models=("resnet18",))
   r = results["train"]["models"]["resnet18"]
   torch_ips = results["train"]["torch_resnet18"]["torch_slow"]["images_per_s"]["median"]
   assert 15.0 < torch_ips < 16.0                  # 16 images per ~1 s
@@ -194,4 +219,4 @@ def test_bench_recipe_trains_what_the_shipped_config_trains(name):
 
 
 def test_every_bench_model_has_a_recipe_config():
-  assert set(RECIPE_CONFIGS) == set(common.RECIPES) == set(bench.MODEL_NAMES)
+  assert set(RECIPE_CONFIGS) == set(common.RECIPES) == set(driver.MODEL_NAMES)

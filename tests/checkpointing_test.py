@@ -8,7 +8,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from hfc_jax import checkpointing, errors, sharding
+from hfc_jax import errors, sharding
+from hfc_jax.workdir import checkpointing
 from tests.conftest import LogCollector
 
 

@@ -94,7 +94,8 @@ def test_parser_lists_every_field_of_the_default_config():
   assert sum(1 for f in fields if f.meaning) > len(fields) // 2
 
 
-@pytest.mark.parametrize("flag", ["--help", "-h", "--helpfull"])
+@pytest.mark.parametrize("flag", ["--help", pytest.param("-h", marks=pytest.mark.slow),
+                                  pytest.param("--helpfull", marks=pytest.mark.slow)])
 def test_help_lists_flags_and_config_fields_and_exits_0(flag):
   result, seconds = _help(flag)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -118,6 +119,7 @@ def test_help_lists_flags_and_config_fields_and_exits_0(flag):
   assert result.stderr == ""
 
 
+@pytest.mark.slow
 def test_help_and_h_print_the_same_from_any_directory(tmp_path):
   long, _ = _help("--help")
   short, _ = _help("-h", "--workdir=x", cwd=tmp_path)  # configs/ found beside the package

@@ -8,8 +8,10 @@ import ml_collections
 import pytest
 
 from configs import default
-from hfc_jax import defaults, main, report, resume
+from hfc_jax import defaults, main
 from hfc_jax.analysis import common
+from hfc_jax.reporting import report
+from hfc_jax.run import resume
 
 
 def test_default_experiment_is_the_defaults():

@@ -17,12 +17,13 @@ import pytest
 from flax import nnx
 
 from configs import default
-from hfc_jax import attacks, errors, evaluate, frequency, models, presets, sharding, sweep
+from hfc_jax import attacks, errors, evaluate, frequency, models, presets, sharding
 from hfc_jax import validation
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 from hfc_jax.models import layers
 from hfc_jax.models.functional import Functional
+from hfc_jax.run import sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL_NAMES = ("small_cnn", "plain_cnn", "resnet18", "preact_resnet32")
@@ -57,7 +58,8 @@ def test_masked_paper_bn_norm_equals_numpy_on_the_real_rows():
   assert np.abs(unmasked[mask > 0] - expected).max() > 0.1   # the padding would matter
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", [n if n == "small_cnn" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in MODEL_NAMES])
 def test_masked_padded_logits_equal_the_unpadded_logits(name):
   functional, params, state = _paper_bn_model(name)
   x = np.random.default_rng(1).uniform(size=(6, 8, 8, 3)).astype(np.float32)
@@ -72,6 +74,7 @@ def test_masked_padded_logits_equal_the_unpadded_logits(name):
   assert np.abs(zero_padded[:6] - plain).max() > 1e-3   # the old, unmasked result
 
 
+@pytest.mark.slow
 def test_attack_gradients_through_a_padded_batch_equal_the_unpadded_ones():
   """Padding rows' logits carry no gradient: a loss summed over the padded batch gives
   the real rows the input gradient of the unpadded batch (the attacks' closures)."""
@@ -141,6 +144,7 @@ def _reference_predictions(functional, params, state, x, radii, batch_size):
   return np.concatenate([np.stack(p) for p in preds], axis=1)
 
 
+@pytest.mark.slow
 def test_evaluate_is_the_same_on_any_mesh_and_equals_the_unpadded_reference():
   functional, params, state = _paper_bn_model("small_cnn", seed=3)
   rng = np.random.default_rng(4)
@@ -239,6 +243,7 @@ def _main(workdir, devices, *extra):
   return json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_default_config_trains_on_16_devices_as_on_one(tmp_path):
   """16 simulated devices, 2 steps of 128 (eval batch 500 over 16: 304 physical rows
   for the 300 test images) give the 1-device scores."""

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from hfc_jax import adversarial, defaults, errors, evaluate, evaluators, optimizers
-from hfc_jax import sharding, smoothness, train, workdirs
+from hfc_jax import sharding, smoothness, train
 from hfc_jax import data as data_lib
+from hfc_jax.workdir import workdirs
 from tests.conftest import random_batch, tiny_config
 
 
@@ -100,6 +101,7 @@ def _setup(config, mesh):
   return functional, state, eval_sets
 
 
+@pytest.mark.slow
 def test_default_list_gives_the_metrics_of_the_fixed_scorer_in_order():
   """The keys (and their order) and values of the scorer the trainer had before the
   registry: variant accuracies and loss per set, then test/pgd, then smoothness."""
@@ -146,6 +148,7 @@ def test_clean_alone_scores_the_clean_images_only():
     assert record[f"{prefix}/clean"] == hits / len(y)
 
 
+@pytest.mark.slow
 def test_a_registered_evaluator_is_recorded_in_metrics_jsonl(tmp_path, monkeypatch):
   """A custom evaluator, registered in one function, runs each epoch after the listed
   ones; its metric is in the history and in metrics.jsonl, in list order."""

@@ -21,9 +21,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from hfc_jax import defaults, errors, fileio, lock, main, resume, sharding, train
-from hfc_jax import progress as progress_lib
+from hfc_jax import defaults, errors, fileio, main, sharding, train
 from hfc_jax.analysis import common
+from hfc_jax.run import lock, resume
+from hfc_jax.run import progress as progress_lib
 from tests.conftest import ROOT, main_command, run_main, tiny_config
 
 
@@ -46,6 +47,7 @@ def one_epoch(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_a_finished_run_started_again_returns_at_once_and_writes_nothing(one_epoch):
   before = _snapshot(one_epoch)
   start = time.time()
@@ -57,6 +59,7 @@ def test_a_finished_run_started_again_returns_at_once_and_writes_nothing(one_epo
   assert _snapshot(one_epoch) == before
 
 
+@pytest.mark.slow
 def test_a_finished_run_whose_newest_checkpoint_is_cut_short_says_so_and_retrains(tmp_path):
   workdir = tmp_path / "run"
   train.train_and_evaluate(tiny_config(), str(workdir), mesh=sharding.make_mesh(8))
@@ -73,6 +76,7 @@ def test_a_finished_run_whose_newest_checkpoint_is_cut_short_says_so_and_retrain
   assert common.restore(str(workdir)).step == 16     # retrained, readable again
 
 
+@pytest.mark.slow
 def test_a_changed_result_field_refuses_in_one_line_and_changes_nothing(one_epoch):
   before = _snapshot(one_epoch)
   result = run_main(one_epoch, "--config.train.epochs=2", "--config.optim.name=sgd",
@@ -93,6 +97,7 @@ def test_a_changed_result_field_refuses_in_one_line_and_changes_nothing(one_epoc
     assert _snapshot(one_epoch) == before
 
 
+@pytest.mark.slow
 def test_extending_epochs_is_allowed_and_recorded(tmp_path):
   mesh = sharding.make_mesh(8)
   workdir = str(tmp_path / "run")
@@ -136,6 +141,7 @@ def test_a_run_saved_with_the_old_norm_name_resumes_with_the_new_one():
     resume.check(saved, config.to_dict(), "w")
 
 
+@pytest.mark.slow
 def test_a_diverged_run_stops_at_once_and_keeps_the_good_checkpoint(tmp_path):
   # The issue's case: SGD without BN, continued at lr 1e6, reaches NaN in a few steps.
   workdir = tmp_path / "diverge"
@@ -208,6 +214,7 @@ def test_nonfinite_parts_names_each_part_of_the_state():
   assert train.nonfinite_parts(nan).tolist() == [True, False, False]
 
 
+@pytest.mark.slow
 def test_a_loss_above_the_divergence_threshold_stops_after_the_set_log_points(tmp_path):
   watch = progress_lib.LossWatch(10.0, 3)
   for step, loss in enumerate((11.0, 12.0, 9.0, 11.0, 13.0), 1):   # a dip resets it
@@ -223,6 +230,7 @@ def test_a_loss_above_the_divergence_threshold_stops_after_the_set_log_points(tm
     train.train_and_evaluate(config, str(tmp_path / "run"), mesh=sharding.make_mesh(8))
 
 
+@pytest.mark.slow
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
   mesh = sharding.make_mesh(8)
   workdir = tmp_path / "run"
@@ -249,6 +257,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capl
   assert trained.step == 16
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_locked_workdir_refuses_naming_the_holder(tmp_path):
   workdir = tmp_path / "locked"
   workdir.mkdir()
@@ -284,6 +293,7 @@ def full_disk_serialize(original):
   return full_disk
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_at_once_with_the_last_checkpoint_intact(tmp_path,
                                                                            monkeypatch):
   """The second checkpoint write fails with ENOSPC (a patched array writer)."""
@@ -316,6 +326,7 @@ app.run(main.main, flags_parser=main.parse_flags)
 """
 
 
+@pytest.mark.slow
 def test_a_full_disk_in_a_real_run_is_one_line_and_nothing_else(tmp_path):
   """As a user sees it: the second checkpoint write fails with ENOSPC inside Orbax's
   background save; stderr holds absl's info lines and one error line, no Orbax error
@@ -347,6 +358,7 @@ def test_a_workdir_file_that_cannot_be_written_stops_the_run_in_one_line(tmp_pat
   assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["metrics.jsonl"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
   proc = subprocess.Popen(main_command(tmp_path / "run", "--config.train.log_every_steps=1",
                                        "--config.train.epochs=3"),

@@ -111,6 +111,7 @@ def _figure2_config(config):
   return config
 
 
+@pytest.mark.slow
 def test_figure2_mode_writes_consistent_outputs(trained_workdir, capsys):
   workdir, config = trained_workdir
   results = main.run(_figure2_config(config), workdir)
@@ -155,6 +156,7 @@ def test_figure2_mode_writes_consistent_outputs(trained_workdir, capsys):
   assert f"pred: {figure2.CIFAR10_NAMES[first['hfc']]}" in titles and "HFC" in titles
 
 
+@pytest.mark.slow
 def test_figure2_bad_input(tmp_path, trained_workdir):
   workdir, config = trained_workdir
   config = _figure2_config(config)

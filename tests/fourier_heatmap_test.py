@@ -11,8 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from hfc_jax import bench, errors, main, sharding, train
+from hfc_jax import errors, main, sharding, train
 from hfc_jax.analysis import common, fourier_heatmap
+from hfc_jax.benchmarks import driver
 from tests.conftest import assert_refused, tiny_config
 
 SIZE = 16
@@ -147,6 +148,7 @@ def _heatmap_config(config, **overrides):
   return config
 
 
+@pytest.mark.slow
 def test_mode_equals_a_direct_loop_over_every_frequency(workdirs, capsys):
   workdir, config = workdirs["bn"]
   results = main.run(_heatmap_config(config), workdir)
@@ -183,6 +185,7 @@ def test_mode_equals_a_direct_loop_over_every_frequency(workdirs, capsys):
   assert "fourier_heatmap" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_lowpass_model_ignores_every_frequency_outside_its_disc(workdirs):
   """Behind a low-pass input layer at radius R (keeps |k| < R) the trained model sees
   clip(x + eps s U) filtered. When the clip does not bite (mid-grey images, 0.25 + x / 2,
@@ -220,6 +223,7 @@ def test_a_lowpass_model_ignores_every_frequency_outside_its_disc(workdirs):
   assert np.any(result["errors"][~outside] != result["clean_error"])
 
 
+@pytest.mark.slow
 def test_compare_draws_models_side_by_side_on_one_scale(workdirs):
   (bn, config), (none, _) = workdirs["bn"], workdirs["none"]
   alone = main.run(_heatmap_config(config, num_images=20, batch_size=0), none)
@@ -257,6 +261,7 @@ def _only_error_line(function, *args):
   return message
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_naming_the_field_and_writes_nothing(workdirs, tmp_path):
   other, config = workdirs["other"]
   empty = str(tmp_path / "empty")
@@ -283,7 +288,7 @@ def test_bad_input_is_one_line_naming_the_field_and_writes_nothing(workdirs, tmp
 # ---------------------------------------------------------------------------
 def test_bench_heatmap_section_prints_both_throughputs_and_the_target(tmp_path, capsys):
   path = str(tmp_path / "bench.json")
-  results = bench.run(["heatmap"], tiny=True, json_path=path)
+  results = driver.run(["heatmap"], tiny=True, json_path=path)
   assert set(results) == {"meta", "heatmap"}
   r = results["heatmap"]["small_cnn"]
   assert r["batch_size"] == 32 and r["frequencies_per_call"] == 4

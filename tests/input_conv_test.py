@@ -154,6 +154,7 @@ def _image_gradient(model, images, labels, mesh):
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet18", "preact_resnet32"])
+@pytest.mark.slow
 def test_models_use_it_for_the_image_gradient_on_8_devices(name):
   """The attack's image gradient has no 3-channel transposed convolution, and equals
   the gradient of the same model with lax's convolution everywhere."""
@@ -184,6 +185,7 @@ def _parameter_gradient(model, images, labels):
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+@pytest.mark.slow
 def test_plain_training_gradients_are_bit_identical(name):
   """A plain train step never asks for the image gradient: its parameter gradients are
   those of the model with lax's convolution, bit for bit."""

@@ -42,6 +42,7 @@ def _params(workdir):
   return common.restore(str(workdir)).params
 
 
+@pytest.mark.slow
 def test_main_end_to_end_writes_metrics_and_checkpoints(tmp_path):
   result = run_main(tmp_path / "run")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -99,6 +100,7 @@ def test_a_bad_config_value_is_one_line_and_exit_2(tmp_path):
   assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_unwritable_workdir_is_refused(tmp_path):
   locked = tmp_path / "locked"
   locked.mkdir()
@@ -143,6 +145,7 @@ def test_cifar10_missing_offline_fails_fast_with_instructions(tmp_path):
   assert not (tmp_path / "cifar").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
   """Two processes x 4 CPU devices (JAX's distributed runtime, gloo collectives) train
   the same model as one process with 8 devices. Compared after 2 steps, where the two
@@ -175,6 +178,7 @@ def test_two_processes_match_one_process(tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_npz_grey_images_of_another_size_train_end_to_end(tmp_path):
   """Bring-your-own data: 20x20 grey NHW images; model and split adapt to them."""
   rng = np.random.default_rng(0)
@@ -215,6 +219,7 @@ def test_npz_grey_images_of_another_size_train_end_to_end(tmp_path):
      "hfc_jax: error: flag --config.train.epochs=abc: invalid literal for int()"),
     ([], "hfc_jax: error: --config must be given"),
 ])
+@pytest.mark.slow
 def test_bad_flags_are_one_line_errors(tmp_path, flags_, expected):
   command = [sys.executable, "-m", "hfc_jax.main", f"--workdir={tmp_path / 'w'}", *flags_]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -223,6 +228,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, flags_, expected):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_config_files_load_without_the_deprecated_load_module(tmp_path):
   """Python deprecates `load_module()`, which ml_collections uses to load --config files;
   main loads them with `exec_module` instead, so even -W error runs it."""
@@ -265,6 +271,7 @@ def _shipped_configs() -> list[str]:
   return out
 
 
+@pytest.mark.slow
 def test_every_shipped_config_loads_from_any_directory(tmp_path):
   """`--config=/abs/path/configs/X.py --help` from a folder outside the repository loads
   the config (config files import only hfc_jax) and lists the fields it sets."""
@@ -297,6 +304,7 @@ def test_every_shipped_config_loads_from_any_directory(tmp_path):
      "failed at line 1: ModuleNotFoundError: No module named 'configs'; a config file "
      "imports hfc_jax"),
 ])
+@pytest.mark.slow
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path, source, expected):
   config = tmp_path / "my_config.py"
   config.write_text(source)

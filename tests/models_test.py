@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hfc_jax import checkpointing, defaults, errors, models, optimizers, sharding, train
+from hfc_jax import defaults, errors, models, optimizers, sharding, train
 from hfc_jax.analysis import common
 from hfc_jax.models import layers
+from hfc_jax.workdir import checkpointing
 from tests.conftest import tiny_config
 
 NORMS = ("none", "paper_bn", "batchnorm")
@@ -108,6 +109,7 @@ def test_shapes_and_param_counts(name, norm):
 @pytest.mark.parametrize("name,widths", [("small_cnn", (8, 8, 16, 24)),
                                          ("plain_cnn", (8, 12, 16, 20)),
                                          ("preact_resnet32", (4, 8, 8))])
+@pytest.mark.slow
 def test_widths_replace_the_defaults(name, widths):
   model = models.create(name, num_classes=7, in_channels=1, widths=widths,
                         image_size=(12, 12))
@@ -186,8 +188,8 @@ def test_batchnorm_uses_running_stats_in_eval():
                              (x - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("norm,batch_independent", [("batchnorm", True),
-                                                     ("paper_bn", False)])
+@pytest.mark.parametrize("norm,batch_independent", [
+    pytest.param("batchnorm", True, marks=pytest.mark.slow), ("paper_bn", False)])
 def test_model_eval_batch_dependence(norm, batch_independent):
   model = models.create("small_cnn", num_classes=10, in_channels=3, norm=norm)
   x = _images((4, 16, 16, 3), seed=3)
@@ -215,6 +217,7 @@ def test_dropout_only_when_training_with_rngs():
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "preact_resnet32"])
+@pytest.mark.slow
 def test_bfloat16_keeps_float32_params_and_logits(name):
   x = _images((2, 16, 16, 3), seed=5)
   ref = models.create(name, num_classes=10, in_channels=3, norm="batchnorm")
@@ -244,6 +247,7 @@ def test_input_filter_splits_the_input():
   np.testing.assert_allclose(filtered(x, train=False), plain(low, train=False), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_jitted_grad_step_updates_batch_stats():
   model = models.create("preact_resnet32", num_classes=10, in_channels=3, norm="batchnorm",
                         dropout=0.5)
@@ -324,6 +328,7 @@ def test_old_norm_name_batch_stats_builds_the_paper_bn_model():
     np.testing.assert_array_equal(old(x, train=train), new(x, train=train))
 
 
+@pytest.mark.slow
 def test_checkpoint_whose_config_says_batch_stats_restores(tmp_path):
   """A checkpoint written before the rename stores model.norm='batch_stats': it restores,
   its config says 'paper_bn', and the restored model gives the saved model's logits."""

@@ -5,11 +5,14 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl import logging as absl_logging
 
 from hfc_jax import models, sharding, train
 from hfc_jax.models.functional import Functional
 from tests.conftest import LogCollector, tiny_config
+
+pytestmark = pytest.mark.slow
 
 
 def test_two_epochs_compile_train_and_eval_steps_once(tmp_path):

@@ -42,6 +42,7 @@ def test_cosines_put_their_energy_exactly_at_their_frequencies(size):
   assert set(np.flatnonzero(profile > 1e-6 * profile.max())) == bins
 
 
+@pytest.mark.slow
 def test_energy_shares_are_monotone_and_end_at_1():
   rng = np.random.default_rng(0)
   for size, inclusive in ((32, False), (32, True), (28, True), (15, False)):
@@ -64,6 +65,34 @@ def test_energy_shares_are_monotone_and_end_at_1():
         == pytest.approx(share, rel=1e-4)
 
 
+def test_the_spectrum_fields_are_checked_before_the_workdir_is_read_and_norms(tmp_path):
+  """In process, through the mode dispatcher (`analysis.run`): bad
+  `perturbation_spectrum.*` fields are refused in one line before the workdir is opened
+  (through `python -m hfc_jax.main` on a trained workdir: slow tests below); and the
+  per-image L-inf and L2 norms of a perturbation, by hand."""
+  import hfc_jax.analysis  # pylint: disable=g-import-not-at-top
+  for overrides, message in (
+      ({"perturbation_spectrum.eps": 0.0},
+       "perturbation_spectrum.eps=0.0 is out of range; allowed: (0, 1]."),
+      ({"perturbation_spectrum.eps": -0.01},
+       "perturbation_spectrum.eps=-0.01 is out of range; allowed: (0, 1]."),
+      ({"perturbation_spectrum.attacks": ("pgd", "deepfool")},
+       "perturbation_spectrum.attacks='deepfool' is not allowed; choose one of: 'fgsm', "
+       "'pgd'."),
+      ({"perturbation_spectrum.attacks": ()},
+       "perturbation_spectrum.attacks=() must name at least one attack.")):
+    with pytest.raises(errors.HfcError) as raised:
+      hfc_jax.analysis.run(MODE, _config(**overrides), str(tmp_path / "none"))
+    assert str(raised.value) == message
+  assert not (tmp_path / "none").exists()
+  x = np.zeros((2, 4, 4, 3), np.float32)
+  adv = x.copy()
+  adv[0, 0, 0, 0] = 0.03     # one pixel moved: both norms are 0.03
+  adv[1] -= 0.01             # every one of 48 values moved: L2 = 0.01 sqrt(48)
+  np.testing.assert_allclose(perturbation_spectrum.perturbation_norms(x, adv),
+                             [[0.03, 0.03], [0.01, 0.01 * np.sqrt(48)]], rtol=1e-6)
+
+
 @pytest.fixture
 def workdir(tiny_trained_workdir):
   return tiny_trained_workdir   # shared with other studies' tests (conftest)
@@ -76,6 +105,7 @@ def _config(**overrides):
   return config
 
 
+@pytest.mark.slow
 def test_mode_writes_consistent_spectra(workdir):
   results = main.run(_config(), workdir)
   out = os.path.join(workdir, MODE)
@@ -129,10 +159,12 @@ def test_mode_writes_consistent_spectra(workdir):
     (["--config.perturbation_spectrum.attacks=('pgd','deepfool')"],
      "perturbation_spectrum.attacks='deepfool' is not allowed"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, flags, message):
   assert_refused(workdir, message, f"--config.mode={MODE}", *flags, timeout=180)
 
 
+@pytest.mark.slow
 def test_no_checkpoint_is_refused(tmp_path):
   empty = tmp_path / "empty"
   result = run_main(empty, f"--config.mode={MODE}", timeout=120)

@@ -61,6 +61,7 @@ def test_compiled_gradient_on_8_devices_is_scatter_free_and_equal():
   np.testing.assert_array_equal(np.asarray(grad(x)), np.asarray(want))
 
 
+@pytest.mark.slow
 def test_jitted_model_gradient_equals_nnx_max_pool_with_batch_statistics(monkeypatch):
   """Under jit XLA recomputes small_cnn's fused norm -> ReLU for the backward pass;
   comparing that recomputed input against the forward's maxima lost the gradient of

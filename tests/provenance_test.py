@@ -1,10 +1,10 @@
-"""Tests for hfc_jax.provenance: the command line, the one-line summary, the files."""
+"""Tests for hfc_jax.workdir.provenance: the command line, the one-line summary, the files."""
 
 import json
 import os
 
 import hfc_jax
-from hfc_jax import provenance
+from hfc_jax.workdir import provenance
 
 
 def test_command_line_of_a_module_run_reads_as_typed():

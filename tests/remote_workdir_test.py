@@ -95,6 +95,7 @@ def _objects(prefix: str) -> set[str]:
   return {name[len(root) + 1:] for name in found}
 
 
+@pytest.mark.slow
 def test_train_resume_analyse_and_report_on_a_bucket(tmp_path, bucket_env):
   cwd = tmp_path / "cwd"
   cwd.mkdir()
@@ -124,7 +125,7 @@ def test_train_resume_analyse_and_report_on_a_bucket(tmp_path, bucket_env):
   assert figure2.stdout.strip().splitlines()[-1].startswith(
       f"hfc_jax: figure2 done in "), figure2.stdout
   assert figure2.stdout.strip().endswith(f"results in {workdir}/figure2; tables: figure2.md")
-  from hfc_jax import report  # pylint: disable=g-import-not-at-top
+  from hfc_jax.reporting import report  # pylint: disable=g-import-not-at-top
   written = report.write_report([workdir])
   assert written["markdown"] == f"{workdir}/report/report.md"
 
@@ -161,6 +162,26 @@ def test_missing_backend_and_unknown_scheme_are_one_line_errors(monkeypatch, tmp
     main.run(__import__("configs.default", fromlist=["x"]).get_config(), "hdfs://x/y")
 
 
+def test_the_preflight_check_refused_by_a_closed_port_is_one_line(monkeypatch):
+  """`cloud_storage.check_bucket` in process, no emulator (the emulator runs are slow):
+  an endpoint on a local port nothing listens on is refused at once, in one line."""
+  from hfc_jax import cloud_storage  # pylint: disable=g-import-not-at-top
+  with socket.socket() as closed:
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{port}")
+  assert cloud_storage.endpoint() == (f"http://127.0.0.1:{port}", True)
+  assert cloud_storage.bucket_of(f"gs://{BUCKET}/some/run") == BUCKET
+  start = time.time()
+  with pytest.raises(errors.HfcError) as raised:
+    cloud_storage.check_bucket("workdir", f"gs://{BUCKET}/run")
+  assert time.time() - start < 15
+  message = str(raised.value)
+  assert "\n" not in message
+  assert message.startswith(f"workdir='gs://{BUCKET}/run': cannot reach Cloud Storage at "
+                            f"http://127.0.0.1:{port} ("), message
+
+
 def _refused(env: dict, workdir: str, expected: str, cwd) -> float:
   """Runs main on `workdir` with `env`; asserts exit 2 and one line containing
   `expected`, with nothing else on stderr but absl's info lines; returns the seconds."""
@@ -175,6 +196,7 @@ def _refused(env: dict, workdir: str, expected: str, cwd) -> float:
   return seconds
 
 
+@pytest.mark.slow
 def test_an_unreachable_missing_or_unauthorised_bucket_fails_in_seconds(tmp_path, bucket_env):
   """The preflight check (`cloud_storage.check_bucket`): one line within 15 s, where
   gcsfs and TensorStore retried for about two minutes."""

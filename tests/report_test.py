@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
 
-from hfc_jax import defaults, plots, report, workdirs
+from hfc_jax import defaults
+from hfc_jax.reporting import plots, report
+from hfc_jax.workdir import workdirs
 
 RADII = (4, 8, 12, 16)
 EPOCHS = 5
@@ -259,11 +261,12 @@ def test_subprocess_default_out(tree):
 
 
 def test_report_does_not_import_jax():
-  code = "import sys, hfc_jax.report; assert 'jax' not in sys.modules, 'jax imported'"
+  code = "import sys, hfc_jax.reporting.report; assert 'jax' not in sys.modules, 'jax imported'"
   subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 @pytest.mark.parametrize("make", ["absent", "empty"])
+@pytest.mark.slow
 def test_bad_workdirs_one_line_error(tmp_path, make):
   target = tmp_path / "nothing"
   if make == "empty":
@@ -277,6 +280,7 @@ def test_bad_workdirs_one_line_error(tmp_path, make):
   assert not (target / "report").exists()
 
 
+@pytest.mark.slow
 def test_replicated_sweeps_get_mean_and_sd(tmp_path):
   """The same sweep run with other seeds: one mean ± sd table over the replicas."""
   dirs = []

@@ -15,9 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from hfc_jax import preemption, provenance
 from hfc_jax.analysis import common
+from hfc_jax.run import preemption
+from hfc_jax.workdir import provenance
 from tests.conftest import ROOT, main_command, run_main
+
+pytestmark = pytest.mark.slow
 
 EVERY = 3      # checkpoint.every_steps of these runs
 # 3 epochs of 8 steps, a progress line per step, a step checkpoint every 3 steps.

@@ -35,6 +35,7 @@ SETTINGS = robust_table.AttackSettings.from_config(
     apgd_iters=5, square_queries=40, masking_images=0)
 
 
+@pytest.mark.slow
 def test_autoattack_compacts_and_is_the_same_on_one_and_eight_devices(monkeypatch):
   calls = []
   real = robust_table.fooled
@@ -89,6 +90,7 @@ def _target(trained, x, y, mesh, batch_size=24):
                              x, y, mesh, batch_size, True)
 
 
+@pytest.mark.slow
 def test_batch_statistic_models_use_fixed_batches_on_any_device_count(restored):
   one, eight, x, y = restored
   settings = robust_table.AttackSettings.from_config({}, attacks=("apgd_ce",),
@@ -110,6 +112,7 @@ def test_batch_statistic_models_use_fixed_batches_on_any_device_count(restored):
       (0, [0, 23], 24), (1, [24, 39], 24)]
 
 
+@pytest.mark.slow
 def test_apgd_is_not_weaker_than_pgd_and_autoattack_is_worst(restored):
   _, eight, x, y = restored
   settings = robust_table.AttackSettings.from_config(
@@ -139,6 +142,7 @@ def _robust_config():
   return config
 
 
+@pytest.mark.slow
 def test_robust_eval_with_autoattack_writes_intervals_and_checks(tiny_trained_workdir):
   results = main.run(_robust_config(), tiny_trained_workdir)
   out = os.path.join(tiny_trained_workdir, "robust_eval")
@@ -166,6 +170,7 @@ def test_robust_eval_with_autoattack_writes_intervals_and_checks(tiny_trained_wo
   assert f"{k['accuracy']:.4f} [{k['low']:.4f}, {k['high']:.4f}]" in row
 
 
+@pytest.mark.slow
 def test_the_low_pass_defence_is_attacked_with_autoattack_through_the_filter(
     tiny_trained_workdir):
   """(c) runs the table's attacks through the filter. At r = 32 the filter keeps the
@@ -193,6 +198,7 @@ def test_the_low_pass_defence_is_attacked_with_autoattack_through_the_filter(
   assert row.endswith(f"| {narrow['adaptive_table']['worst_case']['0.0300']:.4f} |")
 
 
+@pytest.mark.slow
 def test_kernels_sweep_with_autoattack_and_the_controls(tiny_trained_workdir):
   config = kernels_config.get_config()
   kc = config.kernels
@@ -230,6 +236,7 @@ def test_bad_attack_fields_are_one_line(field, value, message):
   assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_a_targeted_attack_on_the_cpu_runs_one_target_at_a_time_on_the_survivors(
     monkeypatch):
   """APGD-T with its iterations written out (the CPU): one call per target rank, each on

@@ -25,6 +25,7 @@ def _adv_config(enabled: bool, **overrides):
   return config
 
 
+@pytest.mark.slow
 def test_adversarial_training_raises_pgd_accuracy(tmp_path):
   mesh = sharding.make_mesh(8)
   robust = train.train_and_evaluate(_adv_config(True), str(tmp_path / "adv"), mesh=mesh)
@@ -53,6 +54,7 @@ def _adv_steps(mesh, n=2):
   return jax.device_get(state.params), float(metrics["loss"]), np.asarray(adv)
 
 
+@pytest.mark.slow
 def test_adversarial_step_is_the_same_on_one_and_eight_devices():
   p1, loss1, adv1 = _adv_steps(sharding.make_mesh(1))
   p8, loss8, adv8 = _adv_steps(sharding.make_mesh(8))
@@ -75,6 +77,22 @@ def test_adversary_config_errors():
       adversarial.Adversary.from_config(_adv_config(True, **{field: value}).adv)
 
 
+def test_robust_eval_fields_are_checked_in_one_line():
+  """`robustness.check_robust_config` in process (through main it runs after the restore
+  of a trained workdir: test_robust_eval_bad_input, slow)."""
+  for field, value, message in (
+      ("eps", (0.03, 2.0), "robust_eval.eps=2.0 is out of range; allowed: [0.0, 1.0]."),
+      ("attacks", ("fgsm", "deepfool"), "robust_eval.attacks='deepfool' is not allowed"),
+      ("restarts", 0, "robust_eval.restarts=0 is out of range; allowed: [1, inf]."),
+      ("defence_radii", (4, 40),
+       "robust_eval.defence_radii=40 is out of range; allowed: [1, 32].")):
+    with pytest.raises(errors.HfcError) as raised:
+      robustness.check_robust_config(tiny_config(**{f"robust_eval.{field}": value}).robust_eval,
+                                     32)
+    assert str(raised.value).startswith(message), str(raised.value)
+  robustness.check_robust_config(tiny_config().robust_eval, 32)    # the defaults pass
+
+
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("robust") / "run")
@@ -95,6 +113,7 @@ def _robust_config(config):
   return config
 
 
+@pytest.mark.slow
 def test_robust_eval_writes_consistent_tables(trained_workdir):
   workdir, config = trained_workdir
   results = main.run(_robust_config(config), workdir)
@@ -127,6 +146,7 @@ def test_robust_eval_writes_consistent_tables(trained_workdir):
   assert "| PGD-4 |" in table and "| 12 |" in table
 
 
+@pytest.mark.slow
 def test_robust_eval_bad_input(tmp_path, trained_workdir):
   workdir, config = trained_workdir
   config = _robust_config(config)

@@ -9,7 +9,8 @@ import pytest
 
 from configs import (fig3_shuffled_labels, fig4_batch_size, fig5_heuristics, fig6_bn_lfc,
                      optimizers_sweep, table1_lfc_hfc)
-from hfc_jax import errors, presets, sweep
+from hfc_jax import errors, presets
+from hfc_jax.run import sweep
 from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +71,7 @@ def test_experiment_configs_expand_for_every_data_set(module, kind, count, datas
     assert by_name["vanilla"].model.norm == "none" and by_name["adversarial"].adv.enabled
 
 
+@pytest.mark.slow
 def test_sweep_runs_two_tiny_variants_end_to_end(tmp_path):
   workdir = tmp_path / "sweep"
   command = [sys.executable, "-m", "hfc_jax.main", "--config=configs/fig5_heuristics.py",
@@ -101,6 +103,7 @@ def test_sweep_runs_two_tiny_variants_end_to_end(tmp_path):
   assert again.stdout.count("is finished: it holds all 1 epochs") == 2
 
 
+@pytest.mark.slow
 def test_a_bad_override_fails_before_any_run(tmp_path):
   command = [sys.executable, "-m", "hfc_jax.main", "--config=configs/fig5_heuristics.py",
              f"--workdir={tmp_path / 'w'}", "--config.sweep.runs=('vanilla','nope')"]

@@ -29,11 +29,13 @@ def _run_steps(mesh, num_steps, norm="batchnorm", dropout=0.3):
   return state, losses, images
 
 
+@pytest.mark.slow
 def test_train_steps_lower_the_loss_on_a_fixed_batch():
   _, losses, _ = _run_steps(sharding.make_mesh(1), 8)
   assert losses[-1] < 0.7 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_one_and_eight_devices_give_the_same_parameters():
   assert jax.device_count() == 8
   state1, losses1, _ = _run_steps(sharding.make_mesh(1), 3)
@@ -76,6 +78,7 @@ def test_eval_step_equals_direct_per_variant_computation():
   assert evaluate.variant_names(radii) == ["clean", "lfc_4", "lfc_12", "hfc_4", "hfc_12"]
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
   mesh = sharding.make_mesh(2)
   full = train.train_and_evaluate(tiny_config(), str(tmp_path / "full"), mesh=mesh)
@@ -111,6 +114,7 @@ def test_bad_values_raise_one_line_errors():
     optimizers.make_optimizer(tiny_config(**{"optim.name": "lamb"}).optim, 1, 1)
 
 
+@pytest.mark.slow
 def test_smooth_kernel_penalty_lowers_the_first_conv_roughness(tmp_path):
   """train.smooth_kernel_weight adds the smooth-kernel penalty to the loss: the same
   run with it ends with a smoother first conv (its per-epoch metric), and the metric

@@ -16,6 +16,7 @@ def _images(n=16, size=8, seed=0):
 # ------------------------------------------------------------------------ mix-up
 
 
+@pytest.mark.slow
 def test_mixup_is_a_convex_combination_with_the_drawn_lambda():
   x = _images()
   labels = np.arange(16) % 5
@@ -35,6 +36,7 @@ def test_mixup_is_a_convex_combination_with_the_drawn_lambda():
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0])
+@pytest.mark.slow
 def test_mixup_lambda_follows_beta_alpha_alpha(alpha):
   x, labels = jnp.zeros((2, 1, 1, 1)), jnp.zeros((2,), jnp.int32)
   draw = jax.jit(jax.vmap(lambda k: transforms.mixup(k, x, labels, 2, alpha)[2]))
@@ -57,6 +59,7 @@ def _setup(config, seed):
   return mesh, tx, functional, state, images, labels
 
 
+@pytest.mark.slow
 def test_mixup_in_the_train_step_trains_on_soft_targets():
   """alpha > 0 changes the step (soft targets), alpha = 0 is the plain step."""
   mesh, tx, functional, state, images, labels = _setup(tiny_config(), seed=0)
@@ -90,6 +93,7 @@ def test_component_training_data_equal_the_split_of_the_originals(component):
   np.testing.assert_allclose(np.asarray(fn(placed)), expected, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_lfc_training_step_equals_a_step_on_numpy_lfc_images():
   """The train step with train.input_component='lfc' trains on exactly the LFC."""
   config = tiny_config(**{"optim.name": "sgd", "optim.learning_rate": 0.05})

@@ -26,8 +26,9 @@ import functools
 from absl import logging
 from matplotlib.figure import Figure
 
-from hfc_jax import errors, evaluate, frequency, markdown, sharding
+from hfc_jax import errors, evaluate, frequency, sharding
 from hfc_jax.analysis import common
+from hfc_jax.reporting import markdown
 
 MODE = "bands"
 

@@ -19,11 +19,12 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from hfc_jax import checkpointing, defaults, errors, evaluate, fileio, models, provenance, records
+from hfc_jax import defaults, errors, evaluate, fileio, models
 from hfc_jax import sharding
 from hfc_jax import xla_flags
 from hfc_jax import data as data_lib
 from hfc_jax.models.functional import Functional
+from hfc_jax.workdir import checkpointing, provenance, records
 
 PyTree = Any
 

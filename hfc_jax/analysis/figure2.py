@@ -31,8 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from hfc_jax import errors, evaluate, frequency, markdown, sharding
+from hfc_jax import errors, evaluate, frequency, sharding
 from hfc_jax.analysis import common
+from hfc_jax.reporting import markdown
 
 MODE = "figure2"
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",

@@ -42,9 +42,10 @@ import numpy as np
 from absl import logging
 from matplotlib.figure import Figure
 
-from hfc_jax import errors, markdown, sharding, smoothness
+from hfc_jax import errors, sharding, smoothness
 from hfc_jax.analysis import common, robust_table, robustness
 from hfc_jax.models import layers
+from hfc_jax.reporting import markdown
 
 MODE = "kernels"
 MAX_FILTERS = 32   # filters drawn per model row

@@ -53,8 +53,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from hfc_jax import attacks, defaults, errors, intervals, markdown, sharding
+from hfc_jax import attacks, defaults, errors, intervals, sharding
 from hfc_jax.attacks.autoattack import VERSIONS, AutoAttackSettings
+from hfc_jax.reporting import markdown
 
 TABLE_ATTACKS = ("fgsm", "pgd", "apgd_ce", "apgd_t", "fab_t", "square", "autoattack")
 TARGETED = ("apgd_t", "fab_t")            # take `first_target` (one target per call)

@@ -33,10 +33,12 @@ import numpy as np
 from absl import logging
 from matplotlib.figure import Figure
 
-from hfc_jax import attacks, errors, evaluate, frequency, markdown, records, sharding
+from hfc_jax import attacks, errors, evaluate, frequency, sharding
 from hfc_jax.analysis import common, robust_table
 from hfc_jax.analysis.robust_table import AttackSettings, eps_key  # noqa: F401  (re-exported)
 from hfc_jax.models import layers
+from hfc_jax.reporting import markdown
+from hfc_jax.workdir import records
 
 MODE = "robust_eval"
 ATTACKS = ("fgsm", "pgd")   # what `attack_table` (the perturbation spectrum's) runs

@@ -1,8 +1,9 @@
-"""The sections of `python -m hfc_jax.bench`; each one times one hot path.
+"""`python -m hfc_jax.bench`: each section times one hot path.
 
 A section is `fn(opts, cache) -> (result dict, table rows)` (see `common` for the
 units, the timing protocol and the shared train-step cache). Modules:
 
+  driver             the command: flags, the SECTIONS it runs, the table and the JSON
   common             options, rows, timing in turns, FLOP counts, cached train steps
   train_steps        train, pgd, scaling
   torch_reference    PyTorch's ResNet-18 step for the train section (optional)
@@ -10,15 +11,6 @@ units, the timing protocol and the shared train-step cache). Modules:
   host_io            input, checkpoint
   heatmap            heatmap (the Fourier heat map's chunk against plain evaluation)
   autoattack         autoattack (APGD / PGD, Square / forward pass, the whole ensemble)
+
+This file imports nothing: `driver` sets XLA_FLAGS before the sections import JAX.
 """
-
-from hfc_jax.benchmarks import autoattack, frequency_passes, heatmap, host_io, train_steps
-from hfc_jax.benchmarks.common import RECIPES
-
-SECTIONS = {"train": train_steps.train_section, "pgd": train_steps.pgd_section,
-            "eval": frequency_passes.eval_section, "split": frequency_passes.split_section,
-            "input": host_io.input_section, "scaling": train_steps.scaling_section,
-            "checkpoint": host_io.checkpoint_section, "heatmap": heatmap.heatmap_section,
-            "autoattack": autoattack.autoattack_section}
-
-__all__ = ["RECIPES", "SECTIONS"]

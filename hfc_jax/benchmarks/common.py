@@ -61,7 +61,7 @@ TINY = Sizes(32, 256, 64, 512, "small_cnn", 512, (7,), (1, 8))
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  """What to run; see the flags of bench.py."""
+  """What to run; see the flags of driver.py."""
   models: tuple[str, ...] = ("small_cnn", "preact_resnet32", "resnet18")
   pgd_eval_models: tuple[str, ...] = ("small_cnn",)   # of the pgd and eval sections
   batch_size: int = 0       # 0: each model's config

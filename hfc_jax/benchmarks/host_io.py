@@ -11,11 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hfc_jax import checkpointing, defaults, errors, optimizers, sharding, train
+from hfc_jax import defaults, errors, optimizers, sharding, train
 from hfc_jax.benchmarks.common import (TARGETS, Options, Row, Timing, model_config,
                                        ratio_row, stats, step_rows, time_together,
                                        train_step)
 from hfc_jax.data import pipeline, synthetic, tfds_source
+from hfc_jax.workdir import checkpointing
 
 
 # ---------------------------------------------------------------------------

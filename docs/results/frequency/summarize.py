@@ -24,8 +24,9 @@ import os
 
 import numpy as np
 
-from hfc_jax import frequency, markdown
+from hfc_jax import frequency
 from hfc_jax.analysis import common
+from hfc_jax.reporting import markdown
 
 RINGS = ((0, 4), (4, 8), (8, 12), (12, 16), (16, None))
 KINDS = {"fourier_heatmap": "heatmap.json", "bands": "bands.json",

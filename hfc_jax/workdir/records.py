@@ -14,7 +14,8 @@ import math
 
 from absl import logging
 
-from hfc_jax import fileio, workdirs
+from hfc_jax import fileio
+from hfc_jax.workdir import workdirs
 
 
 def json_scalar(value):
@@ -28,7 +29,7 @@ def json_scalar(value):
 
 def is_writer() -> bool:
   """Whether this process writes files: process 0 (JAX is imported only here, so that
-  report.py, which reads records without JAX, can use this module)."""
+  reporting/report.py, which reads records without JAX, can use this module)."""
   import jax  # pylint: disable=g-import-not-at-top
   return jax.process_index() == 0
 

@@ -15,7 +15,8 @@ import time
 import jax
 import numpy as np
 
-from hfc_jax import errors, records
+from hfc_jax import errors
+from hfc_jax.workdir import records
 
 
 @dataclasses.dataclass

@@ -24,7 +24,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from hfc_jax import defaults, errors, fileio, records, workdirs
+from hfc_jax import defaults, errors, fileio
+from hfc_jax.workdir import records, workdirs
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -120,7 +121,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, train_fn) -> dict
     fileio.makedirs(run_dir)
     results[name] = train_fn(run_config, run_dir)
   if jax.process_index() == 0:
-    from hfc_jax import report  # pylint: disable=g-import-not-at-top
+    from hfc_jax.reporting import report  # pylint: disable=g-import-not-at-top
     written = report.write_report([workdir])
     print(f"hfc_jax: sweep report: {written['markdown']}", flush=True)
   return results

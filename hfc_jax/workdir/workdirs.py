@@ -3,7 +3,7 @@
 A run workdir holds `metrics.jsonl` (one JSON object per finished epoch, written by
 `records.Recorder`), `config.json` (the run's full config as a nested dict; absent
 in old workdirs) and `provenance.jsonl` (the commit and command of each start, see
-`hfc_jax.provenance`). A sweep workdir holds `sweep.json`:
+`hfc_jax.workdir.provenance`). A sweep workdir holds `sweep.json`:
 
   {"name": str, "kind": one of KINDS,
    "runs": [{"name": str, "workdir": path relative to the sweep dir,
@@ -21,7 +21,8 @@ from typing import Any
 
 from absl import logging
 
-from hfc_jax import errors, fileio, provenance
+from hfc_jax import errors, fileio
+from hfc_jax.workdir import provenance
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"

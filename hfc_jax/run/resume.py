@@ -25,7 +25,9 @@ from typing import Any
 import jax
 from absl import logging
 
-from hfc_jax import checkpointing, defaults, errors, fileio, progress, workdirs
+from hfc_jax import defaults, errors, fileio
+from hfc_jax.run import progress
+from hfc_jax.workdir import checkpointing, workdirs
 
 HISTORY = "config_history.jsonl"
 _SHOWN = 6   # differences spelled out in the refusal line
