@@ -331,11 +331,15 @@ def complete(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigD
   stored in a checkpoint, which lacks the fields added after it was written.
   """
   own = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-  out = ml_collections.ConfigDict(_merged(get_config().to_dict(), own))
-  for field in RENAMED_VALUES:
-    section, name = field.split(".")
-    out[section][name] = renamed_value(field, out[section][name])
-  return out
+  return ml_collections.ConfigDict(_merged(get_config().to_dict(), current_names(own)))
+
+
+def current_names(tree: dict, prefix: str = "") -> dict:
+  """A copy of the config dict `tree` with old value names (`RENAMED_VALUES`) made
+  current, nested sections included: the one place they are mapped, for `complete`,
+  resume's comparison and report's replicate key."""
+  return {k: current_names(v, f"{prefix}{k}.") if isinstance(v, dict)
+          else renamed_value(f"{prefix}{k}", v) for k, v in tree.items()}
 
 
 def renamed_value(field: str, value: Any) -> Any:

@@ -178,24 +178,15 @@ def replicate_key(config: dict | None) -> str:
   unknown)."""
   if config is None:
     return ""
-  kept = json.loads(json.dumps(config, default=str))      # a deep copy
-  for path in defaults.RENAMED_VALUES:     # model.norm 'batch_stats' is 'paper_bn'
-    section, leaf = _parent(kept, path)
-    if section is not None and leaf in section:
-      section[leaf] = defaults.renamed_value(path, section[leaf])
+  kept = defaults.current_names(json.loads(json.dumps(config, default=str)))  # a copy
   for path in ("seed",) + defaults.REPLICATE_IGNORED:
-    section, leaf = _parent(kept, path)
-    if section is not None:
+    *parents, leaf = path.split(".")
+    section = kept
+    for name in parents:
+      section = section.get(name) if isinstance(section, dict) else None
+    if isinstance(section, dict):
       section.pop(leaf, None)
   return json.dumps(kept, sort_keys=True)
-
-
-def _parent(tree: dict, path: str) -> tuple[dict | None, str]:
-  """(the dict holding dotted `path`'s last name, that name); None if there is none."""
-  *parents, leaf = path.split(".")
-  for name in parents:
-    tree = tree.get(name) if isinstance(tree, dict) else None
-  return (tree if isinstance(tree, dict) else None), leaf
 
 
 def _mean_sd(values: list[float]) -> str:

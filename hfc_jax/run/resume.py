@@ -43,7 +43,7 @@ def changes(saved: dict, config: dict) -> dict[str, tuple[Any, Any]]:
   field only one of them has (added or removed by a later version of hfc_jax) is not
   a change: it did not exist when the other was written; nor is a field that neither
   config uses (`UNUSED_WHEN`)."""
-  old, new = (_current_names(defaults.dotted_fields(c)) for c in (saved, config))
+  old, new = (defaults.dotted_fields(defaults.current_names(c)) for c in (saved, config))
 
   def unused(field: str) -> bool:
     other, value = UNUSED_WHEN.get(field, (None, None))
@@ -51,12 +51,6 @@ def changes(saved: dict, config: dict) -> dict[str, tuple[Any, Any]]:
 
   return {k: (old[k], new[k]) for k in sorted(set(old) & set(new))
           if old[k] != new[k] and not unused(k)}
-
-
-def _current_names(fields: dict[str, Any]) -> dict[str, Any]:
-  """Dotted fields with old value names (`defaults.RENAMED_VALUES`) made current: a run
-  saved with model.norm='batch_stats' resumes with 'paper_bn'."""
-  return {k: defaults.renamed_value(k, v) for k, v in fields.items()}
 
 
 def changes_result(field: str) -> bool:
