@@ -33,6 +33,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hfc_jax import analysis, defaults, errors, fileio, xla_flags
+from hfc_jax.workdir.layout import Workdir
 
 
 def load_config_source(module_name: str, module_path: str) -> types.ModuleType:
@@ -90,12 +91,6 @@ REQUIRED = ("config", "workdir")
 MODES = ("train", *analysis.MODES)
 
 
-def create_workdir(workdir: str) -> str:
-  """Creates `workdir` if needed and checks that it is writable (local or remote);
-  returns it normalised, or raises HfcError. See `fileio.check_writable`."""
-  return fileio.check_writable("workdir", workdir)
-
-
 def check_paths(config) -> None:
   """One-line HfcErrors for remote data paths whose backend is not installed."""
   for field in ("data_dir", "path"):
@@ -105,15 +100,16 @@ def check_paths(config) -> None:
 
 
 def run(config, workdir: str, *, allow_changed_config: bool = False):
-  """Dispatches on `config.mode` of `config` (completed by `defaults.complete`); returns
+  """Dispatches on `config.mode` of `config` (completed by `defaults.complete`) with
+  `workdir` (a path, made a `Workdir` here: every module below receives that); returns
   what the driver returns."""
   config = defaults.complete(config)
   mode = errors.check_choice("mode", config.mode, MODES)
-  workdir = fileio.check("workdir", workdir)
+  workdir = Workdir.of(workdir)
   check_paths(config)
   if fileio.scheme(workdir) == "gs":   # seconds and one line, not minutes of retries
     from hfc_jax import cloud_storage  # pylint: disable=g-import-not-at-top
-    cloud_storage.check_bucket("workdir", workdir)
+    cloud_storage.check_bucket("workdir", workdir.path)
   if mode == "train":
     from hfc_jax import train, validation  # pylint: disable=g-import-not-at-top
     from hfc_jax.run import resume, sweep  # pylint: disable=g-import-not-at-top
@@ -128,38 +124,37 @@ def run(config, workdir: str, *, allow_changed_config: bool = False):
         config, workdir, allow_changes=allow_changed_config))
   from hfc_jax.workdir import checkpointing  # pylint: disable=g-import-not-at-top
   checkpointing.open_existing(workdir).close()   # fails at once on an empty workdir
-  create_workdir(workdir)
+  workdir.create()
   started = time.perf_counter()
   results = analysis.run(mode, config, workdir)
   _closing_study(mode, workdir, time.perf_counter() - started)
   return results
 
 
-def _closing_study(mode: str, workdir: str, seconds: float) -> None:
+def _closing_study(mode: str, workdir: Workdir, seconds: float) -> None:
   """A study's last line (stdout, process 0): how long it took and where its files are."""
   import jax  # pylint: disable=g-import-not-at-top
   from hfc_jax.workdir import records  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     return
-  out = fileio.join(workdir, mode)
+  out = workdir.study(mode)
   tables = sorted(p.name for p in fileio.path(out).iterdir() if p.name.endswith(".md"))
   shown = f"; tables: {', '.join(tables)}" if tables else ""
   print(f"hfc_jax: {mode} done in {records.duration(seconds)}: results in {out}{shown}",
         flush=True)
 
 
-def _in_new_workdir(workdir: str, work):
-  """Creates `workdir` (`create_workdir`) and returns `work()`. When `work` refuses its
+def _in_new_workdir(workdir: Workdir, work):
+  """Creates `workdir` (`Workdir.create`) and returns `work()`. When `work` refuses its
   input (an HfcError: data that does not load, a batch larger than the data) and the
   workdir is new, the workdir is removed again: bad input writes nothing."""
-  from hfc_jax.workdir import workdirs  # pylint: disable=g-import-not-at-top
-  existed = fileio.is_dir(workdir)
-  create_workdir(workdir)
+  existed = workdir.exists()
+  workdir.create()
   try:
     return work()
   except errors.HfcError:
     if not existed:
-      fileio.remove_new_tree(workdir, disposable=(workdirs.SWEEP,))
+      fileio.remove_new_tree(workdir.path, disposable=(Workdir.SWEEP,))
     raise
 
 

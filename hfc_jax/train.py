@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from hfc_jax import adversarial, evaluate, evaluators, fileio, frequency, models, optimizers
+from hfc_jax import adversarial, evaluate, evaluators, frequency, models, optimizers
 from hfc_jax import sharding, smoothness, transforms, validation
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
@@ -25,7 +25,8 @@ from hfc_jax.models.functional import Functional
 from hfc_jax.reporting import plots
 from hfc_jax.run import lock, preemption, resume
 from hfc_jax.run import progress as progress_lib
-from hfc_jax.workdir import checkpointing, provenance, records, workdirs
+from hfc_jax.workdir import checkpointing, provenance, records
+from hfc_jax.workdir.layout import Workdir
 
 PyTree = Any
 
@@ -187,9 +188,10 @@ def make_config_train_step(config: ml_collections.ConfigDict, functional: Functi
 # ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Workdir | str,
                        *, mesh=None, allow_changes: bool = False) -> list[dict]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
+  """Trains `config` in `workdir` (a `Workdir` or a path), resuming from its latest
+  checkpoint if any.
 
   Returns the per-epoch metric history (also in `<workdir>/metrics.jsonl`). A finished
   workdir returns at once, before any data is loaded, and is not touched. Raises
@@ -199,6 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   load or compiles is honoured at the first step); `errors.RunFailed` when training
   diverges or a checkpoint cannot be written.
   """
+  workdir = Workdir.of(workdir)
   done = resume.finished_history(config, workdir, allow_changes=allow_changes)
   if done is not None:
     return done
@@ -211,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     watch.close()
 
 
-def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
+def _train_and_evaluate(config, workdir: Workdir, mesh, watch: preemption.Watch,
                         workdir_lock: lock.WorkdirLock, allow_changes: bool) -> list[dict]:
   """`train_and_evaluate`, with the preemption `watch` listening and the lock held."""
   # ----- Set up mesh and data ----------------------------------------------
@@ -250,7 +253,7 @@ def _train_and_evaluate(config, workdir: str, mesh, watch: preemption.Watch,
   if jax.process_index() == 0:
     resume.record(workdir, int(state.step), changed)
     provenance.record_start(workdir, int(state.step))
-  records.write_json(fileio.join(workdir, workdirs.CONFIG), config.to_dict())
+    workdir.write_config(config.to_dict())
   recorder = records.Recorder(workdir, tensorboard=config.tensorboard,
                               history=history)
   recorder.write_history(history)
@@ -315,19 +318,18 @@ def make_scorer(config, functional: Functional, mesh, eval_sets: dict, adversary
   return score
 
 
-def _closing(workdir: str, history: list[dict], seconds: float) -> None:
+def _closing(workdir: Workdir, history: list[dict], seconds: float) -> None:
   """The run's last lines (process 0): its accuracy-vs-epoch figure, `curves.png`, and
   where the results are."""
   if jax.process_index() != 0 or not history:
     return
-  figure = fileio.join(workdir, workdirs.CURVES)
-  plots.save(plots.panel_figure({fileio.basename(workdir): history}), figure)
+  plots.save(plots.panel_figure({workdir.name: history}), workdir.curves)
   last = history[-1]
   print(f"hfc_jax: done in {records.duration(seconds)}: {last['epoch']} epochs, test clean "
         f"accuracy {last.get('test/clean') or float('nan'):.4f}. "
-        f"Metrics: {fileio.join(workdir, workdirs.METRICS)}; "
-        f"figure: {figure}; checkpoints: {checkpointing.checkpoint_dir(workdir)}; "
-        f"TensorBoard: {fileio.join(workdir, workdirs.TENSORBOARD)}", flush=True)
+        f"Metrics: {workdir.metrics}; figure: {workdir.curves}; "
+        f"checkpoints: {workdir.checkpoints}; TensorBoard: {workdir.tensorboard}",
+        flush=True)
 
 
 def _train_epoch(state, step_fn, dataset, mesh, config, epoch: int, steps_per_epoch: int,

@@ -10,6 +10,7 @@ import pytest
 
 from hfc_jax import errors, sharding
 from hfc_jax.workdir import checkpointing
+from hfc_jax.workdir.layout import Workdir
 from tests.conftest import LogCollector
 
 
@@ -52,12 +53,12 @@ def test_save_on_8_devices_compiles_nothing_and_restores_on_1(tmp_path):
   # Orbax's default replica-parallel save slices every replicated leaf with a small
   # compiled program per shape and device (7.5 s for a ResNet-18 state's first save).
   state = _state(sharding.make_mesh(8))
-  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  ckpt = checkpointing.Checkpointer(Workdir.of(tmp_path))
   assert _compiles_during_save(ckpt, 1, state) == []
   ckpt.close()
 
   one = sharding.make_mesh(1)
-  ckpt = checkpointing.open_existing(str(tmp_path))
+  ckpt = checkpointing.open_existing(Workdir.of(tmp_path))
   restored, meta = ckpt.restore(checkpointing.abstract_like(state, sharding.replicated(one)))
   ckpt.close()
   assert meta == {"epoch": 1}
@@ -67,7 +68,7 @@ def test_save_on_8_devices_compiles_nothing_and_restores_on_1(tmp_path):
 
 def test_orbax_global_type_handlers_are_left_alone(tmp_path):
   before = ocp.type_handlers.get_type_handler(jax.Array)
-  checkpointing.Checkpointer(str(tmp_path)).close()
+  checkpointing.Checkpointer(Workdir.of(tmp_path)).close()
   assert ocp.type_handlers.get_type_handler(jax.Array) is before
   assert checkpointing.type_handlers().get(jax.Array) is not before
 
@@ -76,13 +77,13 @@ def test_checkpoint_written_by_standard_save_restores(tmp_path):
   # Workdirs written before the PyTree handler (StandardSave, global registry).
   mesh = sharding.make_mesh(8)
   state = _state(mesh)
-  manager = ocp.CheckpointManager(checkpointing.checkpoint_dir(str(tmp_path)))
+  manager = ocp.CheckpointManager(Workdir.of(tmp_path).checkpoints)
   manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave({"epoch": 2})))
   manager.wait_until_finished()
   manager.close()
 
-  ckpt = checkpointing.open_existing(str(tmp_path))
+  ckpt = checkpointing.open_existing(Workdir.of(tmp_path))
   assert ckpt.latest_step() == 2
   restored, meta = ckpt.restore(checkpointing.abstract_like(state))
   ckpt.close()

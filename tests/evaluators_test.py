@@ -1,7 +1,6 @@
 """evaluate.accumulate and the per-epoch evaluator registry (hfc_jax/evaluators.py)."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,7 @@ import pytest
 from hfc_jax import adversarial, defaults, errors, evaluate, evaluators, optimizers
 from hfc_jax import sharding, smoothness, train
 from hfc_jax import data as data_lib
-from hfc_jax.workdir import workdirs
+from hfc_jax.workdir.layout import Workdir
 from tests.conftest import random_batch, tiny_config
 
 
@@ -165,7 +164,7 @@ def test_a_registered_evaluator_is_recorded_in_metrics_jsonl(tmp_path, monkeypat
   workdir = str(tmp_path / "run")
   history = train.train_and_evaluate(config, workdir, mesh=sharding.make_mesh(8))
   assert calls == [256]                       # built once per run, on the 256 test images
-  lines = [json.loads(l) for l in open(os.path.join(workdir, workdirs.METRICS))]
+  lines = [json.loads(l) for l in open(Workdir.of(workdir).metrics)]
   for record in (history[-1], lines[-1]):
     scored = [k for k in record if "/" in k or k == "step_seen"]
     assert scored == ["test/clean", "test/loss", "train_eval/clean", "train_eval/loss",

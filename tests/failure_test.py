@@ -23,8 +23,9 @@ import pytest
 
 from hfc_jax import defaults, errors, fileio, main, sharding, train
 from hfc_jax.analysis import common
-from hfc_jax.run import lock, resume
+from hfc_jax.run import resume
 from hfc_jax.run import progress as progress_lib
+from hfc_jax.workdir.layout import Workdir
 from tests.conftest import ROOT, main_command, run_main, tiny_config
 
 
@@ -121,11 +122,11 @@ def test_a_config_compares_equal_to_its_json_copy_and_unused_fields_are_no_chang
   assert resume.changes(saved, config.to_dict()) == {}
   # The radius of a run trained on the original images changes nothing ...
   config.train.input_radius = 12.0
-  assert resume.check(saved, config.to_dict(), "w") == {}
+  assert resume.check(saved, config.to_dict(), Workdir("w")) == {}
   # ... but does once the run trains on a component.
   saved["train"]["input_component"] = config.train.input_component = "hfc"
   with pytest.raises(errors.HfcError, match="train.input_radius 8.0 -> 12.0"):
-    resume.check(saved, config.to_dict(), "w")
+    resume.check(saved, config.to_dict(), Workdir("w"))
 
 
 def test_a_run_saved_with_the_old_norm_name_resumes_with_the_new_one():
@@ -135,10 +136,10 @@ def test_a_run_saved_with_the_old_norm_name_resumes_with_the_new_one():
   config.model.norm = "paper_bn"
   saved = json.loads(json.dumps(config.to_dict()))
   saved["model"]["norm"] = "batch_stats"
-  assert resume.check(saved, config.to_dict(), "w") == {}
+  assert resume.check(saved, config.to_dict(), Workdir("w")) == {}
   config.model.norm = "batchnorm"
   with pytest.raises(errors.HfcError, match="model.norm 'paper_bn' -> 'batchnorm'"):
-    resume.check(saved, config.to_dict(), "w")
+    resume.check(saved, config.to_dict(), Workdir("w"))
 
 
 @pytest.mark.slow
@@ -263,21 +264,21 @@ def test_a_second_run_on_a_locked_workdir_refuses_naming_the_holder(tmp_path):
   workdir.mkdir()
   holder = subprocess.Popen(["sleep", "60"])
   try:
-    (workdir / lock.NAME).write_text(json.dumps({
+    (workdir / Workdir.LOCK).write_text(json.dumps({
         "host": socket.gethostname(), "pid": holder.pid, "started": time.time(),
         "heartbeat": time.time(), "token": "other"}))
     result = run_main(workdir, timeout=120)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = _error_lines(result.stderr)
     assert len(lines) == 1 and f"is in use by another run (pid {holder.pid} on" in lines[0]
-    assert sorted(os.listdir(workdir)) == [lock.NAME]
+    assert sorted(os.listdir(workdir)) == [Workdir.LOCK]
   finally:
     holder.kill()
     holder.wait()
   # The holder is dead now: its lock is stale and the next run takes it over.
   history = train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), str(workdir),
                                      mesh=sharding.make_mesh(8))
-  assert len(history) == 1 and not (workdir / lock.NAME).exists()
+  assert len(history) == 1 and not (workdir / Workdir.LOCK).exists()
 
 
 def full_disk_serialize(original):
@@ -310,7 +311,7 @@ def test_a_full_disk_stops_the_run_at_once_with_the_last_checkpoint_intact(tmp_p
   monkeypatch.undo()
   assert common.restore(str(workdir)).step == 3
   assert (workdir / "metrics.jsonl").read_text() == ""     # no epoch was saved
-  assert not (workdir / lock.NAME).exists()
+  assert not (workdir / Workdir.LOCK).exists()
 
 
 FULL_DISK_RUN = """

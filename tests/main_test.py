@@ -18,6 +18,7 @@ import pytest
 from hfc_jax import defaults, errors, main
 from hfc_jax.analysis import common
 from hfc_jax import data as data_lib
+from hfc_jax.workdir.layout import Workdir
 from tests.conftest import ROOT, main_command, numpy_split, run_main
 
 def tensorboard_scalars(logdir) -> dict[tuple[str, int], float]:
@@ -125,10 +126,10 @@ def test_workdir_check_is_safe_when_processes_check_at_once(tmp_path):
   workdir = tmp_path / "shared"
   workdir.mkdir()
   (workdir / ".write_probe").mkdir()   # a fixed probe name would collide with this
-  assert main.create_workdir(str(workdir)) == str(workdir)
+  Workdir.of(workdir).create()
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
-    results = list(pool.map(lambda _: main.create_workdir(str(workdir)), range(400)))
-  assert results == [str(workdir)] * 400
+    results = list(pool.map(lambda _: Workdir.of(workdir).create(), range(400)))
+  assert results == [None] * 400   # no error from any of them
   assert sorted(p.name for p in workdir.iterdir()) == [".write_probe"]   # no probe left
 
 

@@ -10,6 +10,7 @@ from hfc_jax import defaults, errors, models, optimizers, sharding, train
 from hfc_jax.analysis import common
 from hfc_jax.models import layers
 from hfc_jax.workdir import checkpointing
+from hfc_jax.workdir.layout import Workdir
 from tests.conftest import tiny_config
 
 NORMS = ("none", "paper_bn", "batchnorm")
@@ -339,7 +340,7 @@ def test_checkpoint_whose_config_says_batch_stats_restores(tmp_path):
                                                config.seed, mesh)
   meta = {"config": config.to_dict(), "history": [], "num_classes": 10, "channels": 3,
           "image_size": 16, "epoch_progress": {}}
-  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  ckpt = checkpointing.Checkpointer(Workdir.of(tmp_path))
   ckpt.save(1, state, meta)
   ckpt.wait()
   assert ckpt.restore_meta(1)["config"]["model"]["norm"] == "batch_stats"

@@ -5,6 +5,7 @@ import os
 
 import hfc_jax
 from hfc_jax.workdir import provenance
+from hfc_jax.workdir.layout import Workdir
 
 
 def test_command_line_of_a_module_run_reads_as_typed():
@@ -29,12 +30,12 @@ def test_short_names_the_commit_or_the_version():
 
 def test_record_start_appends_and_read_returns_every_start(tmp_path):
   for step in (0, 40):
-    provenance.record_start(str(tmp_path), step)
-  starts = provenance.read(str(tmp_path))
+    provenance.record_start(Workdir.of(tmp_path), step)
+  starts = Workdir.of(tmp_path).read_starts()
   assert [s["step"] for s in starts] == [0, 40]
-  lines = (tmp_path / provenance.FILE).read_text().splitlines()
+  lines = (tmp_path / Workdir.PROVENANCE).read_text().splitlines()
   assert [json.loads(line)["step"] for line in lines] == [0, 40]
   assert set(starts[0]) == {"step", "time", "hfc_jax", "commit", "dirty", "versions",
                             "python", "command"}
   assert set(starts[0]["versions"]) == set(provenance.PACKAGES)
-  assert provenance.read(str(tmp_path / "elsewhere")) == []
+  assert Workdir.of(tmp_path / "elsewhere").read_starts() == []

@@ -17,7 +17,7 @@ import pytest
 
 from hfc_jax.analysis import common
 from hfc_jax.run import preemption
-from hfc_jax.workdir import provenance
+from hfc_jax.workdir.layout import Workdir
 from tests.conftest import ROOT, main_command, run_main
 
 pytestmark = pytest.mark.slow
@@ -120,7 +120,7 @@ def test_sigterm_saves_the_current_step_and_exits_143(tmp_path, reference):
   for got, want in zip(_state_leaves(workdir)[1], leaves):
     np.testing.assert_array_equal(got, want)
   # Both starts are on record, with the step each began at and the code that ran.
-  starts = provenance.read(str(workdir))
+  starts = Workdir.of(workdir).read_starts()
   assert [s["step"] for s in starts] == [0, stopped]
   head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
                         text=True, check=False).stdout.strip() or None

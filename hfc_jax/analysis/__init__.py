@@ -19,6 +19,7 @@ MODES = {
 }
 
 
-def run(mode: str, config, workdir: str):
-  """Runs study `mode` (a key of MODES) on `workdir`; returns its results."""
+def run(mode: str, config, workdir):
+  """Runs study `mode` (a key of MODES) on `workdir` (a `hfc_jax.workdir.Workdir`);
+  returns its results."""
   return importlib.import_module(MODES[mode]).run(config, workdir)

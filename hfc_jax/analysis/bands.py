@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from hfc_jax import errors, evaluate, frequency, sharding
 from hfc_jax.analysis import common
 from hfc_jax.reporting import markdown
+from hfc_jax.workdir.layout import Workdir
 
 MODE = "bands"
 
@@ -78,7 +79,7 @@ def score_model(workdir: str, trained: common.Trained, x, y, *, bands, radii, me
 # ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
-def run(config, workdir: str) -> dict:
+def run(config, workdir: Workdir) -> dict:
   """Restores `workdir` and `bands.compare`, scores them, writes `<workdir>/bands/`;
   returns the results."""
   bc = config.bands

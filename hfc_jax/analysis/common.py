@@ -25,6 +25,7 @@ from hfc_jax import xla_flags
 from hfc_jax import data as data_lib
 from hfc_jax.models.functional import Functional
 from hfc_jax.workdir import checkpointing, provenance, records
+from hfc_jax.workdir.layout import Workdir
 
 PyTree = Any
 
@@ -82,28 +83,30 @@ def abstract_model(config: ml_collections.ConfigDict, num_classes: int, channels
   return Functional.split(model)
 
 
-def restore(workdir: str, step: int | None = None, *, mesh=None) -> Trained:
-  """Restores the model of `workdir` (local or gs://) at `step` (default: the newest
+def restore(workdir: Workdir | str, step: int | None = None, *, mesh=None) -> Trained:
+  """Restores the model of `workdir` (a `Workdir` or a path, local or gs://) at `step`
+  (default: the newest
   readable checkpoint, possibly mid-epoch; an unreadable one is reported in one line
   and skipped), replicated over `mesh` (default: `cpu_mesh()`), whatever mesh wrote
   it. Reads the parameters, model state and step only; changes nothing."""
   apply_backend_settings()
+  workdir = Workdir.of(workdir)
   ckpt = checkpointing.open_existing(workdir)
-  placed, name = sharding.replicated(mesh or cpu_mesh()), fileio.basename(workdir)
+  placed, name = sharding.replicated(mesh or cpu_mesh()), workdir.name
   try:
     if step is not None:
       try:
         return _restore_step(ckpt, step, placed, name)
       except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-        raise errors.HfcError(f"workdir={workdir!r}: checkpoint {step} cannot be read "
+        raise errors.HfcError(f"workdir={workdir.path!r}: checkpoint {step} cannot be read "
                               f"({type(e).__name__}).") from None
     newest = checkpointing.newest_readable(
         ckpt, lambda s: _restore_step(ckpt, s, placed, name),
         lambda s, e: logging.warning("checkpoint %s/%d cannot be read (%s); using the one "
                                      "before", ckpt.directory, s, type(e).__name__))
     if newest is None:
-      raise errors.HfcError(f"workdir={workdir!r}: no checkpoint in {ckpt.directory} can be "
-                            "read.")
+      raise errors.HfcError(f"workdir={workdir.path!r}: no checkpoint in {ckpt.directory} "
+                            "can be read.")
     return newest[1]
   finally:
     ckpt.close()
@@ -149,15 +152,17 @@ def check_same_test_set(models: list[tuple[str, Trained]], field: str) -> None:
           f"(data {differ}); compare models of one data set and image size.")
 
 
-def restore_compared(workdir: str, compare, *, field: str, mesh) -> list[tuple[str, Trained]]:
-  """[(workdir, Trained)] for the run's workdir and each of `compare` (the study's
+def restore_compared(workdir: Workdir, compare, *, field: str, mesh
+                     ) -> list[tuple[str, Trained]]:
+  """[(workdir path, Trained)] for the run's workdir and each of `compare` (the study's
   `field`, e.g. 'kernels.compare'), all of one test set (`check_same_test_set`)."""
-  models = [(workdir, restore(workdir, mesh=mesh))]
+  workdir = Workdir.of(workdir)
+  models = [(workdir.path, restore(workdir, mesh=mesh))]
   for other in compare:
     if not isinstance(other, str) or not other:
       raise errors.HfcError(f"{field}={tuple(compare)!r} must list workdirs.")
     try:
-      models.append((other, restore(fileio.check(field, other), mesh=mesh)))
+      models.append((other, restore(Workdir.of(other, field), mesh=mesh)))
     except errors.HfcError as e:
       raise errors.HfcError(f"{field}: {e}") from None
   check_same_test_set(models, field)
@@ -214,9 +219,10 @@ def per_image(fn: Callable[..., jax.Array], placed: list, *args) -> np.ndarray:
   return np.concatenate([np.asarray(o)[np.asarray(m) > 0] for o, m in parts])
 
 
-def output_dir(workdir: str, mode: str) -> str:
-  """`<workdir>/<mode>`, created (process 0)."""
-  out = fileio.join(workdir, mode)
+def output_dir(workdir: Workdir | str, mode: str) -> str:
+  """Where study `mode` writes (`Workdir.study`: `<workdir>/<mode>`), created (process
+  0)."""
+  out = Workdir.of(workdir).study(mode)
   if jax.process_index() == 0:
     fileio.makedirs(out)
   return out

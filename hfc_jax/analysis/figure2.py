@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from hfc_jax import errors, evaluate, frequency, sharding
 from hfc_jax.analysis import common
 from hfc_jax.reporting import markdown
+from hfc_jax.workdir.layout import Workdir
 
 MODE = "figure2"
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -146,7 +147,7 @@ def check_figure2_config(fc, image_size: int) -> None:
   errors.check_range("figure2.batch_size", fc.batch_size, 0, None, integer=True)
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: Workdir) -> dict:
   """Runs the analysis on `workdir`'s latest checkpoint; returns (and writes) the results."""
   mesh = sharding.make_mesh(config.num_devices)
   fc = config.figure2
@@ -162,7 +163,7 @@ def run(config, workdir: str) -> dict:
                                inclusive=inclusive, rescale=ec.rescale)
   preds = predictions(predict_fn, trained.params, trained.model_state, x, mesh=mesh,
                       batch_size=batch_size)
-  results = {"workdir": workdir, "epoch": trained.epoch, "step": trained.step,
+  results = {"workdir": str(workdir), "epoch": trained.epoch, "step": trained.step,
              "data": dataset.name, "inclusive": inclusive, "batch_size": batch_size,
              **summarise(preds, y, radii, fc.grid_examples)}
   if jax.process_index() == 0:

@@ -58,6 +58,7 @@ from matplotlib.patches import Circle
 
 from hfc_jax import errors, evaluate, sharding
 from hfc_jax.analysis import common
+from hfc_jax.workdir.layout import Workdir
 
 MODE = "fourier_heatmap"
 REFERENCE_EPS = 4.0    # Yin et al.'s L2 norm on 32x32 CIFAR-10 images in [0, 1]
@@ -245,7 +246,7 @@ def default_eps(height: int, width: int) -> float:
   return REFERENCE_EPS * math.sqrt(height * width) / REFERENCE_SIZE
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: Workdir) -> dict:
   """Computes the heat map of `workdir` (and of `fourier_heatmap.compare`), writes
   `<workdir>/fourier_heatmap/`; returns the results. Every check runs first."""
   fc = config.fourier_heatmap

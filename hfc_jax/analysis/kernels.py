@@ -46,6 +46,7 @@ from hfc_jax import errors, sharding, smoothness
 from hfc_jax.analysis import common, robust_table, robustness
 from hfc_jax.models import layers
 from hfc_jax.reporting import markdown
+from hfc_jax.workdir.layout import Workdir
 
 MODE = "kernels"
 MAX_FILTERS = 32   # filters drawn per model row
@@ -149,7 +150,7 @@ def sweep(trained: common.Trained, x: np.ndarray, y: np.ndarray,
 # ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
-def run(config, workdir: str) -> dict:
+def run(config, workdir: Workdir) -> dict:
   """Restores `workdir` and `kernels.compare`, studies their first convs, writes
   `<workdir>/kernels/`; returns the results."""
   kc = config.kernels

@@ -34,6 +34,7 @@ from matplotlib.patches import Circle
 
 from hfc_jax import errors, frequency, sharding
 from hfc_jax.analysis import common, robustness
+from hfc_jax.workdir.layout import Workdir
 
 MODE = "perturbation_spectrum"
 FIELD = "perturbation_spectrum"
@@ -122,7 +123,7 @@ def _spectra(trained, placed, settings, mesh) -> tuple[dict, dict, dict]:
 # ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
-def run(config, workdir: str) -> dict:
+def run(config, workdir: Workdir) -> dict:
   """Attacks `workdir`'s latest checkpoint, writes `<workdir>/perturbation_spectrum/`;
   returns the results."""
   sc = config.perturbation_spectrum
@@ -142,7 +143,7 @@ def run(config, workdir: str) -> dict:
     sources[name].update(
         accuracy=table["attacks"][name][robustness.eps_key(settings.eps[0])],
         linf_max=float(norms[name][:, 0].max()), l2_mean=float(norms[name][:, 1].mean()))
-  results = {"workdir": workdir, "epoch": trained.epoch, "step": trained.step,
+  results = {"workdir": str(workdir), "epoch": trained.epoch, "step": trained.step,
              "data": dataset.name, "num_images": int(len(x)), "eps": float(sc.eps),
              "attacks": list(settings.attacks), "pgd_steps": settings.pgd_steps,
              "seed": settings.seed, "clean_accuracy": table["clean"], "radii": list(radii),

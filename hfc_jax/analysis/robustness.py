@@ -39,6 +39,7 @@ from hfc_jax.analysis.robust_table import AttackSettings, eps_key  # noqa: F401 
 from hfc_jax.models import layers
 from hfc_jax.reporting import markdown
 from hfc_jax.workdir import records
+from hfc_jax.workdir.layout import Workdir
 
 MODE = "robust_eval"
 ATTACKS = ("fgsm", "pgd")   # what `attack_table` (the perturbation spectrum's) runs
@@ -117,7 +118,7 @@ def attack_table(logits_fn, variables, placed: list, settings: AttackSettings, m
 # ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
-def run(config, workdir: str) -> dict:
+def run(config, workdir: Workdir) -> dict:
   """Evaluates `workdir`'s latest checkpoint; returns (and writes) the results dict."""
   rc = config.robust_eval
   mesh = sharding.make_mesh(config.num_devices)
@@ -134,7 +135,7 @@ def run(config, workdir: str) -> dict:
                                layers.depends_on_batch(trained.config.model.norm))
   source = next((a for a in TRANSFER_SOURCES if a in settings.attacks), None)
   table, masks, advs = robust_table.attack_table(target, settings, keep_adv_for=source)
-  results = {"workdir": workdir, "epoch": trained.epoch, "step": trained.step,
+  results = {"workdir": str(workdir), "epoch": trained.epoch, "step": trained.step,
              "eps": list(settings.eps), "pgd_steps": rc.pgd_steps, "restarts": rc.restarts,
              "autoattack_version": rc.autoattack_version, "model_norm":
              trained.config.model.norm, **table}

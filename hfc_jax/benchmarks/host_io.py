@@ -17,6 +17,7 @@ from hfc_jax.benchmarks.common import (TARGETS, Options, Row, Timing, model_conf
                                        train_step)
 from hfc_jax.data import pipeline, synthetic, tfds_source
 from hfc_jax.workdir import checkpointing
+from hfc_jax.workdir.layout import Workdir
 
 
 # ---------------------------------------------------------------------------
@@ -116,10 +117,11 @@ def checkpoint_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
   del cache
   name = opts.sizes.checkpoint_model
   state = _adam_state(name, opts.dtype)
-  with tempfile.TemporaryDirectory() as workdir:
+  with tempfile.TemporaryDirectory() as tmp:
+    workdir = Workdir.of(tmp)
     ckpt = checkpointing.Checkpointer(workdir, keep=opts.repeats + 1)
     times = [_save_restore(ckpt, state, epoch) for epoch in range(1, opts.repeats + 2)]
-    size = _dir_mb(os.path.join(checkpointing.checkpoint_dir(workdir), str(opts.repeats + 1)))
+    size = _dir_mb(os.path.join(workdir.checkpoints, str(opts.repeats + 1)))
     ckpt.close()
   saves, restores = zip(*times[1:])
   out = {"model": name, "optimizer": "adam", "size_mb": size,

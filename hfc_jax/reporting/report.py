@@ -28,8 +28,9 @@ from absl import app, flags
 from hfc_jax import defaults, errors, fileio
 from hfc_jax.reporting import markdown, plots
 from hfc_jax.workdir import provenance
+from hfc_jax.workdir.layout import Workdir
 from hfc_jax.workdir.records import duration, json_scalar
-from hfc_jax.workdir.workdirs import KINDS, REPORT, Group, Run, collect
+from hfc_jax.workdir.workdirs import KINDS, Group, Run, collect
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "Comma-separated run and/or sweep workdirs.")
@@ -265,7 +266,7 @@ def write_report(workdirs: list[str], out: str | None = None) -> dict:
   Raises HfcError naming --workdirs / --out for bad directories.
   """
   groups = collect(workdirs)
-  out_dir = out if out is not None else fileio.join(workdirs[0], REPORT)
+  out_dir = out if out is not None else Workdir(workdirs[0]).report
   out_dir = fileio.check_writable("--out", out_dir)
   command = command_line(list(workdirs), out)
   md = ["# hfc_jax report", "", f"Made by `{command}` (in `{os.getcwd()}`), from the "

@@ -20,8 +20,8 @@ import jax
 from absl import logging
 
 from hfc_jax import errors, fileio
+from hfc_jax.workdir.layout import Workdir
 
-NAME = ".lock"
 HEARTBEAT_S = 60.0
 STALE_S = 600.0
 
@@ -46,9 +46,9 @@ def is_stale(holder: dict, now: float) -> bool:
 class WorkdirLock:
   """The lock of one workdir; a no-op on processes other than 0."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: Workdir):
     self.workdir = workdir
-    self.path = fileio.join(workdir, NAME)
+    self.path = workdir.lock
     self.active = jax.process_index() == 0
     self.token = uuid.uuid4().hex
     self.started = time.time()
@@ -76,15 +76,15 @@ class WorkdirLock:
       if not is_stale(holder, time.time()):
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
         raise errors.HfcError(
-            f"workdir={self.workdir!r} is in use by another run (pid {holder.get('pid')} "
+            f"workdir={self.workdir.path!r} is in use by another run (pid {holder.get('pid')} "
             f"on {holder.get('host')}, started {started}); wait for it, stop it, or use "
             f"another --workdir (a lock of a dead run is taken over by itself).")
       logging.warning("taking over the stale lock of pid %s on %s in %s", holder.get("pid"),
                       holder.get("host"), self.workdir)
-    fileio.makedirs(self.workdir)
+    fileio.makedirs(self.workdir.path)
     self._write()
     if (self._read() or {}).get("token") != self.token:   # another start wrote after us
-      raise errors.HfcError(f"workdir={self.workdir!r} was just taken by another run; "
+      raise errors.HfcError(f"workdir={self.workdir.path!r} was just taken by another run; "
                             "use another --workdir.")
     self.held = True
 

@@ -13,23 +13,22 @@ one stored in the checkpoint:
 - Every other field may change, and is recorded: `train.epochs` (to extend a run),
   evaluation (`eval.*`), logging, checkpointing, the device count, the data directory.
 
-Every start that resumes with changes appends one line to `<workdir>/config_history.jsonl`
-({"time", "step", "changes": {field: [old, new]}}); `config.json` holds the config of
-the latest start.
+Every start that resumes with changes appends one line to the workdir's
+`config_history.jsonl` ({"time", "step", "changes": {field: [old, new]}});
+`config.json` holds the config of the latest start.
 """
 
-import json
 import time
 from typing import Any
 
 import jax
 from absl import logging
 
-from hfc_jax import defaults, errors, fileio
+from hfc_jax import defaults, errors
 from hfc_jax.run import progress
-from hfc_jax.workdir import checkpointing, workdirs
+from hfc_jax.workdir import checkpointing
+from hfc_jax.workdir.layout import Workdir
 
-HISTORY = "config_history.jsonl"
 _SHOWN = 6   # differences spelled out in the refusal line
 
 
@@ -59,7 +58,7 @@ def changes_result(field: str) -> bool:
   return defaults.role(field) in (defaults.RESULT, defaults.TRAINING_DATA)
 
 
-def check(saved: dict, config: dict, workdir: str, *, allow: bool = False
+def check(saved: dict, config: dict, workdir: Workdir, *, allow: bool = False
           ) -> dict[str, tuple[Any, Any]]:
   """Returns the changes from the saved config; raises a one-line HfcError when one
   of them changes the result and `allow` is False."""
@@ -69,29 +68,30 @@ def check(saved: dict, config: dict, workdir: str, *, allow: bool = False
     shown = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in list(fixed.items())[:_SHOWN])
     more = f" and {len(fixed) - _SHOWN} more" if len(fixed) > _SHOWN else ""
     raise errors.HfcError(
-        f"workdir={workdir!r} holds a run with other settings that change the result: "
+        f"workdir={workdir.path!r} holds a run with other settings that change the result: "
         f"{shown}{more}; use a new --workdir, the same values, or --allow_changed_config "
         "to continue it anyway.")
   return found
 
 
-def record(workdir: str, step: int, found: dict[str, tuple[Any, Any]]) -> None:
+def record(workdir: Workdir, step: int, found: dict[str, tuple[Any, Any]]) -> None:
   """Appends this start's changes to config_history.jsonl. Call from process 0 only."""
   if not found:
     return
-  entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step,
-           "changes": {k: [old, new] for k, (old, new) in found.items()}}
-  fileio.append_line(fileio.join(workdir, HISTORY), json.dumps(entry, default=str))
+  workdir.append_config_change({
+      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step,
+      "changes": {k: [old, new] for k, (old, new) in found.items()}})
 
 
-def finished_history(config, workdir: str, *, allow_changes: bool = False) -> list | None:
+def finished_history(config, workdir: Workdir, *, allow_changes: bool = False
+                     ) -> list | None:
   """The history of a workdir whose latest checkpoint already holds all
   `train.epochs` (None otherwise); read without loading data or locking, and
   touching nothing. Its settings must match as for a resume. The checkpoint's arrays
   are read once (`Checkpointer.verify`): a finished run whose newest checkpoint is
   unreadable says so and is not finished (the full path sets it aside and retrains
   from the one before)."""
-  if not fileio.is_dir(checkpointing.checkpoint_dir(workdir)):
+  if not workdir.has_checkpoints():
     return None
   ckpt = checkpointing.Checkpointer(workdir, read_only=True)
   step, meta = None, None
@@ -116,11 +116,11 @@ def finished_history(config, workdir: str, *, allow_changes: bool = False) -> li
   if jax.process_index() == 0:
     print(f"hfc_jax: {workdir} is finished: it holds all {len(meta['history'])} epochs "
           f"(step {step}); nothing to do. Metrics: "
-          f"{fileio.join(workdir, workdirs.METRICS)}", flush=True)
+          f"{workdir.metrics}", flush=True)
   return meta["history"]
 
 
-def restore_latest(ckpt: checkpointing.Checkpointer, state, config, workdir: str,
+def restore_latest(ckpt: checkpointing.Checkpointer, state, config, workdir: Workdir,
                    steps_per_epoch: int, *, allow_changes: bool = False):
   """(state, history, partial-epoch sums, config changes) from the newest readable
   checkpoint (restored into the shapes and shardings of the fresh TrainState `state`),
@@ -137,7 +137,7 @@ def restore_latest(ckpt: checkpointing.Checkpointer, state, config, workdir: str
       fixed = [k for k in found if changes_result(k)]
       if fixed:   # allowed changes that give the state another shape (a new optimiser)
         raise errors.HfcError(
-            f"workdir={workdir!r}: its checkpoint at step {step} does not fit the changed "
+            f"workdir={workdir.path!r}: its checkpoint at step {step} does not fit the changed "
             f"settings ({', '.join(fixed[:4])}); use a new --workdir.") from None
       raise
     return restored, meta, found
@@ -149,14 +149,15 @@ def restore_latest(ckpt: checkpointing.Checkpointer, state, config, workdir: str
     sums = progress.EpochProgress(**meta.get("epoch_progress", {}))
     if int(restored.step) != len(history) * steps_per_epoch + sums.steps:
       raise errors.HfcError(
-          f"workdir={workdir!r}: its checkpoint at step {int(restored.step)} does not fit "
+          f"workdir={workdir.path!r}: its checkpoint at step {int(restored.step)} does not fit "
           f"{steps_per_epoch} steps per epoch (the data changed); use a new --workdir or "
           "the same config.")
     logging.info("resumed at step %d: epoch %d, %d of its %d steps done", step,
                  len(history) + 1, sums.steps, steps_per_epoch)
     return restored, history, sums, found
   if ckpt.all_steps():
-    raise errors.HfcError(f"workdir={workdir!r}: no checkpoint in {ckpt.directory} can be read.")
+    raise errors.HfcError(f"workdir={workdir.path!r}: no checkpoint in {ckpt.directory} "
+                          "can be read.")
   return state, [], progress.EpochProgress(), {}
 
 

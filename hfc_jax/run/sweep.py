@@ -26,6 +26,7 @@ import ml_collections
 
 from hfc_jax import defaults, errors, fileio
 from hfc_jax.workdir import records, workdirs
+from hfc_jax.workdir.layout import Workdir
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -97,31 +98,32 @@ def expand(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.
   return runs
 
 
-def describe(config: ml_collections.ConfigDict, runs, workdir: str) -> dict:
+def describe(config: ml_collections.ConfigDict, runs, workdir: Workdir) -> dict:
   """The JSON description written to <workdir>/sweep.json."""
-  return {"kind": config.sweep.kind,
-          "name": fileio.basename(fileio.check("workdir", workdir)),
+  return {"kind": config.sweep.kind, "name": workdir.name,
           "runs": [{"name": name, "workdir": name, "overrides": flat}
                    for name, _, flat in runs]}
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str, train_fn) -> dict:
-  """Trains every run of the sweep with `train_fn(run_config, run_workdir)`.
+def run_sweep(config: ml_collections.ConfigDict, workdir: Workdir | str, train_fn) -> dict:
+  """Trains every run of the sweep with `train_fn(run_config, run_workdir)`, each run
+  in its sub-workdir (a `Workdir`).
 
   Returns {run name: train_fn's result}. `sweep.json` is written before the first
   run so that a report can be made while the sweep is still going.
   """
-  runs = expand(config)
-  records.write_json(fileio.join(workdir, workdirs.SWEEP), describe(config, runs, workdir))
+  workdir, runs = Workdir.of(workdir), expand(config)
+  if records.is_writer():
+    workdir.write_sweep(describe(config, runs, workdir))
   results = {}
   for i, (name, run_config, flat) in enumerate(runs):
     summary = ", ".join(f"{k}={v!r}" for k, v in flat.items()) or "base config"
     print(f"hfc_jax: sweep run {i + 1}/{len(runs)}: {name} ({summary})", flush=True)
-    run_dir = fileio.join(workdir, name)
-    fileio.makedirs(run_dir)
+    run_dir = workdir.run(name)
+    fileio.makedirs(run_dir.path)
     results[name] = train_fn(run_config, run_dir)
   if jax.process_index() == 0:
     from hfc_jax.reporting import report  # pylint: disable=g-import-not-at-top
-    written = report.write_report([workdir])
+    written = report.write_report([workdir.path])
     print(f"hfc_jax: sweep report: {written['markdown']}", flush=True)
   return results

@@ -26,9 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hfc_jax import errors, fileio
-
-CHECKPOINTS = "checkpoints"
-UNREADABLE = "unreadable_checkpoints"   # where unreadable checkpoints are moved
+from hfc_jax.workdir.layout import Workdir
 
 
 def check_config(config) -> None:
@@ -37,11 +35,6 @@ def check_config(config) -> None:
   errors.check_range("checkpoint.every_steps", config.checkpoint.every_steps, 0, None,
                      integer=True)
   errors.check_range("checkpoint.keep", config.checkpoint.keep, 2, None, integer=True)
-
-
-def checkpoint_dir(workdir: str) -> str:
-  """`<workdir>/checkpoints`, local paths made absolute, remote ones kept as URLs."""
-  return fileio.join(fileio.check("workdir", workdir), CHECKPOINTS)
 
 
 def type_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
@@ -71,7 +64,7 @@ class Checkpointer:
   there, so the file never lists an epoch that no finished checkpoint holds.
   """
 
-  def __init__(self, workdir: str, *, keep: int | None = None, read_only: bool = False):
+  def __init__(self, workdir: Workdir, *, keep: int | None = None, read_only: bool = False):
     """`keep`: the newest checkpoints a writer keeps (`checkpoint.keep`; None keeps
     every one, as a reader, which saves nothing, needs). `read_only`: for studies and
     checks beside a run that may be writing: creates nothing and leaves the temporary
@@ -80,7 +73,8 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=True)
-    self.directory = checkpoint_dir(workdir)
+    self.workdir = workdir
+    self.directory = workdir.checkpoints
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          handler_registry=handler_registry())
     self._pending: list[Callable[[], None]] = []
@@ -176,7 +170,7 @@ class Checkpointer:
     """Moves unreadable checkpoint `step` to `<workdir>/unreadable_checkpoints/<step>`
     (kept for inspection, out of Orbax's way); returns where it went."""
     source = fileio.join(self.directory, str(step))
-    target = fileio.join(fileio.path(self.directory).parent, UNREADABLE, str(step))
+    target = fileio.join(self.workdir.unreadable_checkpoints, str(step))
     fileio.makedirs(fileio.path(target).parent)
     fileio.path(source).rename(target)
     self.manager.reload()
@@ -211,14 +205,15 @@ def failure_cause(error: BaseException) -> str:
   return f"{type(inner).__name__}: {(str(inner).splitlines() or [''])[0][:200]}"
 
 
-def open_existing(workdir: str) -> Checkpointer:
+def open_existing(workdir: Workdir) -> Checkpointer:
   """A Checkpointer over a finished or running workdir; HfcError if it holds none."""
-  path = checkpoint_dir(workdir)
-  if not fileio.is_dir(path):
-    raise errors.HfcError(f"workdir={workdir!r} holds no checkpoint (no {path}).")
+  if not workdir.has_checkpoints():
+    raise errors.HfcError(f"workdir={workdir.path!r} holds no checkpoint "
+                          f"(no {workdir.checkpoints}).")
   ckpt = Checkpointer(workdir, read_only=True)
   if ckpt.latest_step() is None:
-    raise errors.HfcError(f"workdir={workdir!r} holds no finished checkpoint in {path}.")
+    raise errors.HfcError(f"workdir={workdir.path!r} holds no finished checkpoint in "
+                          f"{workdir.checkpoints}.")
   return ckpt
 
 

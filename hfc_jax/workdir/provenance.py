@@ -1,6 +1,6 @@
 """What made a result: the code version, the library versions and the command.
 
-Every start of a run appends one line to `<workdir>/provenance.jsonl`, and every
+Every start of a run appends one line to the workdir's `provenance.jsonl`, and every
 analysis output directory gets a `provenance.json`:
 
   {"time": ISO-8601 UTC, "hfc_jax": package version, "commit": git commit of the
@@ -18,7 +18,6 @@ imports JAX: the versions come from the installed package metadata.
 import datetime
 import functools
 import importlib.metadata
-import json
 import os
 import platform
 import shlex
@@ -26,9 +25,8 @@ import subprocess
 import sys
 
 import hfc_jax
-from hfc_jax import fileio
+from hfc_jax.workdir import layout
 
-FILE = "provenance.jsonl"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")
 
 
@@ -81,18 +79,10 @@ def describe(argv: list[str] | None = None) -> dict:
           "command": command_line(argv)}
 
 
-def record_start(workdir: str, step: int) -> None:
-  """Appends this start of a run at `step` to `<workdir>/provenance.jsonl`. Call from
-  process 0 only."""
-  fileio.append_line(fileio.join(workdir, FILE), json.dumps({"step": step, **describe()}))
-
-
-def read(workdir: str) -> list[dict]:
-  """The starts recorded in `<workdir>/provenance.jsonl` (empty when there is none)."""
-  path = fileio.join(workdir, FILE)
-  if not fileio.is_file(path):
-    return []
-  return [json.loads(line) for line in fileio.read_text(path).splitlines() if line.strip()]
+def record_start(workdir: layout.Workdir, step: int) -> None:
+  """Appends this start of a run at `step` to the workdir's provenance.jsonl (read back
+  with `Workdir.read_starts`). Call from process 0 only."""
+  workdir.append_start({"step": step, **describe()})
 
 
 def short(record: dict) -> str:

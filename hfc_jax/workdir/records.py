@@ -9,13 +9,12 @@ Every file goes through `hfc_jax.fileio`, so a workdir may be local or `gs://...
 """
 
 import io
-import json
 import math
 
 from absl import logging
 
 from hfc_jax import fileio
-from hfc_jax.workdir import workdirs
+from hfc_jax.workdir import layout
 
 
 def json_scalar(value):
@@ -36,9 +35,8 @@ def is_writer() -> bool:
 
 def write_json(path: str, obj) -> None:
   """Writes `obj` as indented JSON to `path` atomically (process 0 only)."""
-  if not is_writer():
-    return
-  fileio.write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+  if is_writer():
+    layout.write_json(path, obj)
 
 
 class _ObjectEventFile:
@@ -80,12 +78,12 @@ def tensorboard_writer(logdir: str):
 class Recorder:
   """Writes per-epoch records and step progress for one workdir."""
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True, history=()):
-    self.path = fileio.join(workdir, workdirs.METRICS)
+  def __init__(self, workdir: layout.Workdir, *, tensorboard: bool = True, history=()):
+    self.workdir = workdir
     self.active = is_writer()
     self._tb = None
     if self.active and tensorboard:
-      self._tb = tensorboard_writer(fileio.join(workdir, workdirs.TENSORBOARD))
+      self._tb = tensorboard_writer(workdir.tensorboard)
     self._sent = len(history)   # records already in TensorBoard (an earlier process)
 
   def write_history(self, history: list[dict]) -> None:
@@ -93,7 +91,7 @@ class Recorder:
     it has not seen. Called once the checkpoint holding `history` is committed."""
     if not self.active:
       return
-    fileio.write_text(self.path, "".join(json.dumps(r) + "\n" for r in history))
+    self.workdir.write_metrics(history)
     if self._tb is not None:
       for record in history[self._sent:]:
         step = record.get("step", record.get("epoch", 0))

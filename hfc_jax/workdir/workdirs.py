@@ -1,9 +1,9 @@
 """Reading finished (or running) run and sweep workdirs, without JAX.
 
-A run workdir holds `metrics.jsonl` (one JSON object per finished epoch, written by
-`records.Recorder`), `config.json` (the run's full config as a nested dict; absent
-in old workdirs) and `provenance.jsonl` (the commit and command of each start, see
-`hfc_jax.workdir.provenance`). A sweep workdir holds `sweep.json`:
+A run workdir (`layout.Workdir`) holds `metrics.jsonl` (one JSON object per finished
+epoch, written by `records.Recorder`), `config.json` (the run's full config as a nested
+dict; absent in old workdirs) and `provenance.jsonl` (the commit and command of each
+start, see `hfc_jax.workdir.provenance`). A sweep workdir holds `sweep.json`:
 
   {"name": str, "kind": one of KINDS,
    "runs": [{"name": str, "workdir": path relative to the sweep dir,
@@ -22,15 +22,9 @@ from typing import Any
 from absl import logging
 
 from hfc_jax import errors, fileio
-from hfc_jax.workdir import provenance
+from hfc_jax.workdir.layout import Workdir
 
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
-SWEEP = "sweep.json"
 LOOSE_GROUP = "runs"   # the group that collects run dirs given directly
-TENSORBOARD = "tensorboard"   # TensorBoard event files of a run
-REPORT = "report"      # report.py's default output directory inside the first workdir
-CURVES = "curves.png"  # a run's accuracy-vs-epoch figure, written at its end
 
 # Sweep kinds (sweep.json "kind", config sweep.kind): what report.py draws for each, and
 # the figure or table of Wang et al. (CVPR 2020) it reproduces.
@@ -121,52 +115,51 @@ def read_metrics(path: str, workdir: str = "") -> list[dict]:
   return sorted(records, key=lambda r: r.get("epoch", 0) or 0)
 
 
-def _read_json(path: str, workdir: str) -> Any:
+def _read_json(workdir: Workdir, name: str) -> Any:
   try:
-    return json.loads(fileio.read_text(path))
+    return workdir.read_json(name)
   except (OSError, json.JSONDecodeError) as e:
-    raise _error(workdir, f"cannot read {fileio.basename(path)} ({e}).") from None
+    raise _error(workdir.path, f"cannot read {name} ({e}).") from None
 
 
-def load_run(workdir: str, name: str, overrides: dict | None = None) -> Run:
+def load_run(workdir: Workdir, name: str, overrides: dict | None = None) -> Run:
   """Reads one run workdir; a missing directory or file makes a missing run."""
   config = None
-  config_path = fileio.join(workdir, CONFIG)
-  if fileio.is_file(config_path):
-    config = _read_json(config_path, workdir)
+  if fileio.is_file(workdir.config):
+    config = _read_json(workdir, Workdir.CONFIG)
     if not isinstance(config, dict):
-      logging.warning("%s is not a JSON object; ignored", config_path)
+      logging.warning("%s is not a JSON object; ignored", workdir.config)
       config = None
-  return Run(name=name, workdir=workdir,
-             records=read_metrics(fileio.join(workdir, METRICS), workdir),
+  return Run(name=name, workdir=workdir.path,
+             records=read_metrics(workdir.metrics, workdir.path),
              config=config, overrides=dict(overrides or {}),
              starts=_read_starts(workdir))
 
 
-def _read_starts(workdir: str) -> list[dict]:
+def _read_starts(workdir: Workdir) -> list[dict]:
   """The run's `provenance.jsonl` records (empty for runs made before it existed)."""
   try:
-    return provenance.read(workdir)
+    return workdir.read_starts()
   except (OSError, json.JSONDecodeError) as e:
-    logging.warning("%s: cannot read %s (%s); ignored", workdir, provenance.FILE, e)
+    logging.warning("%s: cannot read %s (%s); ignored", workdir, Workdir.PROVENANCE, e)
     return []
 
 
-def load_sweep(sweep_dir: str) -> Group:
+def load_sweep(sweep_dir: Workdir) -> Group:
   """Reads sweep.json and every run it lists (runs not started yet are missing)."""
-  spec = _read_json(fileio.join(sweep_dir, SWEEP), sweep_dir)
+  spec = _read_json(sweep_dir, Workdir.SWEEP)
   if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list):
-    raise _error(sweep_dir, "sweep.json has no 'runs' list.")
+    raise _error(sweep_dir.path, "sweep.json has no 'runs' list.")
   runs = []
   for i, entry in enumerate(spec["runs"]):
     if not isinstance(entry, dict) or "workdir" not in entry:
-      raise _error(sweep_dir, f"sweep.json runs[{i}] has no 'workdir'.")
-    sub = fileio.join(sweep_dir, str(entry["workdir"]))
-    name = str(entry.get("name") or fileio.basename(sub))
+      raise _error(sweep_dir.path, f"sweep.json runs[{i}] has no 'workdir'.")
+    sub = sweep_dir.run(str(entry["workdir"]))
+    name = str(entry.get("name") or sub.name)
     runs.append(load_run(sub, name, entry.get("overrides")))
-  name = str(spec.get("name") or fileio.basename(sweep_dir))
+  name = str(spec.get("name") or sweep_dir.name)
   return Group(name=name, kind=str(spec.get("kind", "generic")),
-               runs=_unique_names(runs), workdir=sweep_dir)
+               runs=_unique_names(runs), workdir=sweep_dir.path)
 
 
 def _unique_names(runs: list[Run]) -> list[Run]:
@@ -180,11 +173,6 @@ def _unique_names(runs: list[Run]) -> list[Run]:
   return runs
 
 
-def is_run_dir(path: str) -> bool:
-  """A run workdir: it has metrics.jsonl, or config.json (a run before its first epoch)."""
-  return any(fileio.is_file(fileio.join(path, f)) for f in (METRICS, CONFIG))
-
-
 def collect(workdirs: Sequence[str]) -> list[Group]:
   """One Group per sweep dir, in the given order, then one 'runs' Group ('generic')
   holding every run dir given directly, each named by its directory's basename.
@@ -195,15 +183,16 @@ def collect(workdirs: Sequence[str]) -> list[Group]:
   if not workdirs:
     raise errors.HfcError("--workdirs is empty; give one or more run or sweep directories.")
   groups, loose = [], []
-  for workdir in workdirs:
-    if not fileio.is_dir(workdir):
-      raise _error(workdir, "no such directory.")
-    if fileio.is_file(fileio.join(workdir, SWEEP)):
+  for given in workdirs:
+    if not fileio.is_dir(given):
+      raise _error(given, "no such directory.")
+    workdir = Workdir(given)   # as given: the report names the directories as typed
+    if workdir.is_sweep():
       groups.append(load_sweep(workdir))
-    elif is_run_dir(workdir):
-      loose.append(load_run(workdir, fileio.basename(workdir)))
+    elif workdir.is_run():
+      loose.append(load_run(workdir, workdir.name))
     else:
-      raise _error(workdir, f"holds neither {METRICS} nor {SWEEP}; "
+      raise _error(given, f"holds neither {Workdir.METRICS} nor {Workdir.SWEEP}; "
                    "not a run or sweep workdir.")
   if loose:
     groups.append(Group(name=LOOSE_GROUP, kind="generic", runs=_unique_names(loose)))
