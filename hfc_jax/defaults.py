@@ -147,7 +147,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "small_cnn"    # small_cnn | plain_cnn | resnet18 | preact_resnet32
-                                     # | plain_cnn_early_pool | plain_cnn_gap (ablations).
+                                     # | plain_cnn_early_pool | plain_cnn_gap (ablations);
+                                     # for PyTorch weights (hfc_jax.import_weights):
+                                     # wide_resnet | preact_resnet18 | resnet18_torch
+                                     # | torchvision_resnet18 | torchvision_resnet50.
   config.model.norm = "paper_bn"     # none | paper_bn | batchnorm. paper_bn: the paper's BN,
                                      # normalised with the current batch's statistics in
                                      # training and evaluation, no running averages, gamma 1,
@@ -161,6 +164,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"     # Compute dtype: float32 | bfloat16 (params stay float32).
   config.model.widths = ()           # Channel widths replacing the model's defaults, e.g.
                                      # plain_cnn (32, 32, 64, 128): 3 convs + dense; (): default.
+  config.model.depth = 0             # wide_resnet's depth, 6n + 4 (0: 28; 0 for other models).
+  config.model.width_factor = 0      # wide_resnet's width factor k (0: 10; 0 for others).
+  config.model.input_mean = ()       # Per-channel (x - mean) / std of the [0, 1] input inside
+  config.model.input_std = ()        # the model, after the input filter, for weights trained
+                                     # on standardised images (e.g. torchvision's); (): none.
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "adam"         # sgd | adam | adamw | adagrad | adadelta | rmsprop

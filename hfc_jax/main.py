@@ -113,6 +113,8 @@ def run(config, workdir: str, *, allow_changed_config: bool = False):
   if mode == "train":
     from hfc_jax import train, validation  # pylint: disable=g-import-not-at-top
     from hfc_jax.run import resume, sweep  # pylint: disable=g-import-not-at-top
+    from hfc_jax.importing import write as imported  # pylint: disable=g-import-not-at-top
+    imported.refuse_training(workdir)   # no optimiser state to resume from
     if sweep.is_sweep(config):
       for _, run_config, _ in sweep.expand(config):   # every run, before any work
         validation.check(run_config)

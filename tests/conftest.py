@@ -115,3 +115,16 @@ def numpy_split(images, radius, inclusive=False):
       lfc[k, :, :, ch] = np.real(np.fft.ifft2(np.fft.ifftshift(f * mask)))
       hfc[k, :, :, ch] = np.real(np.fft.ifft2(np.fft.ifftshift(f * (1 - mask))))
   return lfc, hfc
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `torch` compare with PyTorch: without it installed (the torch extra)
+  they are skipped with a reason that says how to run them; `.ci/run` installs it."""
+  del config
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("torch") is not None:
+    return
+  skip = pytest.mark.skip(reason='needs PyTorch: pip install -e ".[test,torch]"')
+  for item in items:
+    if "torch" in item.keywords:
+      item.add_marker(skip)

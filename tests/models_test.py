@@ -88,8 +88,10 @@ def test_formulas_match_known_counts():
   assert plain_cnn_params(1, 10, "none", size=28) == 430_890
 
 
+# The models of PyTorch layouts (wide_resnet, torchvision_resnet50, ...) are tested in
+# models_published_test.py, which checks that every model is covered by one of the two.
 @pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", sorted(PARAM_FORMULAS))
 def test_shapes_and_param_counts(name, norm):
   for shape, classes in (((2, 32, 32, 3), 10), ((2, 28, 28, 1), 7)):
     model = models.create(name, num_classes=classes, in_channels=shape[-1], norm=norm,
@@ -150,7 +152,7 @@ def test_first_conv_kernel_accepts_model_state_and_dict():
     np.testing.assert_array_equal(models.first_conv_kernel(source), expected)
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", sorted(PARAM_FORMULAS))
 def test_split_gives_only_params_and_batch_stats(name):
   model = nnx.eval_shape(lambda: models.create(name, num_classes=10, in_channels=3,
                                                image_size=(32, 32),

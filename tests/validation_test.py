@@ -65,7 +65,13 @@ DATA = [
 ]
 MODEL = [
     ({"model.name": "vgg"}, "model.name='vgg' is not allowed; choose one of: 'small_cnn', "
-     "'plain_cnn', 'plain_cnn_early_pool', 'plain_cnn_gap', 'resnet18', 'preact_resnet32'."),
+     "'plain_cnn', 'plain_cnn_early_pool', 'plain_cnn_gap', 'resnet18', 'preact_resnet32', "
+     "'resnet18_torch', 'preact_resnet18', 'wide_resnet', 'torchvision_resnet18', "
+     "'torchvision_resnet50'."),
+    ({"model.depth": 28}, "model.depth=28: model.name='small_cnn' has a fixed depth and "
+     "width factor; only wide_resnet takes them (0 for the others)."),
+    ({"model.input_mean": (0.5,), "model.input_std": (0.0,)},
+     "model.input_std[0]=0.0 is out of range; allowed: (0, inf]."),
     ({"model.norm": "layernorm"}, "model.norm='layernorm' is not allowed; choose one of: "
      + ", ".join(repr(n) for n in layers.NORMS) + "."),
     ({"model.dtype": "float16"},

@@ -1,11 +1,14 @@
-"""Layers shared by the models: the normalisation choice and the frequency input filter.
+"""Layers shared by the models: the normalisation choice, the input layers (frequency
+filter, per-channel standardisation) and PyTorch's conv padding.
 
-Every layer here is called as `layer(x, train=..., mask=...)` on NHWC activations, so the
+Every norm here is called as `norm(x, train=..., mask=...)` on NHWC activations, so the
 models can swap them without knowing which one they hold. `mask` is an optional (N,) float
 per-example weight (1 a real example, 0 a padding row of an evaluation batch); only the
-norms that take statistics over the batch read it. None of them stores an `nnx.Rngs`.
+norms that take statistics over the batch read it. The input layers take the images
+(`Standardize` alone, the filter with `train`). None of them stores an `nnx.Rngs`.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -20,7 +23,8 @@ NORMS = ("none", "paper_bn", "batchnorm")
 INPUT_FILTERS = ("none", "lowpass", "highpass")
 PAPER_BN_EPS = 1e-3  # the paper's BN epsilon
 BATCHNORM_MOMENTUM = 0.9  # running average: ra = 0.9 * ra + 0.1 * batch
-BATCHNORM_EPS = 1e-5
+BATCHNORM_EPS = 1e-5  # also PyTorch's BatchNorm2d default, so imported BN layers agree
+PADDINGS = ("same", "torch")
 
 
 class Identity(nnx.Module):
@@ -133,6 +137,56 @@ class FrequencyFilter(nnx.Module):
     if self.kind == "highpass":
       return frequency.highpass(x, self.radius, inclusive=self.inclusive)
     return x
+
+
+class Standardize(nnx.Module):
+  """Input layer without variables: (x - mean) / std per channel, or the identity.
+
+  The normalisation of models that expect standardised inputs (torchvision's ImageNet
+  mean and std, RobustBench's `mu`/`sigma` buffers) as part of the model, so that
+  everything outside it (the frequency split, attacks, eps) works on [0, 1] images and
+  perturbs before normalising, as RobustBench and Fourier heat maps do. `mean` and
+  `std` are tuples of floats, one per channel or one for all; both empty: identity.
+  """
+
+  def __init__(self, mean: Sequence[float] = (), std: Sequence[float] = ()):
+    self.mean = tuple(float(m) for m in mean)
+    self.std = tuple(float(s) for s in std)
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """Maps (N, H, W, C) to (N, H, W, C) (float32 when standardising)."""
+    if not self.mean:
+      return x
+    mean = jnp.asarray(self.mean, jnp.float32)
+    return (x.astype(jnp.float32) - mean) / jnp.asarray(self.std, jnp.float32)
+
+
+def check_standardize(mean: Sequence[float], std: Sequence[float],
+                      channels: int | None = None) -> None:
+  """One-line HfcErrors for model.input_mean / model.input_std: both empty, or both of
+  one length, 1 or `channels` (any while unknown), numbers, with std > 0."""
+  mean, std = tuple(mean), tuple(std)
+  if len(mean) != len(std):
+    raise errors.HfcError(f"model.input_mean={mean!r} and model.input_std={std!r} must "
+                          "have the same length (both () for no standardisation).")
+  if channels is not None and len(mean) not in (0, 1, channels):
+    raise errors.HfcError(f"model.input_mean={mean!r} has {len(mean)} values; the images "
+                          f"have {channels} channels (give 1 or {channels}, or ()).")
+  for i, (m, s) in enumerate(zip(mean, std)):
+    errors.check_range(f"model.input_mean[{i}]", m, float("-inf"))
+    errors.check_range(f"model.input_std[{i}]", s, 0, open_low=True)
+
+
+def conv_padding(kind: str, kernel: int) -> str | tuple[tuple[int, int], tuple[int, int]]:
+  """The `nnx.Conv` padding of a square `kernel` for padding `kind`: 'same' is XLA's
+  SAME (at stride 2 on an even side its one padded row and column go after the image),
+  'torch' is PyTorch's `padding=kernel // 2` on every side. The two agree at stride 1;
+  at stride 2 they sample the image at different offsets, so weights trained in PyTorch
+  need 'torch'."""
+  kind = errors.check_choice("padding", kind, PADDINGS)
+  if kind == "same":
+    return "SAME"
+  return ((kernel // 2, kernel // 2), (kernel // 2, kernel // 2))
 
 
 def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:

@@ -47,11 +47,13 @@ class PlainCNN(nnx.Module):
   def __init__(self, *, num_classes: int, in_channels: int, image_size: Sequence[int],
                norm: str = "none", dropout: float = 0.0, input_filter: str = "none",
                filter_radius: float = 0.0, dtype: Any = jnp.float32,
-               widths: Sequence[int] = WIDTHS, early_pool: bool = False,
+               widths: Sequence[int] = WIDTHS, input_mean: Sequence[float] = (),
+               input_std: Sequence[float] = (), early_pool: bool = False,
                global_pool: bool = False, rngs: nnx.Rngs):
     c1, c2, c3, hidden = widths
     self.early_pool, self.global_pool = early_pool, global_pool
     self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
+    self.standardize = layers.Standardize(input_mean, input_std)
     self.first_conv = nnx.Conv(in_channels, c1, (3, 3), padding="SAME", dtype=dtype,
                                kernel_init=nnx.initializers.he_normal(),
                                conv_general_dilated=input_conv.conv_general_dilated, rngs=rngs)
@@ -69,7 +71,7 @@ class PlainCNN(nnx.Module):
                mask: jnp.ndarray | None = None) -> jnp.ndarray:
     """Maps (N, H, W, in_channels) images in [0, 1], (H, W) = `image_size`, to float32
     logits (N, num_classes). `mask`: optional (N,) float, 1 real and 0 padding rows."""
-    x = self.input_filter(x, train=train)
+    x = self.standardize(self.input_filter(x, train=train))
     x = jax.nn.relu(self.first_norm(self.first_conv(x), train=train, mask=mask))
     if self.early_pool:
       x = pooling.max_pool_2x2(x)

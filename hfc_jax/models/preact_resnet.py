@@ -70,8 +70,10 @@ class PreActResNet32(nnx.Module):
   def __init__(self, *, num_classes: int, in_channels: int, norm: str = "none",
                dropout: float = 0.0, input_filter: str = "none", filter_radius: float = 0.0,
                dtype: Any = jnp.float32, widths: Sequence[int] = WIDTHS,
+               input_mean: Sequence[float] = (), input_std: Sequence[float] = (),
                blocks_per_stage: int = BLOCKS_PER_STAGE, rngs: nnx.Rngs):
     self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
+    self.standardize = layers.Standardize(input_mean, input_std)
     self.first_conv = conv3x3(in_channels, widths[0], 1, dtype=dtype, rngs=rngs,
                               on_image=True)
     blocks, width = [], widths[0]
@@ -91,7 +93,7 @@ class PreActResNet32(nnx.Module):
 
     `mask`: optional (N,) float, 1 for real rows, 0 for padding (kept out of batch statistics).
     """
-    x = self.first_conv(self.input_filter(x, train=train))
+    x = self.first_conv(self.standardize(self.input_filter(x, train=train)))
     for block in self.blocks:
       x = block(x, train=train, mask=mask)
     x = jax.nn.relu(self.final_norm(x, train=train, mask=mask))

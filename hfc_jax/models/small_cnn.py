@@ -40,8 +40,11 @@ class SmallCNN(nnx.Module):
 
   def __init__(self, *, num_classes: int, in_channels: int, norm: str = "none",
                dropout: float = 0.0, input_filter: str = "none", filter_radius: float = 0.0,
-               dtype: Any = jnp.float32, widths: Sequence[int] = WIDTHS, rngs: nnx.Rngs):
+               dtype: Any = jnp.float32, widths: Sequence[int] = WIDTHS,
+               input_mean: Sequence[float] = (), input_std: Sequence[float] = (),
+               rngs: nnx.Rngs):
     self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
+    self.standardize = layers.Standardize(input_mean, input_std)
     self.first_conv = nnx.Conv(in_channels, widths[0], (3, 3), padding="SAME", dtype=dtype,
                                kernel_init=nnx.initializers.he_normal(),
                                conv_general_dilated=input_conv.conv_general_dilated, rngs=rngs)
@@ -58,7 +61,7 @@ class SmallCNN(nnx.Module):
 
     `mask`: optional (N,) float, 1 for real rows, 0 for padding (kept out of batch statistics).
     """
-    x = self.input_filter(x, train=train)
+    x = self.standardize(self.input_filter(x, train=train))
     x = jax.nn.relu(self.first_norm(self.first_conv(x), train=train, mask=mask))
     x = pooling.max_pool_2x2(x)   # nnx.max_pool's values and gradients, without a scatter
     for block in self.blocks:
