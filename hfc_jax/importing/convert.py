@@ -179,10 +179,12 @@ def _closest(key: str, candidates) -> str:
 
 def check(prepared: Prepared, expected: dict[str, Target], where: str, hint: str = "") -> None:
   """One HfcError for the first bad key of `prepared` against `expected` (see the
-  module docstring); `where` names the file and --arch, `hint` is appended."""
-  weights = prepared.weights
-  for key, array in weights.items():
-    target = expected.get(key)
+  module docstring); `where` names the file and --arch, `hint` is appended. Keys are
+  checked in a fixed order, unknown ones (by name) first, then the architecture's own
+  order: a safetensors header need not keep the order the file was written in."""
+  weights, order = prepared.weights, {k: i for i, k in enumerate(expected)}
+  for key in sorted(weights, key=lambda k: (k in order, order.get(k, 0), k)):
+    array, target = weights[key], expected.get(key)
     if target is None:
       unknown = sum(k not in expected for k in weights)
       missing = [k for k in expected if k not in weights]
