@@ -236,6 +236,14 @@ def get_config() -> ml_collections.ConfigDict:
                                      # train_component | shuffled_labels | bn_lfc
   config.sweep.runs = ()             # Run names, in order.
   config.sweep.overrides = ml_collections.ConfigDict()  # Run name -> partial config.
+  config.sweep.group_size = ml_collections.FieldReference(1, field_type=object)  # Runs
+                                     # trained together in one vmapped step (run-parallel):
+                                     # 1: one after another; k: groups of k consecutive runs,
+                                     # which may differ only in seed and scalar settings
+                                     # (hfc_jax/stacked.py); 'auto': every such set of runs.
+  config.sweep.run_devices = 1       # Devices along the (runs, data) mesh's runs axis of a
+                                     # group; divides each group's run count (1: every run's
+                                     # batch split over all devices).
 
   # `--config.mode=robust_eval` on a trained workdir (hfc_jax/analysis/robustness.py).
   config.robust_eval = ml_collections.ConfigDict()

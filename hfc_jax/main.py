@@ -118,9 +118,12 @@ def run(config, workdir: str, *, allow_changed_config: bool = False):
     if sweep.is_sweep(config):
       for _, run_config, _ in sweep.expand(config):   # every run, before any work
         validation.check(run_config)
+      from hfc_jax.run import group  # pylint: disable=g-import-not-at-top
+      group.plan(config, sweep.expand(config))   # and how they train together
       train_fn = functools.partial(train.train_and_evaluate,
                                    allow_changes=allow_changed_config)
-      return _in_new_workdir(workdir, lambda: sweep.run_sweep(config, workdir, train_fn))
+      return _in_new_workdir(workdir, lambda: sweep.run_sweep(
+          config, workdir, train_fn, allow_changes=allow_changed_config))
     validation.check(config)
     return _in_new_workdir(workdir, lambda: train.train_and_evaluate(
         config, workdir, allow_changes=allow_changed_config))

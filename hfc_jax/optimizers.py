@@ -14,10 +14,14 @@ SCHEDULES = ("constant", "cosine", "step")
 
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
-                           epochs: int) -> optax.Schedule:
+                           epochs: int, *, base=None) -> optax.Schedule:
   """Linear warm-up over `warmup_epochs`, then constant, cosine decay to 0, or a step
-  decay by `decay_factor` at each fraction of training listed in `decay_at`."""
-  base = cfg.learning_rate
+  decay by `decay_factor` at each fraction of training listed in `decay_at`.
+
+  `base`: the peak learning rate instead of `cfg.learning_rate`; a float or a traced
+  float32 scalar (one run's rate in a run-parallel group, `hfc_jax.stacked`).
+  """
+  base = cfg.learning_rate if base is None else base
   total = max(steps_per_epoch * epochs, 1)
   warmup = int(cfg.warmup_epochs * steps_per_epoch)
   if cfg.schedule == "constant":
@@ -37,18 +41,26 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
-                   epochs: int) -> optax.GradientTransformation:
+                   epochs: int, *, learning_rate=None,
+                   weight_decay=None) -> optax.GradientTransformation:
   """The optax chain: optional clipping, coupled L2 weight decay, the optimiser.
-  Raises a one-line HfcError for a bad `cfg` field (`check_section`)."""
+  Raises a one-line HfcError for a bad `cfg` field (`check_section`).
+
+  `learning_rate`, `weight_decay`: values replacing `cfg`'s, floats or traced scalars
+  (a run-parallel group's per-run settings, `hfc_jax.stacked`). Whether weight decay is
+  applied at all still follows `cfg.weight_decay`, so the optimiser state has the
+  structure of the run trained alone and its checkpoints stay interchangeable.
+  """
   check_section(cfg, epochs)
-  lr = learning_rate_schedule(cfg, steps_per_epoch, epochs)
+  lr = learning_rate_schedule(cfg, steps_per_epoch, epochs, base=learning_rate)
   momentum = cfg.momentum
   if cfg.name == "sgd":
     opt = optax.sgd(lr, momentum=momentum or None, nesterov=cfg.nesterov)
   elif cfg.name == "adam":
     opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
   elif cfg.name == "adamw":
-    opt = optax.adamw(lr, weight_decay=cfg.weight_decay)
+    opt = optax.adamw(lr, weight_decay=cfg.weight_decay if weight_decay is None
+                      else weight_decay)
   elif cfg.name == "adagrad":
     opt = optax.adagrad(lr)
   elif cfg.name == "adadelta":
@@ -58,9 +70,9 @@ def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
   chain = []
   if cfg.grad_clip_norm:
     chain.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-  weight_decay = cfg.weight_decay
-  if weight_decay and cfg.name != "adamw":
-    chain.append(optax.add_decayed_weights(weight_decay))
+  if cfg.weight_decay and cfg.name != "adamw":
+    chain.append(optax.add_decayed_weights(
+        cfg.weight_decay if weight_decay is None else weight_decay))
   return optax.chain(*chain, opt)
 
 

@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hfc_jax import errors
 
 DATA_AXIS = "data"
+RUNS_AXIS = "runs"   # a run-parallel group's runs (`make_group_mesh`, `hfc_jax.stacked`)
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -92,3 +93,38 @@ def put_batch(mesh: Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
 def put_replicated(tree, mesh: Mesh):
   """Places a pytree of host or device arrays on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))
+
+
+# ---------------------------------------------------------------------------
+# Run-parallel groups: a 2-D (runs, data) mesh
+# ---------------------------------------------------------------------------
+def make_group_mesh(run_devices: int, num_devices: int | None = None) -> Mesh:
+  """A (runs, data) mesh over the first `num_devices` devices (default: all):
+  `run_devices` along `runs`, the rest along `data`. A group's stacked state is split
+  over `runs` (each device holds R / run_devices whole runs) and each run's batch over
+  `data`, so run_devices=1 is the 1-D data mesh with every run on every device."""
+  devices = jax.devices()[:mesh_size(num_devices)]
+  if run_devices < 1 or len(devices) % run_devices:
+    raise errors.HfcError(f"sweep.run_devices={run_devices} must divide the {len(devices)} "
+                          "devices of the mesh.")
+  return jax.make_mesh((run_devices, len(devices) // run_devices), (RUNS_AXIS, DATA_AXIS),
+                       devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def runs_sharding(mesh: Mesh) -> NamedSharding:
+  """A stacked (R, ...) array split along its run axis, replicated over `data`."""
+  return NamedSharding(mesh, P(RUNS_AXIS))
+
+
+def group_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """A stacked (R, B, ...) batch: runs over `runs`, each run's batch over `data`."""
+  return NamedSharding(mesh, P(RUNS_AXIS, DATA_AXIS))
+
+
+def put_group_batch(mesh: Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+  """Stacked per-process host batches (R, B / process_count, ...) as global (R, B, ...)
+  arrays in `group_batch_sharding` (each process passes its rows of every run's batch)."""
+  sharding = group_batch_sharding(mesh)
+  return tuple(jax.make_array_from_process_local_data(
+      sharding, a, (a.shape[0], a.shape[1] * jax.process_count()) + a.shape[2:])
+               for a in arrays)

@@ -100,6 +100,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     smooth_kernel_weight: > 0 adds weight * `smoothness.first_conv_penalty` (squared
       differences of adjacent first-layer kernel values; Wang et al., ICLR 2020,
       "Smooth kernels improve adversarial robustness") to the loss.
+    tx, adversary, mixup_alpha and smooth_kernel_weight may carry traced per-run
+      settings: `hfc_jax.stacked` vmaps this step over a group of runs.
 
   Returns:
     The new state and {'loss', 'accuracy'} batch means (device scalars), measured on
@@ -114,7 +116,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     x = adversary.perturb(functional, state.params, state.model_state, x, labels,
                           attack_key, dropout_key)
   targets = labels
-  if mixup_alpha > 0:
+  if _on(mixup_alpha):
     x, targets, _ = transforms.mixup(jax.random.fold_in(step_key, 2), x, labels,
                                      num_classes, mixup_alpha)
 
@@ -122,7 +124,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     logits, model_state = functional.apply(
         params, state.model_state, x, train=True, dropout_key=dropout_key)
     loss = cross_entropy(logits, targets).mean()
-    if smooth_kernel_weight > 0:
+    if _on(smooth_kernel_weight):
       loss = loss + smooth_kernel_weight * smoothness.first_conv_penalty(params)
     return loss, (logits, model_state)
 
@@ -135,6 +137,13 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
                             model_state=model_state, opt_state=opt_state)
   return new_state, {"loss": loss, "accuracy": accuracy,
                      "nonfinite": nonfinite_parts(new_state)}
+
+
+def _on(setting) -> bool:
+  """Whether a term of the step with this weight is on: a number when > 0; a traced
+  scalar (one run's setting in a run-parallel group, `hfc_jax.stacked`) always, as
+  such a group holds only runs that use the term."""
+  return isinstance(setting, jax.Array) or setting > 0
 
 
 def all_finite(tree: PyTree) -> jax.Array:
@@ -222,12 +231,8 @@ def _train_and_evaluate(config, workdir: Workdir, mesh, watch: preemption.Watch,
   dataset = data_lib.load(config.data)
   validation.check_with_data(config, dataset, mesh)
   adversary = adversarial.Adversary.from_config(config.adv)
-  tc, ec = config.train, config.eval
+  tc = config.train
   steps_per_epoch = pipeline.num_train_steps(len(dataset.x_train), tc.batch_size)
-  train_eval_x, train_eval_y = data_lib.subset(
-      dataset.x_train, dataset.y_train, ec.train_subset, config.seed)
-  test_x, test_y = data_lib.subset(
-      dataset.x_test, dataset.y_test, ec.test_subset, config.seed)
   logging.info("data %s: %d train, %d test images of %dx%dx%d; devices: %d; %d epochs of "
                "%d steps", dataset.name, len(dataset.x_train), len(dataset.x_test),
                dataset.image_size, dataset.image_size, dataset.channels, mesh.devices.size,
@@ -240,36 +245,18 @@ def _train_and_evaluate(config, workdir: Workdir, mesh, watch: preemption.Watch,
   del model
 
   # ----- Resume ------------------------------------------------------------
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
-  state, history, progress, changed = resume.restore_latest(
-      ckpt, state, config, workdir, steps_per_epoch, allow_changes=allow_changes)
-  if len(history) >= tc.epochs:   # finished, but its newest checkpoint was unreadable
-    ckpt.close()
-    return history
-  if "train.epochs" in changed and config.optim.schedule != "constant":
-    logging.warning("train.epochs changed %s -> %s: the %s learning-rate schedule now "
-                    "spans the new length, so the run differs from one started with it",
-                    *changed["train.epochs"], config.optim.schedule)
-  if jax.process_index() == 0:
-    resume.record(workdir, int(state.step), changed)
-    provenance.record_start(workdir, int(state.step))
-    workdir.write_config(config.to_dict())
-  recorder = records.Recorder(workdir, tensorboard=config.tensorboard,
-                              history=history)
-  recorder.write_history(history)
+  state, run, changed = restore_run(config, workdir, state, dataset, steps_per_epoch,
+                                    allow_changes=allow_changes)
+  if run.finished:   # finished, but its newest checkpoint was unreadable
+    run.ckpt.close()
+    return run.history
+  start_run(run, int(state.step), changed)
+  ckpt, history = run.ckpt, run.history
 
   # ----- Update and evaluation functions -----------------------------------
   step_fn = make_config_train_step(config, functional, tx, mesh, dataset.num_classes,
                                    adversary=adversary)
-  eval_sets = {"test": (test_x, test_y), "train_eval": (train_eval_x, train_eval_y)}
-  score = make_scorer(config, functional, mesh, eval_sets, adversary)
-
-  def save(state, history, progress, on_commit=None):
-    meta = {"config": config.to_dict(), "history": history,
-            "num_classes": dataset.num_classes, "channels": dataset.channels,
-            "image_size": dataset.image_size,
-            "epoch_progress": dataclasses.asdict(progress)}
-    ckpt.save(int(state.step), state, meta, on_commit=on_commit)
+  score = make_scorer(config, functional, mesh, eval_sets(config, dataset), adversary)
 
   # ----- Train loop --------------------------------------------------------
   started = time.perf_counter()
@@ -277,29 +264,110 @@ def _train_and_evaluate(config, workdir: Workdir, mesh, watch: preemption.Watch,
   try:
     for epoch in range(len(history), tc.epochs):
       state = _train_epoch(state, step_fn, dataset, mesh, config, epoch, steps_per_epoch,
-                           progress, recorder=recorder, watch=watch,
-                           heartbeat=workdir_lock.heartbeat,
-                           save=lambda s, p: save(s, history, p), ckpt=ckpt,
+                           run.progress, recorder=run.recorder, watch=watch,
+                           heartbeat=workdir_lock.heartbeat, save=run.save, ckpt=ckpt,
                            loss_watch=loss_watch)
-      t0 = time.perf_counter()
-      record = {"epoch": epoch + 1, "step": int(state.step),
-                **progress.means(steps_per_epoch), "train_time_s": progress.train_time_s,
-                **score(state)}
-      record["epoch_time_s"] = progress.train_time_s + time.perf_counter() - t0
-      history.append({k: records.json_scalar(v) for k, v in record.items()})
-      progress = progress_lib.EpochProgress()
-      save(state, history, progress,
-           on_commit=functools.partial(recorder.write_history, list(history)))
-      recorder.log_epoch(history[-1], tc.epochs)
+      run.end_epoch(state, score, steps_per_epoch)
       if watch.requested:   # a SIGTERM during evaluation: this epoch's checkpoint is saved
         ckpt.wait()
         raise watch.stopped(int(state.step), ckpt.directory)
     ckpt.wait()
   finally:
-    ckpt.close()
-    recorder.close()
+    run.close()
   _closing(workdir, history, time.perf_counter() - started)
   return history
+
+
+# ---------------------------------------------------------------------------
+# One run's files: resume, checkpoints and epoch records (also for the runs of a
+# run-parallel group, `hfc_jax.run.group`)
+# ---------------------------------------------------------------------------
+def eval_sets(config, dataset) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{'test': (x, y), 'train_eval': (x, y)}: the images each epoch scores, the subsets
+  `eval.test_subset` and `eval.train_subset` drawn with `config.seed`."""
+  ec = config.eval
+  return {"test": data_lib.subset(dataset.x_test, dataset.y_test, ec.test_subset,
+                                  config.seed),
+          "train_eval": data_lib.subset(dataset.x_train, dataset.y_train,
+                                        ec.train_subset, config.seed)}
+
+
+@dataclasses.dataclass
+class RunFiles:
+  """One training run's checkpoints and records: what `restore_run` found, then what
+  the train loop adds (`save`, `end_epoch`)."""
+  config: ml_collections.ConfigDict
+  workdir: Workdir
+  ckpt: checkpointing.Checkpointer
+  history: list[dict]                    # finished epochs' records (metrics.jsonl)
+  progress: progress_lib.EpochProgress   # the running sums of the epoch in progress
+  data_meta: dict                        # num_classes, channels, image_size
+  recorder: records.Recorder | None = None   # set by `start_run`
+
+  @property
+  def finished(self) -> bool:
+    return len(self.history) >= self.config.train.epochs
+
+  def save(self, state: TrainState, progress: progress_lib.EpochProgress,
+           on_commit=None) -> None:
+    """Starts saving `state` (one run's, replicated) with the history so far and the
+    partly trained epoch's `progress`."""
+    meta = {"config": self.config.to_dict(), "history": self.history, **self.data_meta,
+            "epoch_progress": dataclasses.asdict(progress)}
+    self.ckpt.save(int(state.step), state, meta, on_commit=on_commit)
+
+  def end_epoch(self, state: TrainState, score, steps_per_epoch: int) -> None:
+    """Scores `state` at an epoch's end (`score(state) -> record`), appends the epoch's
+    record, and saves; metrics.jsonl is rewritten once that checkpoint commits."""
+    t0, progress = time.perf_counter(), self.progress
+    record = {"epoch": len(self.history) + 1, "step": int(state.step),
+              **progress.means(steps_per_epoch), "train_time_s": progress.train_time_s,
+              **score(state)}
+    record["epoch_time_s"] = progress.train_time_s + time.perf_counter() - t0
+    self.history.append({k: records.json_scalar(v) for k, v in record.items()})
+    self.progress = progress_lib.EpochProgress()
+    self.save(state, self.progress, on_commit=functools.partial(
+        self.recorder.write_history, list(self.history)))
+    self.recorder.log_epoch(self.history[-1], self.config.train.epochs)
+
+  def close(self) -> None:
+    try:
+      self.ckpt.close()
+    finally:
+      if self.recorder is not None:
+        self.recorder.close()
+
+
+def restore_run(config, workdir: Workdir, state: TrainState, dataset, steps_per_epoch: int,
+                *, allow_changes: bool, max_step: int | None = None
+                ) -> tuple[TrainState, RunFiles, dict]:
+  """(state, run files, config changes) of `workdir`: restored from its newest readable
+  checkpoint at or before `max_step` (`resume.restore_latest`), else the fresh `state`.
+  Writes nothing but the setting-aside of unreadable checkpoints."""
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
+  state, history, progress, changed = resume.restore_latest(
+      ckpt, state, config, workdir, steps_per_epoch, allow_changes=allow_changes,
+      max_step=max_step)
+  meta = {"num_classes": dataset.num_classes, "channels": dataset.channels,
+          "image_size": dataset.image_size}
+  return state, RunFiles(config, workdir, ckpt, history, progress, meta), changed
+
+
+def start_run(run: RunFiles, step: int, changed: dict) -> None:
+  """Records a (re)start at `step` (process 0: config changes, provenance, config.json)
+  and opens its recorder, which rewrites metrics.jsonl to the restored history."""
+  config, workdir = run.config, run.workdir
+  if "train.epochs" in changed and config.optim.schedule != "constant":
+    logging.warning("train.epochs changed %s -> %s: the %s learning-rate schedule now "
+                    "spans the new length, so the run differs from one started with it",
+                    *changed["train.epochs"], config.optim.schedule)
+  if jax.process_index() == 0:
+    resume.record(workdir, step, changed)
+    provenance.record_start(workdir, step)
+    workdir.write_config(config.to_dict())
+  run.recorder = records.Recorder(workdir, tensorboard=config.tensorboard,
+                                  history=run.history)
+  run.recorder.write_history(run.history)
 
 
 def make_scorer(config, functional: Functional, mesh, eval_sets: dict, adversary):

@@ -18,6 +18,7 @@ FILE_NAMES = {Workdir.METRICS, Workdir.CONFIG, Workdir.CONFIG_HISTORY, Workdir.P
 OTHER_MEANINGS = {
     ("analysis/kernels.py", "sweep.json"),   # the kernels study's own output file
     ("defaults.py", "tensorboard"),          # the config field `tensorboard`
+    ("stacked.py", "tensorboard"),           # the config field, a per-run setting
 }
 
 

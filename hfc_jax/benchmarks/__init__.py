@@ -11,6 +11,7 @@ units, the timing protocol and the shared train-step cache). Modules:
   host_io            input, checkpoint
   heatmap            heatmap (the Fourier heat map's chunk against plain evaluation)
   autoattack         autoattack (APGD / PGD, Square / forward pass, the whole ensemble)
+  groups             groups (run-parallel groups of small_cnn runs / the runs one by one)
 
 This file imports nothing: `driver` sets XLA_FLAGS before the sections import JAX.
 """

@@ -12,7 +12,9 @@ pipeline against the small_cnn step), scaling (1, 2, 4, 8 devices), checkpoint (
 save/restore of a ResNet-18 + Adam state), heatmap (the Fourier heat map's perturbed
 images/s against plain evaluation) and autoattack (an APGD iteration against a PGD step,
 a Square query against a forward pass, the whole AutoAttack on `--autoattack_images`
-test images). The pgd, eval and heatmap sections use small_cnn
+test images), groups (run-parallel groups of 1, 2, 4, 8 small_cnn runs in one vmapped
+step against the same runs one after another, runs x images/s). The pgd, eval and
+heatmap sections use small_cnn
 unless `--models` is given. Output: a fixed-width table on stdout and, with `--json`,
 every number in a nested dict {'meta': ..., '<section>': ...}. The sections live in
 the `hfc_jax.benchmarks` package; this module is the driver (flags, table, JSON), and
@@ -54,14 +56,15 @@ import jax
 from absl import app, flags, logging
 
 from hfc_jax import errors, library_logs
-from hfc_jax.benchmarks import autoattack, frequency_passes, heatmap, host_io, train_steps
+from hfc_jax.benchmarks import autoattack, frequency_passes, groups, heatmap, host_io
+from hfc_jax.benchmarks import train_steps
 from hfc_jax.benchmarks.common import RECIPES, Options, Row
 
 SECTIONS = {"train": train_steps.train_section, "pgd": train_steps.pgd_section,
             "eval": frequency_passes.eval_section, "split": frequency_passes.split_section,
             "input": host_io.input_section, "scaling": train_steps.scaling_section,
             "checkpoint": host_io.checkpoint_section, "heatmap": heatmap.heatmap_section,
-            "autoattack": autoattack.autoattack_section}
+            "autoattack": autoattack.autoattack_section, "groups": groups.groups_section}
 SECTION_NAMES = tuple(SECTIONS)
 MODEL_NAMES = tuple(RECIPES)
 

@@ -88,7 +88,11 @@ class StepMetrics:
     if interval is None or not interval[1]:
       return
     step, metrics, seconds = interval
-    fetched = jax.device_get(metrics)
+    self.record(step, jax.device_get(metrics), seconds)
+
+  def record(self, step: int, fetched: list[dict], seconds: float) -> None:
+    """Checks and records the host copies of one interval's step metrics, the last
+    at `step`, taken in `seconds`; raises `errors.RunFailed` when they diverged."""
     check_finite(fetched, step - len(fetched) + 1)
     losses = [float(m["loss"]) for m in fetched]
     accuracies = [float(m["accuracy"]) for m in fetched]

@@ -121,10 +121,12 @@ def finished_history(config, workdir: Workdir, *, allow_changes: bool = False
 
 
 def restore_latest(ckpt: checkpointing.Checkpointer, state, config, workdir: Workdir,
-                   steps_per_epoch: int, *, allow_changes: bool = False):
+                   steps_per_epoch: int, *, allow_changes: bool = False,
+                   max_step: int | None = None):
   """(state, history, partial-epoch sums, config changes) from the newest readable
   checkpoint (restored into the shapes and shardings of the fresh TrainState `state`),
-  or `state` itself for a fresh start. A checkpoint that cannot be read (a truncated file, a
+  or `state` itself for a fresh start. `max_step`: only checkpoints at or before it
+  count (a run-parallel group resumes all its runs at one step). A checkpoint that cannot be read (a truncated file, a
   missing metadata file) is reported in one line, set aside, and the one before used.
   HfcError when the run's settings changed in a way that changes the result
   (`resume.check`) or its step does not fit the epoch length."""
@@ -142,7 +144,9 @@ def restore_latest(ckpt: checkpointing.Checkpointer, state, config, workdir: Wor
       raise
     return restored, meta, found
 
-  newest = checkpointing.newest_readable(ckpt, read, lambda step, e: _set_aside(ckpt, step, e))
+  steps = [s for s in ckpt.all_steps() if max_step is None or s <= max_step]
+  newest = checkpointing.newest_readable(ckpt, read, lambda step, e: _set_aside(ckpt, step, e),
+                                         steps=steps)
   if newest is not None:
     step, (restored, meta, found) = newest
     history = meta["history"]
@@ -155,7 +159,7 @@ def restore_latest(ckpt: checkpointing.Checkpointer, state, config, workdir: Wor
     logging.info("resumed at step %d: epoch %d, %d of its %d steps done", step,
                  len(history) + 1, sums.steps, steps_per_epoch)
     return restored, history, sums, found
-  if ckpt.all_steps():
+  if steps:
     raise errors.HfcError(f"workdir={workdir.path!r}: no checkpoint in {ckpt.directory} "
                           "can be read.")
   return state, [], progress.EpochProgress(), {}

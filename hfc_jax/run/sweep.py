@@ -11,7 +11,11 @@ holds a partial config (same nesting as the config) that differs for that run:
 `python -m hfc_jax.main --config=that.py --workdir=W` then trains `W/vanilla` and
 `W/dropout` one after the other, in the order of `runs`, and writes `W/sweep.json`
 (the kind, and each run's sub-workdir and overrides as dotted keys), and at the
-end the report of `python -m hfc_jax.report` into `W/report` (figures and tables). Every run resumes on its own, so the same command
+end the report of `python -m hfc_jax.report` into `W/report` (figures and tables).
+With `sweep.group_size` > 1 or 'auto', runs that differ only in the seed and scalar
+settings train together in one vmapped step (`hfc_jax.run.group`), each still in its
+own sub-workdir, indistinguishable from a run trained alone. Every run resumes on its
+own, so the same command
 after an interruption continues where it stopped and skips finished runs. All
 overrides are checked before the first run starts: an unknown field or a value of
 the wrong type is a one-line error naming it.
@@ -105,23 +109,39 @@ def describe(config: ml_collections.ConfigDict, runs, workdir: Workdir) -> dict:
                    for name, _, flat in runs]}
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: Workdir | str, train_fn) -> dict:
+def run_sweep(config: ml_collections.ConfigDict, workdir: Workdir | str, train_fn, *,
+              allow_changes: bool = False) -> dict:
   """Trains every run of the sweep with `train_fn(run_config, run_workdir)`, each run
-  in its sub-workdir (a `Workdir`).
+  in its sub-workdir (a `Workdir`); with `sweep.group_size` other than 1, the runs that
+  may share a step train together (`group.train_group`, `allow_changes` as for a
+  resume), one group after another (`group.plan`).
 
-  Returns {run name: train_fn's result}. `sweep.json` is written before the first
+  Returns {run name: its history}. `sweep.json` is written before the first
   run so that a report can be made while the sweep is still going.
   """
+  from hfc_jax.run import group  # pylint: disable=g-import-not-at-top  (imports train)
   workdir, runs = Workdir.of(workdir), expand(config)
+  groups = group.plan(config, runs)
   if records.is_writer():
     workdir.write_sweep(describe(config, runs, workdir))
   results = {}
-  for i, (name, run_config, flat) in enumerate(runs):
-    summary = ", ".join(f"{k}={v!r}" for k, v in flat.items()) or "base config"
-    print(f"hfc_jax: sweep run {i + 1}/{len(runs)}: {name} ({summary})", flush=True)
-    run_dir = workdir.run(name)
-    fileio.makedirs(run_dir.path)
-    results[name] = train_fn(run_config, run_dir)
+  for members in groups:
+    for i in members:
+      name, _, flat = runs[i]
+      summary = ", ".join(f"{k}={v!r}" for k, v in flat.items()) or "base config"
+      together = f", together with {len(members) - 1} more" if len(members) > 1 else ""
+      print(f"hfc_jax: sweep run {i + 1}/{len(runs)}: {name} ({summary}){together}",
+            flush=True)
+      fileio.makedirs(workdir.run(name).path)
+    if len(members) == 1:
+      name, run_config, _ = runs[members[0]]
+      results[name] = train_fn(run_config, workdir.run(name))
+      continue
+    histories = group.train_group([runs[i][1] for i in members],
+                                  [workdir.run(runs[i][0]) for i in members],
+                                  run_devices=int(config.sweep.run_devices),
+                                  allow_changes=allow_changes)
+    results.update({runs[i][0]: h for i, h in zip(members, histories)})
   if jax.process_index() == 0:
     from hfc_jax.reporting import report  # pylint: disable=g-import-not-at-top
     written = report.write_report([workdir.path])

@@ -176,6 +176,15 @@ class Checkpointer:
     self.manager.reload()
     return target
 
+  def drop_after(self, step: int) -> list[int]:
+    """Deletes the checkpoints newer than `step`; returns their steps. A run-parallel
+    group resumes every run at the newest step all of them hold, and retrains the
+    steps that only some runs had saved (`hfc_jax.run.group`)."""
+    newer = [s for s in self.all_steps() if s > step]
+    for s in newer:
+      self.manager.delete(s)
+    return newer
+
   def close(self) -> None:
     self.wait()
     self.manager.close()
@@ -218,9 +227,10 @@ def open_existing(workdir: Workdir) -> Checkpointer:
 
 
 def newest_readable(ckpt: Checkpointer, read: Callable[[int], Any],
-                    skip: Callable[[int, Exception], None]) -> tuple[int, Any] | None:
+                    skip: Callable[[int, Exception], None], *,
+                    steps: list[int] | None = None) -> tuple[int, Any] | None:
   """(step, read(step)) for the newest checkpoint that `read` can read, or None when
-  the workdir holds none that can be.
+  the workdir holds none that can be; `steps`: only these (default: all).
 
   Tries the steps newest first. When `read` raises (a truncated file, a missing
   metadata file: Orbax raises many types), `skip(step, error)` reports the checkpoint
@@ -228,7 +238,7 @@ def newest_readable(ckpt: Checkpointer, read: Callable[[int], Any],
   HfcError from `read` is a verdict on the run (its settings changed), not an unreadable
   file, and propagates. The one loop that training's resume and every analysis use.
   """
-  for step in reversed(ckpt.all_steps()):
+  for step in reversed(sorted(ckpt.all_steps() if steps is None else steps)):
     try:
       return step, read(step)
     except errors.HfcError:

@@ -1,0 +1,281 @@
+"""Run-parallel groups (hfc_jax/stacked.py, hfc_jax/run/group.py): each run of a group
+trains as it would alone.
+
+Tolerances, measured on this CPU (XLA fuses the vmapped program differently from the
+lone one, so the float rounding differs; nothing is bit-exact, not even the forward
+pass). Max |grouped - alone| after 3 SGD steps, losses / parameters:
+  1 device (1x1):          2.4e-7 / 3.2e-5 (seeds), 2.4e-7 / 6e-8 (learning rates)
+  8 devices, 1x8 mesh:     4.8e-7 / 1.8e-7
+  8 devices, 4x2 mesh:     4.8e-7 / 6e-8 (seeds and learning rates)
+  8 devices, 8x1 mesh:     3.4e-5 / 2.0e-4 (each run's batch on one device against the
+                           lone run's over 8: the 1-vs-8-device difference of train_test)
+The tests assert 1e-4 / 1e-3. Adam is not compared parameter by parameter: it turns
+float noise in near-zero gradients into steps of +-lr (see tests/train_test.py).
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from hfc_jax import errors, optimizers, sharding, stacked, train
+from hfc_jax.analysis import common
+from hfc_jax.data import pipeline
+from hfc_jax.run import group, sweep
+from hfc_jax.workdir.layout import Workdir
+from tests.conftest import assert_refused, random_batch, tiny_config
+
+LOSS_ATOL = 1e-4
+PARAM_ATOL = 1e-3
+# 16 steps of the driver: float noise grows to ~1e-4 in the losses and may flip a test
+# image or two, as between lone runs on 1 and on 2 devices (measured: 1.47309 vs 1.47113
+# train loss, 0.691 vs 0.707 test accuracy at lr 0.05).
+DRIVER_RTOL = 1.5e-2
+DRIVER_PARAM_ATOL = 5e-3
+
+
+def _sgd(**overrides):
+  return tiny_config(**{"optim.name": "sgd", "optim.learning_rate": 0.05, **overrides})
+
+
+# ---------------------------------------------------------------------------
+# Fast: data order, settings, planning and refusals
+# ---------------------------------------------------------------------------
+def test_group_batches_are_each_runs_own_batches():
+  x, y = random_batch(96)
+  configs = [tiny_config(seed=s, **{"data.augment": True, "train.batch_size": 16})
+             for s in (0, 5, 7)]
+  grouped = list(stacked.group_batches(x, y, configs, epoch=1, start_step=2))
+  assert len(grouped) == 96 // 16 - 2 and grouped[0][0].shape == (3, 16, 32, 32, 3)
+  for r, c in enumerate(configs):
+    alone = list(pipeline.train_batches(x, y, batch_size=16, seed=c.seed, epoch=1,
+                                        augment=True, pad=2, pad_mode="zero", flip=True,
+                                        start_step=2))
+    for (gx, gy), (ax, ay) in zip(grouped, alone):
+      np.testing.assert_array_equal(gx[r], ax)
+      np.testing.assert_array_equal(gy[r], ay)
+  assert not np.array_equal(grouped[0][1][0], grouped[0][1][1])   # seeds differ
+
+
+def test_settings_that_differ_become_per_run_arrays():
+  configs = [tiny_config(seed=s, **{"optim.learning_rate": lr})
+             for s, lr in ((0, 0.1), (1, 0.2), (2, 0.2))]
+  assert stacked.varying(configs) == ("optim.learning_rate",)
+  arrays = stacked.settings_arrays(configs)
+  np.testing.assert_array_equal(arrays["optim.learning_rate"],
+                                np.float32([0.1, 0.2, 0.2]))
+  assert stacked.settings_arrays(configs[:1]) == {}
+
+
+def _sweep_config(overrides: dict, group_size, run_devices=1):
+  config = tiny_config()
+  config.sweep.runs = tuple(overrides)
+  config.sweep.overrides = overrides
+  config.sweep.group_size = group_size
+  config.sweep.run_devices = run_devices
+  return config
+
+
+def test_plan_groups_runs_and_refuses_what_cannot_share_a_step():
+  overrides = {"s0": {"seed": 0}, "s1": {"seed": 1}, "drop": {"model": {"dropout": 0.5}},
+               "lr": {"optim": {"learning_rate": 0.01}}}
+  config = _sweep_config(overrides, "auto")
+  assert group.plan(config, sweep.expand(config)) == [[0, 1, 3], [2]]
+  config = _sweep_config(overrides, 1)
+  assert group.plan(config, sweep.expand(config)) == [[0], [1], [2], [3]]
+  config = _sweep_config(overrides, 2)   # [s0, s1], [drop, lr]
+  with pytest.raises(errors.HfcError, match="runs 'drop' and 'lr' differ in model.dropout"):
+    group.plan(config, sweep.expand(config))
+  config = _sweep_config(overrides, 3)   # s0, s1, drop: dropout changes the model
+  with pytest.raises(errors.HfcError, match=r"^sweep.group_size: runs 's0' and 'drop' "
+                     r"differ in model.dropout \(0.0 vs 0.5\)"):
+    group.plan(config, sweep.expand(config))
+  config = _sweep_config({"a": {"seed": 0}, "b": {"optim": {"weight_decay": 1e-4}}}, 2)
+  with pytest.raises(errors.HfcError, match="whether optim.weight_decay is on"):
+    group.plan(config, sweep.expand(config))
+  config = _sweep_config({"a": {"seed": 0}, "b": {"seed": 1}, "c": {"seed": 2}}, 3,
+                         run_devices=2)
+  with pytest.raises(errors.HfcError, match=r"^sweep.run_devices=2 must divide the run "
+                     "count of every group"):
+    group.plan(config, sweep.expand(config))
+  config = _sweep_config({"a": {"seed": 0}, "b": {"seed": 1}}, 0)
+  with pytest.raises(errors.HfcError, match=r"^sweep.group_size=0 is out of range"):
+    group.plan(config, sweep.expand(config))
+
+
+# ---------------------------------------------------------------------------
+# The step: a group against the same runs alone
+# ---------------------------------------------------------------------------
+def _lone_losses_and_state(config, batches, devices, step_cache):
+  """3 steps of the lone run `config` on a 1-D mesh of `devices` devices."""
+  mesh = sharding.make_mesh(devices)
+  tx = optimizers.make_optimizer(config.optim, 8, config.train.epochs)
+  functional, state = train.create_train_state(train.create_model(config, 10, 3, 32), tx,
+                                               config.seed, mesh)
+  key = (devices, config.optim.learning_rate)
+  if key not in step_cache:
+    step_cache[key] = train.make_train_step(functional, tx, mesh, rescale="none")
+  losses = []
+  for x, y in batches:
+    state, metrics = step_cache[key](state, *sharding.put_batch(mesh, x, y))
+    losses.append(float(metrics["loss"]))
+  return np.array(losses), jax.device_get(state)
+
+
+def _group_losses_and_states(configs, batches, mesh_shape):
+  """3 steps of `configs` as one group on a (runs, data) mesh of `mesh_shape`."""
+  runs, data = mesh_shape
+  mesh = sharding.make_group_mesh(runs, runs * data)
+  run_mesh = sharding.make_mesh(runs * data)
+  states = []
+  for c in configs:
+    tx = optimizers.make_optimizer(c.optim, 8, c.train.epochs)
+    functional, state = train.create_train_state(train.create_model(c, 10, 3, 32), tx,
+                                                 c.seed, run_mesh)
+    states.append(state)
+  state = stacked.stack(states, mesh)
+  assert state.params["head"]["kernel"].sharding.spec[0] == sharding.RUNS_AXIS
+  step = stacked.make_group_step(configs, functional, mesh, steps_per_epoch=8,
+                                 num_classes=10)
+  n, losses = len(configs), []
+  for x, y in batches:
+    images, labels = sharding.put_group_batch(mesh, np.stack([x] * n), np.stack([y] * n))
+    state, metrics = step(state, images, labels)
+    assert metrics["loss"].shape == (n,)
+    losses.append(np.asarray(metrics["loss"]))
+  return np.stack(losses, 1), [jax.device_get(s) for s in stacked.unstack(state, run_mesh)]
+
+
+def _assert_group_matches_lone(configs, mesh_shape):
+  batches = [random_batch(32, seed=i) for i in range(3)]
+  grouped_losses, grouped = _group_losses_and_states(configs, batches, mesh_shape)
+  cache, worst = {}, [0.0, 0.0]
+  for r, config in enumerate(configs):
+    losses, alone = _lone_losses_and_state(config, batches, mesh_shape[0] * mesh_shape[1],
+                                           cache)
+    np.testing.assert_allclose(grouped_losses[r], losses, rtol=0, atol=LOSS_ATOL)
+    worst[0] = max(worst[0], float(np.max(np.abs(grouped_losses[r] - losses))))
+    assert int(grouped[r].step) == 3
+    np.testing.assert_array_equal(grouped[r].rng, alone.rng)
+    for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(grouped[r].params)):
+      np.testing.assert_allclose(b, a, rtol=0, atol=PARAM_ATOL)
+      worst[1] = max(worst[1], float(np.max(np.abs(a - b))))
+  # The runs really differ (a group that trained one run R times would fail here).
+  assert np.max(np.abs(grouped_losses[0] - grouped_losses[1])) > 1e-3
+  print(f"mesh {mesh_shape}: max |loss diff| {worst[0]:.2e}, max |param diff| {worst[1]:.2e}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh_shape,runs", [((1, 1), 3), ((1, 8), 3), ((4, 2), 4),
+                                             ((8, 1), 8)])
+def test_a_seed_group_trains_each_run_as_alone(mesh_shape, runs):
+  _assert_group_matches_lone([_sgd(seed=s) for s in range(runs)], mesh_shape)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh_shape,rates", [((1, 1), (0.01, 0.05, 0.1)),
+                                              ((4, 2), (0.01, 0.03, 0.05, 0.1))])
+def test_a_learning_rate_group_trains_each_run_as_alone(mesh_shape, rates):
+  # A warm-up and a cosine decay: the traced rate goes through the whole schedule.
+  configs = [_sgd(**{"optim.learning_rate": lr, "optim.schedule": "cosine",
+                     "optim.warmup_epochs": 0.25, "optim.weight_decay": 1e-3})
+             for lr in rates]
+  _assert_group_matches_lone(configs, mesh_shape)
+
+
+# ---------------------------------------------------------------------------
+# The driver: workdirs as a lone run leaves them
+# ---------------------------------------------------------------------------
+def _files(workdir) -> set[str]:
+  """The workdir's file names, with checkpoint steps but without Orbax's internals."""
+  out = set()
+  for root, dirs, files in os.walk(workdir):
+    rel = os.path.relpath(root, workdir)
+    if rel.count(os.sep) >= 1 and rel.startswith(Workdir.CHECKPOINTS):
+      continue
+    out |= {os.path.normpath(os.path.join(rel, f)) for f in files + dirs
+            if not f.startswith("events.out")}
+  return out
+
+
+def _history_close(a: list[dict], b: list[dict]) -> None:
+  assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+  for ra, rb in zip(a, b):
+    assert set(ra) == set(rb)
+    for k in ra:
+      if k.endswith("time_s"):
+        continue
+      assert ra[k] == pytest.approx(rb[k], rel=DRIVER_RTOL, abs=DRIVER_RTOL), k
+
+
+@pytest.mark.slow
+def test_a_group_leaves_each_workdir_as_a_lone_run_does(tmp_path):
+  configs = [_sgd(seed=s, num_devices=2, tensorboard=True,
+                  **{"checkpoint.every_steps": 4, "optim.learning_rate": 0.01})
+             for s in (0, 1)]
+  grouped = [Workdir.of(str(tmp_path / "group" / f"s{s}")) for s in (0, 1)]
+  histories = group.train_group(configs, grouped, run_devices=2)
+  for config, workdir, history in zip(configs, grouped, histories):
+    alone = str(tmp_path / "alone" / workdir.name)
+    lone_history = train.train_and_evaluate(config, alone)
+    _history_close(history, lone_history)
+    assert [json.loads(l) for l in open(workdir.metrics)] == history
+    assert json.load(open(workdir.config)) == json.load(open(Workdir.of(alone).config))
+    assert _files(workdir.path) == _files(alone)
+    assert len(workdir.read_starts()) == 1
+    mine, theirs = common.restore(workdir.path), common.restore(alone)
+    assert mine.history == history and int(mine.step) == int(theirs.step) == 16
+    for a, b in zip(jax.tree.leaves(mine.params), jax.tree.leaves(theirs.params)):
+      np.testing.assert_allclose(a, b, rtol=0, atol=DRIVER_PARAM_ATOL)
+  # The finished group is answered from its checkpoints, as a finished run is.
+  assert group.train_group(configs, grouped, run_devices=2) == histories
+
+
+@pytest.mark.slow
+def test_a_killed_group_resumes_every_run_at_one_step_exactly(tmp_path):
+  configs = [_sgd(seed=s, num_devices=1, **{"checkpoint.every_steps": 4}) for s in (0, 1)]
+  full = [Workdir.of(str(tmp_path / "full" / n)) for n in ("a", "b")]
+  cut = [Workdir.of(str(tmp_path / "cut" / n)) for n in ("a", "b")]
+  group.train_group(configs, full)
+  short = [c.copy_and_resolve_references() for c in configs]
+  for c in short:
+    c.train.epochs = 1
+  group.train_group(short, cut)   # steps 4 and 8 saved for both runs
+  # Killed between two runs' commits: run b lacks the newest checkpoint.
+  from hfc_jax.workdir import checkpointing  # pylint: disable=g-import-not-at-top
+  ckpt = checkpointing.Checkpointer(cut[1])
+  assert ckpt.all_steps() == [4, 8]
+  ckpt.drop_after(4)
+  ckpt.close()
+  group.train_group(configs, cut)
+  assert checkpointing.Checkpointer(cut[0], read_only=True).all_steps()[-1] == 16
+  for a, b in zip(full, cut):
+    pa, pb = common.restore(a.path).params, common.restore(b.path).params
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+      np.testing.assert_array_equal(x, y)   # the same group program: bit-exact
+    assert len(b.read_starts()) == 2
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_alone_and_the_others_finish(tmp_path):
+  configs = [_sgd(num_devices=1, **{"optim.learning_rate": lr}) for lr in (0.05, 1e30)]
+  workdirs = [Workdir.of(str(tmp_path / n)) for n in ("good", "bad")]
+  with pytest.raises(errors.RunFailed, match=r"^run bad: training diverged at step \d+: inf or NaN"):
+    group.train_group(configs, workdirs)
+  good = [json.loads(l) for l in open(workdirs[0].metrics)]
+  assert [r["epoch"] for r in good] == [1, 2] and good[-1]["train_loss"] < 3
+  assert not os.path.exists(workdirs[1].metrics) or not open(workdirs[1].metrics).read()
+
+
+@pytest.mark.slow
+def test_main_refuses_a_group_that_cannot_share_a_step(tmp_path):
+  config = tmp_path / "sweep.py"
+  config.write_text(
+      "from configs import default\nimport ml_collections\n"
+      "def get_config():\n  c = default.get_config()\n  c.sweep.runs = ('a', 'b')\n"
+      "  c.sweep.overrides = ml_collections.ConfigDict({'a': {}, 'b': {'model': "
+      "{'norm': 'none'}}})\n  c.sweep.group_size = 2\n  return c\n")
+  assert_refused(tmp_path, "sweep.group_size: runs 'a' and 'b' differ in model.norm",
+                 config=str(config))
