@@ -11,7 +11,7 @@ import pytest
 from configs import kernels as kernels_config
 from hfc_jax import errors, main, optimizers, sharding, smoothness, train
 from hfc_jax.analysis import common, kernels
-from tests.conftest import assert_refused, tiny_config
+from tests.conftest import assert_refused_in_process, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -166,10 +166,10 @@ def test_kernels_mode_writes_grids_measures_and_sweep(workdirs):
      "choose one of: 'eq3', 'eq3_renorm', 'scaled', 'lowpass'."),
     ([], "kernels.num_images=1000 exceeds the 256 test images"),
 ])
-@pytest.mark.slow
+@pytest.mark.slow   # its trained workdir fixture is only built for the slow tier
 def test_bad_kernels_input_is_one_line_and_writes_nothing(workdirs, flags, message):
-  assert_refused(workdirs["none"], message, *flags, config="configs/kernels.py", tiny=False,
-                 timeout=120)
+  assert_refused_in_process(workdirs["none"], message, *flags, config="configs/kernels.py",
+                            tiny=False)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from hfc_jax import errors, evaluate, frequency, main, models, sharding, train
 from hfc_jax.analysis import bands, common
 from hfc_jax.models.functional import Functional
 from hfc_jax.reporting import plots
-from tests.conftest import assert_refused, tiny_config
+from tests.conftest import assert_refused_in_process, tiny_config
 
 
 def _band(x, r1, r2, inclusive=False):
@@ -210,6 +210,6 @@ def test_compared_workdirs_must_share_the_test_set(workdir):
      "bands.bands: band (16, 30) ends beyond the 32x32 spectrum: r2 <= 24"),
     (["--config.bands.num_images=300"], "bands.num_images=300 exceeds the 256 test images"),
 ])
-@pytest.mark.slow
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, flags, message):
-  assert_refused(workdir, message, f"--config.mode={bands.MODE}", *flags, timeout=180)
+@pytest.mark.slow   # builds the session's trained workdir
+def test_bad_input_is_one_line_and_writes_nothing(workdir, flags, message):
+  assert_refused_in_process(workdir, message, f"--config.mode={bands.MODE}", *flags)

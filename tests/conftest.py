@@ -67,6 +67,43 @@ def assert_refused(workdir, message: str, *flags, **run_kwargs) -> None:
   assert sorted(os.listdir(workdir)) == before
 
 
+def config_from_flags(*flags, config="configs/default.py", tiny=True):
+  """The config `main_command(workdir, *flags, config=config, tiny=tiny)` would run:
+  the config file's `get_config()` with TINY_FLAGS (when `tiny`) and `--config.X=V`
+  `flags` applied (V read as a Python literal, else as a string)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from hfc_jax import main  # pylint: disable=g-import-not-at-top
+  tree = main.load_config_source("test_config", os.path.join(ROOT, config)).get_config()
+  tree = tree.to_dict()
+  for flag in (*(TINY_FLAGS if tiny else ()), *flags):
+    key, _, text = flag.removeprefix("--config.").partition("=")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    *path, last = key.split(".")
+    node = tree
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return ml_collections.ConfigDict(tree)
+
+
+def assert_refused_in_process(workdir, message: str, *flags, **config_kwargs) -> None:
+  """`assert_refused` without a second process: `main.run` on the config of
+  `config_from_flags(*flags, **config_kwargs)` raises one HfcError line containing
+  `message` (main prints it after "hfc_jax: error: " and exits 2: `main_test` runs that
+  once), and nothing in the workdir is added or removed."""
+  from hfc_jax import errors, main  # pylint: disable=g-import-not-at-top
+  before = sorted(os.listdir(workdir))
+  with pytest.raises(errors.HfcError) as raised:
+    main.run(config_from_flags(*flags, **config_kwargs), str(workdir))
+  text = str(raised.value)
+  assert message in text and "\n" not in text, text
+  assert sorted(os.listdir(workdir)) == before
+
+
 @pytest.fixture(scope="session")
 def tiny_trained_workdir(tmp_path_factory) -> str:
   """A workdir trained once per session: `tiny_config` for 1 epoch (8 steps) on 8

@@ -9,7 +9,7 @@ import pytest
 
 from hfc_jax import errors, frequency, main
 from hfc_jax.analysis import common, perturbation_spectrum
-from tests.conftest import assert_refused, run_main, tiny_config
+from tests.conftest import assert_refused_in_process, run_main, tiny_config
 
 MODE = perturbation_spectrum.MODE
 
@@ -159,9 +159,9 @@ def test_mode_writes_consistent_spectra(workdir):
     (["--config.perturbation_spectrum.attacks=('pgd','deepfool')"],
      "perturbation_spectrum.attacks='deepfool' is not allowed"),
 ])
-@pytest.mark.slow
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, flags, message):
-  assert_refused(workdir, message, f"--config.mode={MODE}", *flags, timeout=180)
+@pytest.mark.slow   # its trained workdir fixture is only built for the slow tier
+def test_bad_input_is_one_line_and_writes_nothing(workdir, flags, message):
+  assert_refused_in_process(workdir, message, f"--config.mode={MODE}", *flags)
 
 
 @pytest.mark.slow
