@@ -103,6 +103,26 @@ def split_many(images: jnp.ndarray, radii: Sequence[float], *, inclusive: bool =
   return _rescale(lfc, rescale), _rescale(hfc, rescale)
 
 
+def split_traced(images: jnp.ndarray, radius: jnp.ndarray, *, inclusive: bool = False,
+                 rescale: str = "none") -> tuple[jnp.ndarray, jnp.ndarray]:
+  """`split` at a radius that is a traced float32 scalar (one run's `train.input_radius`
+  in a run-parallel group, `hfc_jax.stacked`): the disc is `i^2 + j^2 < r^2` (`<=` when
+  `inclusive`) over the integer frequency offsets, built on device. It equals
+  `disc_mask`'s disc for every radius whose square float32 holds exactly (integers and
+  halves, every radius of the paper's experiments), so the components are `split`'s."""
+  x = jnp.asarray(images, jnp.float32)
+  height, width = x.shape[-3], x.shape[-2]
+  i = np.arange(height)[:, None] - height // 2
+  j = np.arange(width)[None, :] - width // 2
+  offsets = np.fft.ifftshift((i ** 2 + j ** 2).astype(np.float32))[:, : width // 2 + 1]
+  r2 = jnp.square(jnp.asarray(radius, jnp.float32))
+  mask = (offsets <= r2) if inclusive else (offsets < r2)
+  spectrum = jnp.fft.rfft2(x, axes=(-3, -2))                      # (N, H, W//2+1, C)
+  lfc = jnp.fft.irfft2(spectrum * mask.astype(jnp.float32)[:, :, None], s=(height, width),
+                       axes=(-3, -2))
+  return _rescale(lfc, rescale), _rescale(x - lfc, rescale)
+
+
 def split(images: jnp.ndarray, radius: float, *, inclusive: bool = False,
           rescale: str = "none") -> tuple[jnp.ndarray, jnp.ndarray]:
   """Splits (N, H, W, C) images at one radius into (LFC, HFC), each (N, H, W, C) float32."""

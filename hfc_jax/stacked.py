@@ -2,8 +2,9 @@
 
 Runs that differ only in the seed or in scalar settings that change no shape (the
 learning rate, weight decay, adversarial eps and step, mix-up alpha, the smooth-kernel
-weight: `SETTINGS`) train together: their train states are stacked, every leaf gaining a
-leading axis of size R (`stack`), and `jax.vmap` of the lone run's step
+weight, the radius of the component trained on: `SETTINGS`) train together: their
+train states are stacked, every leaf gaining a leading axis of size R (`stack`), and
+`jax.vmap` of the lone run's step
 (`train.train_step`) advances all of them at once (`make_group_step`). A setting that
 differs between the runs enters the step as an (R,) float32 array, one value per run,
 instead of a Python constant; settings all runs share stay constants, so the program is
@@ -34,7 +35,7 @@ PyTree = Any
 
 # Scalar settings that may differ between the runs of a group: traced (R,) arrays.
 SETTINGS = ("optim.learning_rate", "optim.weight_decay", "adv.eps", "adv.step_size",
-            "train.mixup_alpha", "train.smooth_kernel_weight")
+            "train.mixup_alpha", "train.smooth_kernel_weight", "train.input_radius")
 # Settings that add a term to the step when > 0: all runs of a group use it or none.
 SWITCHES = ("optim.weight_decay", "train.mixup_alpha", "train.smooth_kernel_weight")
 # What else may differ: fields the group driver handles per run (the seed, each run's
@@ -119,6 +120,8 @@ def _run_step(state, images, labels, settings: dict, *, config, functional, step
               num_classes, adversary, input_fn):
   """`train.train_step` of one run, with its traced `settings` ({field: scalar})."""
   tc = config.train
+  if "train.input_radius" in settings:   # this run's radius, traced
+    input_fn = _component_fn(config, settings["train.input_radius"])
   tx = optimizers.make_optimizer(
       config.optim, steps_per_epoch, tc.epochs,
       learning_rate=settings.get("optim.learning_rate"),
@@ -147,12 +150,7 @@ def make_group_step(configs: Sequence[ml_collections.ConfigDict], functional: Fu
   'nonfinite' (R, 3). The state is donated.
   """
   base = configs[0]
-  tc = base.train
-  input_fn = None
-  if tc.input_component != "original":   # the partitioner splits the FFT over `data`
-    input_fn = lambda x: transforms.frequency_component(
-        x, tc.input_component, float(tc.input_radius), inclusive=base.eval.inclusive,
-        rescale=base.data.rescale)
+  input_fn = _component_fn(base, float(base.train.input_radius))
   one = lambda state, images, labels, settings: _run_step(
       state, images, labels, settings, config=base, functional=functional,
       steps_per_epoch=steps_per_epoch, num_classes=num_classes,
@@ -167,6 +165,17 @@ def make_group_step(configs: Sequence[ml_collections.ConfigDict], functional: Fu
   jitted = jax.jit(per_device, out_shardings=(runs, runs), donate_argnums=0)
   settings = jax.device_put(settings_arrays(configs), runs)
   return lambda state, images, labels: jitted(state, images, labels, settings)
+
+
+def _component_fn(config, radius):
+  """What the step trains on (`train.input_component` at `radius`, a float or one run's
+  traced radius), or None for the original images. The partitioner splits the FFT
+  over `data`."""
+  if config.train.input_component == "original":
+    return None
+  return lambda x: transforms.frequency_component(
+      x, config.train.input_component, radius, inclusive=config.eval.inclusive,
+      rescale=config.data.rescale)
 
 
 # ---------------------------------------------------------------------------

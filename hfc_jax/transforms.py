@@ -32,7 +32,8 @@ def frequency_component(x: jax.Array, component: str, radius: float, *,
   Args:
     x: (N, H, W, C) float images in [0, 1].
     component: 'original' (x itself, rescaled if asked), 'lfc' or 'hfc'.
-    radius: disc radius in frequency-index units (ignored for 'original').
+    radius: disc radius in frequency-index units (ignored for 'original'); a float, or
+      a traced scalar (one run's radius in a run-parallel group: `frequency.split_traced`).
     inclusive: disc boundary `dist <= r` (paper) instead of `dist < r` (code).
     rescale: 'none' or 'per_image_max' (each output image divided by its own max).
 
@@ -43,7 +44,8 @@ def frequency_component(x: jax.Array, component: str, radius: float, *,
   if component == "original":
     x = x.astype(jnp.float32)
     return frequency.rescale_per_image_max(x) if rescale == "per_image_max" else x
-  lfc, hfc = frequency.split(x, radius, inclusive=inclusive, rescale=rescale)
+  split = frequency.split_traced if isinstance(radius, jax.Array) else frequency.split
+  lfc, hfc = split(x, radius, inclusive=inclusive, rescale=rescale)
   return lfc if component == "lfc" else hfc
 
 

@@ -90,3 +90,19 @@ def test_radius_validation():
   for bad in (0.5, 33):
     with pytest.raises(errors.HfcError, match=r"radius.*allowed: \[1, 32\]"):
       frequency.check_radius(bad, 32, 32)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (28, 28), (15, 20)])
+@pytest.mark.parametrize("inclusive", [False, True])
+def test_split_at_a_traced_radius_equals_split(size, inclusive):
+  """A run-parallel group's per-run radius (`split_traced`, the disc built on device
+  from i^2 + j^2 < r^2) gives `split`'s components at every integer and half radius:
+  one frequency more or less in the disc would move pixels by about 1e-2 here."""
+  images = np.random.default_rng(0).uniform(size=(3, *size, 2)).astype(np.float32)
+  radii = np.arange(1.0, 17.0, 0.5, dtype=np.float32)
+  traced = jax.jit(jax.vmap(
+      lambda r: frequency.split_traced(images, r, inclusive=inclusive)))(radii)
+  for k, radius in enumerate(radii):
+    lfc, hfc = frequency.split(images, float(radius), inclusive=inclusive)
+    np.testing.assert_allclose(traced[0][k], lfc, atol=2e-6)
+    np.testing.assert_allclose(traced[1][k], hfc, atol=2e-6)

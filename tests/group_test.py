@@ -114,9 +114,10 @@ def _lone_losses_and_state(config, batches, devices, step_cache):
   tx = optimizers.make_optimizer(config.optim, 8, config.train.epochs)
   functional, state = train.create_train_state(train.create_model(config, 10, 3, 32), tx,
                                                config.seed, mesh)
-  key = (devices, config.optim.learning_rate)
+  key = (devices, config.optim.learning_rate, config.train.input_radius)
   if key not in step_cache:
-    step_cache[key] = train.make_train_step(functional, tx, mesh, rescale="none")
+    step_cache[key] = train.make_config_train_step(config, functional, tx, mesh, 10,
+                                                   adversary=None)
   losses = []
   for x, y in batches:
     state, metrics = step_cache[key](state, *sharding.put_batch(mesh, x, y))
@@ -183,6 +184,14 @@ def test_a_learning_rate_group_trains_each_run_as_alone(mesh_shape, rates):
                      "optim.warmup_epochs": 0.25, "optim.weight_decay": 1e-3})
              for lr in rates]
   _assert_group_matches_lone(configs, mesh_shape)
+
+
+@pytest.mark.slow
+def test_an_input_radius_group_trains_each_run_as_alone():
+  # Table 1's set-up: training on the LFC, one radius per run, traced in the step.
+  configs = [_sgd(**{"train.input_component": "lfc", "train.input_radius": r})
+             for r in (4.0, 8.0, 12.5)]
+  _assert_group_matches_lone(configs, (1, 1))
 
 
 # ---------------------------------------------------------------------------
