@@ -2,10 +2,10 @@
 
 Runs that differ only in the seed or in scalar settings that change no shape (the
 learning rate, weight decay, adversarial eps and step, mix-up alpha, the smooth-kernel
-weight, the radius of the component trained on: `SETTINGS`) train together: their
-train states are stacked, every leaf gaining a leading axis of size R (`stack`), and
-`jax.vmap` of the lone run's step
-(`train.train_step`) advances all of them at once (`make_group_step`). A setting that
+weight, the radius of the component trained on, the dropout rate: `SETTINGS`) train
+together: their train states are stacked, every leaf gaining a leading axis of size R
+(`stack`), and `jax.vmap` of the lone run's step (`train.train_step`) advances all of
+them at once (`make_group_step`). A setting that
 differs between the runs enters the step as an (R,) float32 array, one value per run,
 instead of a Python constant; settings all runs share stay constants, so the program is
 the lone run's up to the run axis. Each run keeps what it would have alone: its
@@ -35,9 +35,11 @@ PyTree = Any
 
 # Scalar settings that may differ between the runs of a group: traced (R,) arrays.
 SETTINGS = ("optim.learning_rate", "optim.weight_decay", "adv.eps", "adv.step_size",
-            "train.mixup_alpha", "train.smooth_kernel_weight", "train.input_radius")
+            "train.mixup_alpha", "train.smooth_kernel_weight", "train.input_radius",
+            "model.dropout")
 # Settings that add a term to the step when > 0: all runs of a group use it or none.
-SWITCHES = ("optim.weight_decay", "train.mixup_alpha", "train.smooth_kernel_weight")
+SWITCHES = ("optim.weight_decay", "train.mixup_alpha", "train.smooth_kernel_weight",
+            "model.dropout")
 # What else may differ: fields the group driver handles per run (the seed, each run's
 # scoring, logging, divergence stop and checkpoints kept) and the analysis sections.
 PER_RUN = ("seed", "eval", "tensorboard", "train.divergence_loss",
@@ -122,6 +124,8 @@ def _run_step(state, images, labels, settings: dict, *, config, functional, step
   tc = config.train
   if "train.input_radius" in settings:   # this run's radius, traced
     input_fn = _component_fn(config, settings["train.input_radius"])
+  if "model.dropout" in settings:        # this run's dropout rate, traced
+    functional = _WithDropoutRate(functional, settings["model.dropout"])
   tx = optimizers.make_optimizer(
       config.optim, steps_per_epoch, tc.epochs,
       learning_rate=settings.get("optim.learning_rate"),
@@ -165,6 +169,20 @@ def make_group_step(configs: Sequence[ml_collections.ConfigDict], functional: Fu
   jitted = jax.jit(per_device, out_shardings=(runs, runs), donate_argnums=0)
   settings = jax.device_put(settings_arrays(configs), runs)
   return lambda state, images, labels: jitted(state, images, labels, settings)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _WithDropoutRate:
+  """`functional` whose `apply` uses one run's traced dropout `rate` instead of the
+  model's (`Functional.apply(dropout_rate=...)`); built inside the traced step only."""
+  functional: Functional
+  rate: Any
+
+  def apply(self, *args, **kwargs):
+    return self.functional.apply(*args, dropout_rate=self.rate, **kwargs)
+
+  def logits(self, *args, **kwargs):
+    return self.functional.logits(*args, **kwargs)
 
 
 def _component_fn(config, radius):

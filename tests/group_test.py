@@ -79,18 +79,21 @@ def _sweep_config(overrides: dict, group_size, run_devices=1):
 
 
 def test_plan_groups_runs_and_refuses_what_cannot_share_a_step():
-  overrides = {"s0": {"seed": 0}, "s1": {"seed": 1}, "drop": {"model": {"dropout": 0.5}},
+  overrides = {"s0": {"seed": 0}, "s1": {"seed": 1}, "bn": {"model": {"norm": "batchnorm"}},
                "lr": {"optim": {"learning_rate": 0.01}}}
   config = _sweep_config(overrides, "auto")
   assert group.plan(config, sweep.expand(config)) == [[0, 1, 3], [2]]
   config = _sweep_config(overrides, 1)
   assert group.plan(config, sweep.expand(config)) == [[0], [1], [2], [3]]
-  config = _sweep_config(overrides, 2)   # [s0, s1], [drop, lr]
-  with pytest.raises(errors.HfcError, match="runs 'drop' and 'lr' differ in model.dropout"):
+  config = _sweep_config(overrides, 2)   # [s0, s1], [bn, lr]
+  with pytest.raises(errors.HfcError, match="runs 'bn' and 'lr' differ in model.norm"):
     group.plan(config, sweep.expand(config))
-  config = _sweep_config(overrides, 3)   # s0, s1, drop: dropout changes the model
-  with pytest.raises(errors.HfcError, match=r"^sweep.group_size: runs 's0' and 'drop' "
-                     r"differ in model.dropout \(0.0 vs 0.5\)"):
+  config = _sweep_config(overrides, 3)   # s0, s1, bn: the norm changes the model
+  with pytest.raises(errors.HfcError, match=r"^sweep.group_size: runs 's0' and 'bn' "
+                     r"differ in model.norm \('paper_bn' vs 'batchnorm'\)"):
+    group.plan(config, sweep.expand(config))
+  config = _sweep_config({"a": {"seed": 0}, "b": {"model": {"dropout": 0.5}}}, 2)
+  with pytest.raises(errors.HfcError, match="whether model.dropout is on"):
     group.plan(config, sweep.expand(config))
   config = _sweep_config({"a": {"seed": 0}, "b": {"optim": {"weight_decay": 1e-4}}}, 2)
   with pytest.raises(errors.HfcError, match="whether optim.weight_decay is on"):
@@ -114,7 +117,8 @@ def _lone_losses_and_state(config, batches, devices, step_cache):
   tx = optimizers.make_optimizer(config.optim, 8, config.train.epochs)
   functional, state = train.create_train_state(train.create_model(config, 10, 3, 32), tx,
                                                config.seed, mesh)
-  key = (devices, config.optim.learning_rate, config.train.input_radius)
+  key = (devices, config.optim.learning_rate, config.train.input_radius,
+         config.model.dropout)
   if key not in step_cache:
     step_cache[key] = train.make_config_train_step(config, functional, tx, mesh, 10,
                                                    adversary=None)
@@ -191,6 +195,14 @@ def test_an_input_radius_group_trains_each_run_as_alone():
   # Table 1's set-up: training on the LFC, one radius per run, traced in the step.
   configs = [_sgd(**{"train.input_component": "lfc", "train.input_radius": r})
              for r in (4.0, 8.0, 12.5)]
+  _assert_group_matches_lone(configs, (1, 1))
+
+
+@pytest.mark.slow
+def test_a_dropout_rate_group_trains_each_run_as_alone():
+  # Figure 5's dropout run at three rates: each run's traced rate drops the units its
+  # own key drops alone (the same mask), so the runs match as the seeds do.
+  configs = [_sgd(**{"model.dropout": rate}) for rate in (0.25, 0.5, 0.75)]
   _assert_group_matches_lone(configs, (1, 1))
 
 

@@ -219,6 +219,23 @@ def test_dropout_only_when_training_with_rngs():
   np.testing.assert_array_equal(no_dropout(x, train=True), no_dropout(x, train=False))
 
 
+@pytest.mark.parametrize("rate", [0.3, 0.5])
+def test_dropout_layer_equals_nnx_dropout_bit_for_bit_and_takes_a_traced_rate(rate):
+  """`layers.apply_dropout`, which every model's head uses, is nnx.Dropout's computation
+  (same key, mask and scaling) and also runs with the rate as a traced scalar (a
+  run-parallel group's per-run rate), giving the same mask."""
+  x = jnp.asarray(_images((8, 64), seed=7))
+  want = nnx.Dropout(rate)(x, deterministic=False, rngs=nnx.Rngs(dropout=5))
+  got = layers.apply_dropout(x, rate, train=True, rngs=nnx.Rngs(dropout=5))
+  np.testing.assert_array_equal(got, want)
+  traced = jax.jit(lambda r: layers.apply_dropout(x, r, train=True,
+                                                  rngs=nnx.Rngs(dropout=5)))(
+                                                      jnp.float32(rate))
+  np.testing.assert_array_equal(traced == 0, want == 0)
+  np.testing.assert_allclose(traced, want, rtol=1e-6)
+  assert 0.2 < float(np.mean(np.asarray(want) == 0)) < 0.7
+
+
 @pytest.mark.parametrize("name", ["small_cnn", "preact_resnet32"])
 @pytest.mark.slow
 def test_bfloat16_keeps_float32_params_and_logits(name):

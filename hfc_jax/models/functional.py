@@ -28,8 +28,12 @@ class Functional:
 
   def apply(self, params: PyTree, model_state: PyTree, images: jax.Array, *,
             train: bool, dropout_key: jax.Array | None = None,
-            mask: jax.Array | None = None) -> tuple[jax.Array, PyTree]:
+            mask: jax.Array | None = None,
+            dropout_rate: jax.Array | None = None) -> tuple[jax.Array, PyTree]:
     """Runs the model on (N, H, W, C) float images.
+
+    `dropout_rate`: a traced scalar replacing the model's `model.dropout` rate (one run's
+    in a run-parallel group, `hfc_jax.stacked`); None keeps the model's own.
 
     `mask` (N,) float, 1 for real rows and 0 for padding rows: the batch-statistic norm
     takes its statistics over the real rows only, and the padding rows' logits carry no
@@ -41,6 +45,8 @@ class Functional:
       running averages when `train`, else the state unchanged).
     """
     model = nnx.merge(self.graphdef, params, model_state)
+    if dropout_rate is not None:
+      model.dropout.rate = dropout_rate
     rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
     logits = model(images, train=train, rngs=rngs, mask=mask)
     if mask is not None:

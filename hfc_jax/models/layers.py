@@ -11,6 +11,7 @@ norms that take statistics over the batch read it. The input layers take the ima
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -196,6 +197,26 @@ def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
 
 def classifier_head(features: jnp.ndarray, dropout: nnx.Dropout, dense: nnx.Linear, *,
                     train: bool, rngs: nnx.Rngs | None) -> jnp.ndarray:
-  """Dropout then the dense layer on (N, C) features; returns float32 logits (N, classes)."""
-  features = dropout(features, deterministic=not train, rngs=rngs)
+  """Dropout then the dense layer on (N, C) features; returns float32 logits (N, classes).
+  `dropout.rate` may be a traced scalar (`apply_dropout`)."""
+  features = apply_dropout(features, dropout.rate, train=train, rngs=rngs)
   return dense(features).astype(jnp.float32)
+
+
+def apply_dropout(x: jnp.ndarray, rate, *, train: bool, rngs: nnx.Rngs | None
+                  ) -> jnp.ndarray:
+  """`nnx.Dropout(rate)(x, deterministic=not train, rngs=rngs)`, bit for bit (the same
+  key from the 'dropout' stream, mask and scaling), with `rate` a float or a traced
+  float32 scalar: one run's `model.dropout` in a run-parallel group
+  (`hfc_jax.stacked`), where `nnx.Dropout`'s Python test of the rate cannot run."""
+  traced = isinstance(rate, jax.Array)
+  if not train or (not traced and rate == 0.0):
+    return x
+  if not traced and rate == 1.0:
+    return jnp.zeros_like(x)
+  if rngs is None:
+    raise ValueError("dropout in training needs a 'dropout' key: pass rngs.")
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(rngs["dropout"](), p=keep, shape=x.shape,
+                              out_sharding=jax.typeof(x).sharding)
+  return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
