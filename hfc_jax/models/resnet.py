@@ -39,6 +39,14 @@ def conv(in_features: int, out_features: int, kernel: int, stride: int, *, dtype
                   kernel_init=_KERNEL_INIT, conv_general_dilated=conv_fn, rngs=rngs)
 
 
+def torch_conv(in_features: int, out_features: int, kernel: int, stride: int, *,
+               dtype: Any, rngs: nnx.Rngs, on_image: bool = False) -> nnx.Conv:
+  """`conv` with PyTorch's padding (`kernel // 2` on every side): the convs of the
+  architectures whose weights are imported from PyTorch (hfc_jax.importing)."""
+  return conv(in_features, out_features, kernel, stride, dtype=dtype, rngs=rngs,
+              on_image=on_image, padding="torch")
+
+
 class BasicBlock(nnx.Module):
   """Post-activation basic block with a projection shortcut when the shape changes."""
 

@@ -35,13 +35,6 @@ WIDTHS = (64, 128, 256, 512)   # planes per stage; the stem has widths[0] channe
 EXPANSION = {"basic": 1, "bottleneck": 4}   # a block's output channels / planes
 
 
-def conv(in_features: int, out_features: int, kernel: int, stride: int, *, dtype: Any,
-         rngs: nnx.Rngs, on_image: bool = False) -> nnx.Conv:
-  """A bias-free conv with PyTorch's padding and He-normal (fan-out) init."""
-  return resnet.conv(in_features, out_features, kernel, stride, dtype=dtype, rngs=rngs,
-                     on_image=on_image, padding="torch")
-
-
 class Bottleneck(nnx.Module):
   """torchvision's `Bottleneck` (v1.5: the stride on the 3x3 conv), post-activation."""
 
@@ -49,15 +42,15 @@ class Bottleneck(nnx.Module):
                dtype: Any, rngs: nnx.Rngs):
     out_features = planes * EXPANSION["bottleneck"]
     kw = {"dtype": dtype, "rngs": rngs}
-    self.conv1 = conv(in_features, planes, 1, 1, **kw)
+    self.conv1 = resnet.torch_conv(in_features, planes, 1, 1, **kw)
     self.norm1 = layers.make_norm(norm, planes, **kw)
-    self.conv2 = conv(planes, planes, 3, stride, **kw)
+    self.conv2 = resnet.torch_conv(planes, planes, 3, stride, **kw)
     self.norm2 = layers.make_norm(norm, planes, **kw)
-    self.conv3 = conv(planes, out_features, 1, 1, **kw)
+    self.conv3 = resnet.torch_conv(planes, out_features, 1, 1, **kw)
     self.norm3 = layers.make_norm(norm, out_features, **kw)
     self.projection = stride != 1 or in_features != out_features
     if self.projection:
-      self.shortcut_conv = conv(in_features, out_features, 1, stride, **kw)
+      self.shortcut_conv = resnet.torch_conv(in_features, out_features, 1, stride, **kw)
       self.shortcut_norm = layers.make_norm(norm, out_features, **kw)
 
   def __call__(self, x: jnp.ndarray, *, train: bool, mask: jnp.ndarray | None = None
@@ -91,8 +84,8 @@ class TorchvisionResNet(nnx.Module):
                rngs: nnx.Rngs):
     self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
     self.standardize = layers.Standardize(input_mean, input_std)
-    self.first_conv = conv(in_channels, widths[0], 7, 2, dtype=dtype, rngs=rngs,
-                           on_image=True)
+    self.first_conv = resnet.torch_conv(in_channels, widths[0], 7, 2, dtype=dtype, rngs=rngs,
+                                        on_image=True)
     self.first_norm = layers.make_norm(norm, widths[0], dtype=dtype, rngs=rngs)
     blocks, width = [], widths[0]
     for stage, (planes, count) in enumerate(zip(widths, stage_blocks)):

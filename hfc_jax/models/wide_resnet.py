@@ -39,26 +39,20 @@ def blocks_per_stage(depth: int) -> int:
   return (depth - 4) // 6
 
 
-def conv(in_features: int, out_features: int, kernel: int, stride: int, *, dtype: Any,
-         rngs: nnx.Rngs, on_image: bool = False) -> nnx.Conv:
-  """A bias-free conv with PyTorch's padding and He-normal (fan-out) init."""
-  return resnet.conv(in_features, out_features, kernel, stride, dtype=dtype, rngs=rngs,
-                     on_image=on_image, padding="torch")
-
-
 class WideBlock(nnx.Module):
   """RobustBench's pre-activation `BasicBlock` (without its in-block dropout)."""
 
   def __init__(self, in_features: int, out_features: int, stride: int, *, norm: str,
                dtype: Any, rngs: nnx.Rngs):
     self.norm1 = layers.make_norm(norm, in_features, dtype=dtype, rngs=rngs)
-    self.conv1 = conv(in_features, out_features, 3, stride, dtype=dtype, rngs=rngs)
+    self.conv1 = resnet.torch_conv(in_features, out_features, 3, stride, dtype=dtype, rngs=rngs)
     self.norm2 = layers.make_norm(norm, out_features, dtype=dtype, rngs=rngs)
-    self.conv2 = conv(out_features, out_features, 3, 1, dtype=dtype, rngs=rngs)
+    self.conv2 = resnet.torch_conv(out_features, out_features, 3, 1, dtype=dtype, rngs=rngs)
     # RobustBench tests the widths only; at its widths a stride-2 block always widens.
     self.equal_in_out = in_features == out_features and stride == 1
     if not self.equal_in_out:
-      self.shortcut = conv(in_features, out_features, 1, stride, dtype=dtype, rngs=rngs)
+      self.shortcut = resnet.torch_conv(in_features, out_features, 1, stride,
+                                        dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jnp.ndarray, *, train: bool, mask: jnp.ndarray | None = None
                ) -> jnp.ndarray:
@@ -85,8 +79,8 @@ class WideResNet(nnx.Module):
                depth: int = DEPTH, width_factor: int = WIDTH_FACTOR, rngs: nnx.Rngs):
     self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
     self.standardize = layers.Standardize(input_mean, input_std)
-    self.first_conv = conv(in_channels, widths[0], 3, 1, dtype=dtype, rngs=rngs,
-                           on_image=True)
+    self.first_conv = resnet.torch_conv(in_channels, widths[0], 3, 1, dtype=dtype, rngs=rngs,
+                                        on_image=True)
     blocks, width = [], widths[0]
     for stage, base in enumerate(widths[1:]):
       for i in range(blocks_per_stage(depth)):
