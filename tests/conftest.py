@@ -5,6 +5,22 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# One persistent compilation cache for the session, shared with every subprocess the tests
+# start (they inherit the environment): the many runs of the same small programs (a tiny
+# default run, restarted after SIGKILL, ...) compile each once. A fresh directory per session
+# keeps the measured suite time honest; set JAX_COMPILATION_CACHE_DIR to keep one between
+# sessions. Executables are keyed by their HLO, options and JAX version, so no result changes.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="hfc_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
 import logging  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
