@@ -240,7 +240,8 @@ def get_config() -> ml_collections.ConfigDict:
                                      # trained together in one vmapped step (run-parallel):
                                      # 1: one after another; k: groups of k consecutive runs,
                                      # which may differ only in seed and scalar settings
-                                     # (hfc_jax/stacked.py); 'auto': every such set of runs.
+                                     # (hfc_jax/stacked.py); 'auto': every such set of runs,
+                                     # as many at a time as fit in a device's memory.
   config.sweep.run_devices = 1       # Devices along the (runs, data) mesh's runs axis of a
                                      # group; divides each group's run count (1: every run's
                                      # batch split over all devices).

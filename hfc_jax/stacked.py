@@ -167,8 +167,63 @@ def make_group_step(configs: Sequence[ml_collections.ConfigDict], functional: Fu
                              axis_names={sharding.RUNS_AXIS})
   runs = sharding.runs_sharding(mesh)
   jitted = jax.jit(per_device, out_shardings=(runs, runs), donate_argnums=0)
-  settings = jax.device_put(settings_arrays(configs), runs)
-  return lambda state, images, labels: jitted(state, images, labels, settings)
+  return GroupStep(jitted, jax.device_put(settings_arrays(configs), runs))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GroupStep:
+  """The jitted group step with its per-run settings bound: `step(state, images, labels)`.
+  `compile` builds it ahead of time for abstract arguments (`abstract_arguments`), which
+  tells its memory (`compiled_bytes`) before anything of the group is on a device;
+  calling the returned executable with the settings is the same step."""
+  jitted: Any
+  settings: dict
+
+  def __call__(self, state, images, labels):
+    return self.jitted(state, images, labels, self.settings)
+
+  def compile(self, state, images, labels):
+    """The step compiled for these (abstract) arguments, as a `GroupStep`-like callable
+    with `.memory_analysis()`."""
+    compiled = self.jitted.lower(state, images, labels, self.settings).compile()
+    return _Compiled(compiled, self.settings)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Compiled:
+  compiled: Any
+  settings: dict
+
+  def __call__(self, state, images, labels):
+    return self.compiled(state, images, labels, self.settings)
+
+  def memory_analysis(self):
+    return self.compiled.memory_analysis()
+
+
+def abstract_arguments(run_state: train.TrainState, runs: int, batch_size: int,
+                       x_train: np.ndarray, mesh):
+  """ShapeDtypeStructs of the group step's (state, images, labels) for `runs` runs
+  shaped as `run_state` (one run's TrainState) and batches of `batch_size` images like
+  `x_train`'s, in the group's shardings: what `GroupStep.compile` needs, placing
+  nothing on a device."""
+  state_sharding = sharding.runs_sharding(mesh)
+  state = jax.tree.map(lambda a: jax.ShapeDtypeStruct((runs,) + a.shape, a.dtype,
+                                                      sharding=state_sharding), run_state)
+  batch_sharding = sharding.group_batch_sharding(mesh)
+  images = jax.ShapeDtypeStruct((runs, batch_size) + x_train.shape[1:], x_train.dtype,
+                                sharding=batch_sharding)
+  labels = jax.ShapeDtypeStruct((runs, batch_size), np.int32, sharding=batch_sharding)
+  return state, images, labels
+
+
+def compiled_bytes(compiled) -> int:
+  """Bytes one device holds while running `compiled` (an XLA executable's
+  `memory_analysis()`): its arguments, outputs and temporaries, less the outputs that
+  reuse donated arguments."""
+  stats = compiled.memory_analysis()
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

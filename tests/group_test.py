@@ -290,6 +290,84 @@ def test_a_diverging_run_stops_alone_and_the_others_finish(tmp_path):
   assert not os.path.exists(workdirs[1].metrics) or not open(workdirs[1].metrics).read()
 
 
+# ---------------------------------------------------------------------------
+# Memory: a group larger than a device holds
+# ---------------------------------------------------------------------------
+def test_check_memory_refuses_in_one_line_how_many_fit():
+  gib = 2 ** 30
+  group.check_memory(2 * gib, runs=4, run_devices=1, device_bytes=3 * gib)   # 2 <= 2.7
+  cases = [  # step bytes per device, runs, run_devices, device bytes -> runs that fit
+      (4 * gib, 4, 1, 2.5 * gib, 2),    # 1 GiB a run, 2.25 GiB usable
+      (2 * gib, 4, 2, 1.5 * gib, 2),    # 2 runs a device, 1 GiB each, 1.35 usable: 1 x 2
+      (8 * gib, 8, 1, 4.0 * gib, 3),
+      (4 * gib, 4, 1, 0.5 * gib, 0)]    # not one
+  for step_bytes, runs, run_devices, device_bytes, fit in cases:
+    assert group.runs_that_fit(step_bytes, runs // run_devices, device_bytes,
+                               run_devices) == fit
+    with pytest.raises(group.GroupTooLarge) as raised:
+      group.check_memory(step_bytes, runs, run_devices, device_bytes)
+    text = str(raised.value)
+    assert raised.value.fit == fit and "\n" not in text
+    assert text.startswith(f"sweep.group_size: a group of {runs} runs needs "
+                           f"{step_bytes / gib:.2f} GiB")
+    assert (f"at most {fit} runs fit" if fit else "set sweep.group_size=1") in text
+
+
+def test_device_memory_on_the_cpu_is_the_hosts_share():
+  host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  assert group.device_memory_bytes(jax.devices()[0]) == host // len(jax.devices())
+
+
+def _compiled_step_bytes(runs, run_devices, num_devices):
+  configs = [tiny_config(seed=s, num_devices=num_devices) for s in range(runs)]
+  x = np.zeros((512, 32, 32, 3), np.uint8)
+  tx = optimizers.make_optimizer(configs[0].optim, 8, 2)
+  model = train.create_model(configs[0], 10, 3, (32, 32))
+  functional, state = train.create_train_state(model, tx, 0,
+                                               sharding.make_mesh(num_devices))
+  mesh = sharding.make_group_mesh(run_devices, num_devices)
+  step = stacked.make_group_step(configs, functional, mesh, steps_per_epoch=8,
+                                 num_classes=10)
+  return stacked.compiled_bytes(step.compile(*stacked.abstract_arguments(
+      state, runs, 64, x, mesh)))
+
+
+@pytest.mark.slow
+def test_the_compiled_step_needs_memory_in_proportion_to_its_runs_per_device():
+  one = _compiled_step_bytes(1, 1, 1)
+  # Measured: 27.5 MB for one small_cnn run of 64 images, 2.03x for 2 runs, 4.05x for
+  # 4; the same 4 runs over 2 devices along `runs` hold 2 each.
+  assert 1e6 < one < 1e9
+  assert _compiled_step_bytes(2, 1, 1) == pytest.approx(2 * one, rel=0.1)
+  assert _compiled_step_bytes(4, 2, 2) == pytest.approx(2 * one, rel=0.1)
+
+
+@pytest.mark.slow
+def test_a_group_larger_than_memory_is_refused_and_auto_trains_it_in_parts(
+    tmp_path, monkeypatch):
+  from hfc_jax import main  # pylint: disable=g-import-not-at-top
+  seen = []
+  real = stacked.compiled_bytes
+  monkeypatch.setattr(stacked, "compiled_bytes", lambda c: seen.append(real(c)) or seen[-1])
+  # A device that holds the step of 2.2 of the 4 runs: 2 fit.
+  monkeypatch.setattr(group, "device_memory_bytes",
+                      lambda device: 0.55 * seen[0] / group.MEMORY_SHARE)
+  config = _sweep_config({f"s{s}": {"seed": s} for s in range(4)}, group_size=4)
+  config.num_devices, config.train.epochs = 1, 1
+  with pytest.raises(group.GroupTooLarge, match="^sweep.group_size: a group of 4 runs "
+                     r"needs .* at most 2 runs fit: set sweep.group_size=2 or 'auto'\.$"):
+    main.run(config, str(tmp_path / "fixed"))
+  assert not (tmp_path / "fixed").exists()   # refused before any run wrote: removed
+
+  config.sweep.group_size = "auto"
+  main.run(config, str(tmp_path / "auto"))
+  assert len(seen) == 4 and seen[2] == seen[3] < group.MEMORY_SHARE * (0.55 * seen[0]
+                                                                       / group.MEMORY_SHARE)
+  for s in range(4):
+    records = [json.loads(l) for l in open(tmp_path / "auto" / f"s{s}" / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1]
+
+
 @pytest.mark.slow
 def test_main_refuses_a_group_that_cannot_share_a_step(tmp_path):
   config = tmp_path / "sweep.py"

@@ -21,6 +21,7 @@ checks).
 - Preemption (SIGTERM, Ctrl-C): every run is saved at the same step, then `Preempted`.
 """
 
+import os
 import time
 from collections.abc import Sequence
 
@@ -45,13 +46,85 @@ def runs_axis(group_size: int, run_devices: int) -> int:
              if group_size % d == 0 and run_devices % d == 0)
 
 
+# Of a device's memory, the share a group's step may take; the rest is left to the
+# evaluation, the prefetched batches and the runtime's own buffers.
+MEMORY_SHARE = 0.9
+
+
+class GroupTooLarge(errors.HfcError):
+  """A group whose step needs more memory than a device has; `fit` runs would fit."""
+
+  def __init__(self, message: str, fit: int):
+    super().__init__(message)
+    self.fit = fit
+
+
+def device_memory_bytes(device: jax.Device) -> int:
+  """Bytes one device can hold: an accelerator's allocator limit (`memory_stats()`'s
+  'bytes_limit'), or on the CPU the host's physical memory, shared by its devices."""
+  try:
+    stats = device.memory_stats() or {}
+  except (AttributeError, NotImplementedError, RuntimeError):
+    stats = {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return host // max(1, len(jax.local_devices(backend=device.platform)))
+
+
+def runs_that_fit(step_bytes: int, runs_per_device: int, device_bytes: int,
+                  run_devices: int) -> int:
+  """The most runs a group may have: each device holds its runs' share of the step,
+  `step_bytes / runs_per_device` per run (the compiled step's bytes per device, for
+  `runs_per_device` runs), within MEMORY_SHARE of `device_bytes`; times the
+  `run_devices` devices along `runs`. 0 where not even one run per device fits."""
+  per_run = step_bytes / max(1, runs_per_device)
+  return int(MEMORY_SHARE * device_bytes // per_run) * run_devices
+
+
+def check_memory(step_bytes: int, runs: int, run_devices: int, device_bytes: int) -> None:
+  """Raises GroupTooLarge (one line naming sweep.group_size) when a group of `runs`
+  runs, its step taking `step_bytes` on each device, needs more than MEMORY_SHARE of
+  the device's `device_bytes`."""
+  if step_bytes <= MEMORY_SHARE * device_bytes:
+    return
+  fit = runs_that_fit(step_bytes, runs // run_devices, device_bytes, run_devices)
+  gib = lambda b: f"{b / 2 ** 30:.2f} GiB"
+  advice = (f"at most {fit} runs fit: set sweep.group_size={fit} or 'auto'" if fit
+            else "not even one run per device fits: set sweep.group_size=1")
+  raise GroupTooLarge(
+      f"sweep.group_size: a group of {runs} runs needs {gib(step_bytes)} on each device "
+      f"for its train step, more than {MEMORY_SHARE:.0%} of the device's "
+      f"{gib(device_bytes)}; {advice}.", fit)
+
+
 def train_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[Workdir],
-                *, run_devices: int = 1, allow_changes: bool = False) -> list[list[dict]]:
+                *, run_devices: int = 1, allow_changes: bool = False,
+                fit_memory: bool = False) -> list[list[dict]]:
   """Trains the runs `configs` together, run i in `workdirs[i]`, on a (runs, data) mesh
   with `run_devices` devices along `runs`; returns each run's history, as
   `train.train_and_evaluate` does. Raises HfcError for runs that cannot share a step
-  or a lock that another run holds, `errors.RunFailed` once the others finished when a
-  run diverged, `preemption.Preempted` after saving every run at one step."""
+  or a lock that another run holds, GroupTooLarge for a group whose step needs more
+  memory than a device has (with `fit_memory`, the runs are trained instead in
+  consecutive groups of as many as fit), `errors.RunFailed` once the others finished
+  when a run diverged, `preemption.Preempted` after saving every run at one step."""
+  try:
+    return _train_group_once(configs, workdirs, run_devices, allow_changes)
+  except GroupTooLarge as too_large:
+    if not fit_memory or too_large.fit < 1:
+      raise
+    logging.info("%s: training the %d runs in groups of %d", too_large, len(configs),
+                 too_large.fit)
+    histories = []
+    for start in range(0, len(configs), too_large.fit):
+      histories += train_group(configs[start:start + too_large.fit],
+                               workdirs[start:start + too_large.fit],
+                               run_devices=run_devices, allow_changes=allow_changes)
+    return histories
+
+
+def _train_group_once(configs, workdirs, run_devices, allow_changes):
+  """`train_group` of all `configs` in one group."""
   workdirs = [Workdir.of(w) for w in workdirs]
   stacked.check_group(configs, [w.name for w in workdirs])
   histories = [resume.finished_history(c, w, allow_changes=allow_changes)
@@ -134,6 +207,14 @@ def _train_group(configs, workdirs, run_devices: int, watch: preemption.Watch,
                                dataset.image_size)
     functional, state = train.create_train_state(model, tx, config.seed, run_mesh)
     states.append(state)
+  # The step, compiled ahead of time: its memory is checked before any file is written
+  # or the group's state placed, and the executable is the one that trains.
+  step_fn = stacked.make_group_step(configs, functional, mesh,
+                                    steps_per_epoch=steps_per_epoch,
+                                    num_classes=dataset.num_classes).compile(
+      *stacked.abstract_arguments(states[0], n, tc.batch_size, dataset.x_train, mesh))
+  check_memory(stacked.compiled_bytes(step_fn), n, mesh.shape[sharding.RUNS_AXIS],
+               device_memory_bytes(mesh.devices.flat[0]))
   opened = _restore_common(configs, workdirs, states, dataset, steps_per_epoch,
                            allow_changes)
   runs = [run for _, run, _ in opened]
@@ -142,10 +223,7 @@ def _train_group(configs, workdirs, run_devices: int, watch: preemption.Watch,
   group_state = stacked.stack([state for state, _, _ in opened], mesh)
   del states, opened
 
-  # ----- Update and evaluation functions -----------------------------------
-  step_fn = stacked.make_group_step(configs, functional, mesh,
-                                    steps_per_epoch=steps_per_epoch,
-                                    num_classes=dataset.num_classes)
+  # ----- Evaluation functions ----------------------------------------------
   scores = [train.make_scorer(c, functional, run_mesh, train.eval_sets(c, dataset),
                               adversarial.Adversary.from_config(c.adv)) for c in configs]
   failed: dict[int, errors.RunFailed] = {}

@@ -140,7 +140,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: Workdir | str, train_f
     histories = group.train_group([runs[i][1] for i in members],
                                   [workdir.run(runs[i][0]) for i in members],
                                   run_devices=int(config.sweep.run_devices),
-                                  allow_changes=allow_changes)
+                                  allow_changes=allow_changes,
+                                  fit_memory=config.sweep.group_size == "auto")
     results.update({runs[i][0]: h for i, h in zip(members, histories)})
   if jax.process_index() == 0:
     from hfc_jax.reporting import report  # pylint: disable=g-import-not-at-top
