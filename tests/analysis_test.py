@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -15,15 +16,26 @@ from tests.conftest import assert_refused_in_process, tiny_config
 
 
 @pytest.fixture(scope="module")
-def workdirs(tmp_path_factory):
-  """Two small trained workdirs on 8 devices: the paper's batch-statistic BN, and none."""
+def workdirs(tmp_path_factory, tiny_trained_workdir):
+  """Two small trained workdirs on 8 devices (`tiny_config`, 1 epoch): the paper's
+  batch-statistic BN (the default norm: a copy of the session's `tiny_trained_workdir`,
+  without the study folders other modules write there), and none."""
   root = tmp_path_factory.mktemp("analysis")
-  out = {}
-  for norm in ("paper_bn", "none"):
-    config = tiny_config(**{"train.epochs": 1, "model.norm": norm})
-    train.train_and_evaluate(config, str(root / norm), mesh=sharding.make_mesh(8))
-    out[norm] = str(root / norm)
-  return out
+  shutil.copytree(tiny_trained_workdir, root / "paper_bn",
+                  ignore=lambda d, names: [n for n in names if d == tiny_trained_workdir
+                                           and n in main.MODES])
+  assert tiny_config().model.norm == "paper_bn"
+  config = tiny_config(**{"train.epochs": 1, "model.norm": "none"})
+  train.train_and_evaluate(config, str(root / "none"), mesh=sharding.make_mesh(8))
+  return {"paper_bn": str(root / "paper_bn"), "none": str(root / "none")}
+
+
+@pytest.fixture(scope="module")
+def kernels_results(workdirs):
+  """The kernels mode on the paper_bn workdir, with the none workdir compared: the
+  results `main.run` returns (the study writes `<paper_bn>/kernels/`)."""
+  return main.run(_kernels_config(**{"kernels.compare": (workdirs["none"],)}),
+                  workdirs["paper_bn"])
 
 
 def _kernels_config(**overrides):
@@ -78,11 +90,13 @@ def test_restore_says_when_jax_started_with_other_xla_flags(monkeypatch, caplog)
 
 
 @pytest.mark.slow
-def test_sweep_rho_0_row_equals_the_robust_evaluation(workdirs, tmp_path):
+def test_sweep_rho_0_row_equals_the_robust_evaluation(workdirs, kernels_results):
+  """The paper_bn model's rho = 0 row of the kernels sweep (run with a compared model:
+  each model is scored alone on the same images) equals robust_eval of that model."""
   config = _kernels_config()
-  results = kernels.run(config, workdirs["paper_bn"])
   robust = main.run(_robust_config(config), workdirs["paper_bn"])
-  row = results["models"][0]["sweep"][0]
+  assert kernels_results["models"][0]["name"] == "paper_bn"
+  row = kernels_results["models"][0]["sweep"][0]
   assert row["variant"] == "eq3 rho=0"
   assert row["clean"] == robust["clean"]
   assert row["attacks"] == robust["attacks"]
@@ -127,9 +141,8 @@ def _robust_config(kc_config):
 
 
 @pytest.mark.slow
-def test_kernels_mode_writes_grids_measures_and_sweep(workdirs):
-  config = _kernels_config(**{"kernels.compare": (workdirs["none"],)})
-  results = main.run(config, workdirs["paper_bn"])
+def test_kernels_mode_writes_grids_measures_and_sweep(workdirs, kernels_results):
+  results = kernels_results
   out = os.path.join(workdirs["paper_bn"], "kernels")
   assert sorted(os.listdir(out)) == ["kernels.md", "kernels_channels.png", "kernels_rgb.png",
                                      "measures.json", "provenance.json", "sweep.json",

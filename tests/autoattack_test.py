@@ -258,8 +258,9 @@ def test_autoattack_keeps_the_first_success_and_finds_nothing_below_the_minimum(
   assert result.fooled["apgd_t"].all() and result.fooled["fab_t"].all()
   by_ce = result.fooled["apgd_ce"]
   assert by_ce.mean() >= 0.75
-  ce = jax.jit(lambda k: attacks.apgd_attack(fn, x, y, eps=eps, key=k, norm=norm))(
-      jax.random.fold_in(jax.random.key(1), 0))
+  # APGD-CE alone (run_eval_attack's 'apgd_ce' is apgd_attack with its defaults): the
+  # program test_apgd_finds_the_minimal_perturbation_and_nothing_below compiled.
+  ce = _jitted("apgd_ce", norm, 0, ())(eps, jax.random.fold_in(jax.random.key(1), 0))
   np.testing.assert_allclose(result.adv[by_ce], np.asarray(ce)[by_ce], atol=1e-6)
 
 
@@ -276,9 +277,12 @@ def test_fast_autoattack_and_registry():
   assert _fooled(fn, adv, y).all()  # APGD-T breaks every image at 1.01x
   assert set(attacks.REGISTRY) == set(attacks.EVAL_ATTACKS)
   assert attacks.ATTACKS == ("fgsm", "pgd", "pgd_l2")  # training's attacks unchanged
+  # Jitted: one compile each instead of dozens of op-by-op ones.
   np.testing.assert_array_equal(
-      attacks.run_eval_attack("pgd", fn, x, y, eps=0.03, key=jax.random.key(0), steps=3),
-      attacks.eval_attack("pgd", fn, x, y, eps=0.03, steps=3, key=jax.random.key(0)))
+      jax.jit(lambda k: attacks.run_eval_attack("pgd", fn, x, y, eps=0.03, key=k, steps=3))(
+          jax.random.key(0)),
+      jax.jit(lambda k: attacks.eval_attack("pgd", fn, x, y, eps=0.03, steps=3, key=k))(
+          jax.random.key(0)))
 
 
 def test_check_eval_attack_config():

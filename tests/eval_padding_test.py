@@ -17,13 +17,14 @@ import pytest
 from flax import nnx
 
 from configs import default
-from hfc_jax import attacks, errors, evaluate, frequency, models, presets, sharding
+from hfc_jax import attacks, errors, evaluate, frequency, main, models, presets, sharding
 from hfc_jax import validation
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 from hfc_jax.models import layers
 from hfc_jax.models.functional import Functional
 from hfc_jax.run import sweep
+from tests.conftest import config_from_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL_NAMES = ("small_cnn", "plain_cnn", "resnet18", "preact_resnet32")
@@ -229,17 +230,24 @@ def test_default_eval_config_is_accepted_on_8_devices_and_a_bad_train_batch_is_n
   assert "\n" not in str(e.value)
 
 
+_MAIN_FLAGS = ("--config.data.num_train=256", "--config.data.num_test=300",
+               "--config.train.epochs=1", "--config.train.batch_size=128",
+               "--config.eval.train_subset=200", "--config.eval.radii=(4,)",
+               "--config.tensorboard=False")
+
+
 def _main(workdir, devices, *extra):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "hfc_jax.main", "--config=configs/default.py",
-         f"--workdir={workdir}", "--config.data.num_train=256", "--config.data.num_test=300",
-         "--config.train.epochs=1", "--config.train.batch_size=128",
-         "--config.eval.train_subset=200", "--config.eval.radii=(4,)",
-         "--config.tensorboard=False", *extra]
+         f"--workdir={workdir}", *_MAIN_FLAGS, *extra]
   result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+  return _last_record(workdir)
+
+
+def _last_record(workdir):
   return json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
 
 
@@ -248,7 +256,10 @@ def test_default_config_trains_on_16_devices_as_on_one(tmp_path):
   """16 simulated devices, 2 steps of 128 (eval batch 500 over 16: 304 physical rows
   for the 300 test images) give the 1-device scores."""
   on16 = _main(tmp_path / "d16", 16)
-  on1 = _main(tmp_path / "d1", 16, "--config.num_devices=1")
+  # The 1-device run in this process (one of its 8 devices): the config of the same flags.
+  main.run(config_from_flags(*_MAIN_FLAGS, "--config.num_devices=1", tiny=False),
+           str(tmp_path / "d1"))
+  on1 = _last_record(tmp_path / "d1")
   assert on16["test/clean"] == on1["test/clean"]
   for key in ("test/lfc_4", "test/hfc_4", "train_eval/clean", "train_eval/lfc_4"):
     assert on16[key] == pytest.approx(on1[key], abs=1.01 / 200), key   # 1 image at most

@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from hfc_jax.analysis import common
 from hfc_jax.run import resume
 from hfc_jax.run import progress as progress_lib
 from hfc_jax.workdir.layout import Workdir
-from tests.conftest import ROOT, main_command, run_main, tiny_config
+from tests.conftest import ROOT, config_from_flags, main_command, run_main, tiny_config
 
 
 def _snapshot(workdir):
@@ -41,10 +42,20 @@ def _error_lines(stderr: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def one_epoch(tmp_path_factory):
-  """A finished 1-epoch default.py workdir (8 steps), made by main."""
+  """A finished 1-epoch default.py workdir (8 steps), made by `main.run` in process with
+  the config `run_main(workdir, "--config.train.epochs=1")` runs (tests copy it with
+  shutil.copytree before they change it)."""
   workdir = tmp_path_factory.mktemp("failure") / "run"
-  result = run_main(workdir, "--config.train.epochs=1")
-  assert result.returncode == 0, result.stderr[-3000:]
+  main.run(config_from_flags("--config.train.epochs=1"), str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+  """A finished 2-epoch `tiny_config` workdir (checkpoints 8 and 16) on 8 devices; tests
+  copy it with shutil.copytree before they change it."""
+  workdir = tmp_path_factory.mktemp("failure") / "two_epochs"
+  train.train_and_evaluate(tiny_config(), str(workdir), mesh=sharding.make_mesh(8))
   return workdir
 
 
@@ -61,9 +72,10 @@ def test_a_finished_run_started_again_returns_at_once_and_writes_nothing(one_epo
 
 
 @pytest.mark.slow
-def test_a_finished_run_whose_newest_checkpoint_is_cut_short_says_so_and_retrains(tmp_path):
+def test_a_finished_run_whose_newest_checkpoint_is_cut_short_says_so_and_retrains(
+    tmp_path, two_epochs):
   workdir = tmp_path / "run"
-  train.train_and_evaluate(tiny_config(), str(workdir), mesh=sharding.make_mesh(8))
+  shutil.copytree(two_epochs, workdir)
   for path in (workdir / "checkpoints" / "16").rglob("*"):   # as a disk cut short leaves it
     if path.is_file() and "ocdbt.process_0" in str(path) and path.stat().st_size > 1000:
       with open(path, "r+b") as f:
@@ -91,7 +103,7 @@ def test_a_changed_result_field_refuses_in_one_line_and_changes_nothing(one_epoc
   for field, value, shown in (
       ("optim.learning_rate", 0.01, "optim.learning_rate 0.001 -> 0.01"),
       ("train.batch_size", 32, "train.batch_size 64 -> 32"),
-      ("model.name", "preact_resnet32", "model.name 'small_cnn' -> 'preact_resnet32'")):
+      ("model.name", "plain_cnn", "model.name 'small_cnn' -> 'plain_cnn'")):
     with pytest.raises(errors.HfcError, match=re.escape(shown)):
       train.train_and_evaluate(tiny_config(**{"train.epochs": 2, field: value}),
                                str(one_epoch), mesh=sharding.make_mesh(8))
@@ -99,12 +111,13 @@ def test_a_changed_result_field_refuses_in_one_line_and_changes_nothing(one_epoc
 
 
 @pytest.mark.slow
-def test_extending_epochs_is_allowed_and_recorded(tmp_path):
+def test_extending_epochs_is_allowed_and_recorded(tmp_path, one_epoch):
   mesh = sharding.make_mesh(8)
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), workdir, mesh=mesh)
+  shutil.copytree(one_epoch, workdir)   # trained 1 epoch with tensorboard on, kept here
   history = train.train_and_evaluate(
-      tiny_config(**{"train.epochs": 2, "eval.radii": (4, 8)}), workdir, mesh=mesh)
+      tiny_config(**{"train.epochs": 2, "eval.radii": (4, 8), "tensorboard": True}),
+      workdir, mesh=mesh)
   assert [r["epoch"] for r in history] == [1, 2] and "test/hfc_16" not in history[-1]
   entries = [json.loads(l) for l in open(os.path.join(workdir, "config_history.jsonl"))]
   assert entries[-1]["step"] == 8
@@ -232,10 +245,11 @@ def test_a_loss_above_the_divergence_threshold_stops_after_the_set_log_points(tm
 
 
 @pytest.mark.slow
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog,
+                                                                  two_epochs):
   mesh = sharding.make_mesh(8)
   workdir = tmp_path / "run"
-  train.train_and_evaluate(tiny_config(), str(workdir), mesh=mesh)   # checkpoints 8, 16
+  shutil.copytree(two_epochs, workdir)   # checkpoints 8, 16
   data_files = [p for p in (workdir / "checkpoints" / "16").rglob("*")
                 if p.is_file() and "ocdbt.process_0" in str(p) and p.stat().st_size > 1000]
   assert data_files
@@ -267,10 +281,11 @@ def test_a_second_run_on_a_locked_workdir_refuses_naming_the_holder(tmp_path):
     (workdir / Workdir.LOCK).write_text(json.dumps({
         "host": socket.gethostname(), "pid": holder.pid, "started": time.time(),
         "heartbeat": time.time(), "token": "other"}))
-    result = run_main(workdir, timeout=120)
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = _error_lines(result.stderr)
-    assert len(lines) == 1 and f"is in use by another run (pid {holder.pid} on" in lines[0]
+    # In process (main's exit status 2 for a refusal: test_a_changed_result_field_...).
+    with pytest.raises(errors.HfcError) as raised:
+      main.run(tiny_config(), str(workdir))
+    line = str(raised.value)
+    assert "\n" not in line and f"is in use by another run (pid {holder.pid} on" in line
     assert sorted(os.listdir(workdir)) == [Workdir.LOCK]
   finally:
     holder.kill()

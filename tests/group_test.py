@@ -335,10 +335,9 @@ def _compiled_step_bytes(runs, run_devices, num_devices):
 @pytest.mark.slow
 def test_the_compiled_step_needs_memory_in_proportion_to_its_runs_per_device():
   one = _compiled_step_bytes(1, 1, 1)
-  # Measured: 27.5 MB for one small_cnn run of 64 images, 2.03x for 2 runs, 4.05x for
-  # 4; the same 4 runs over 2 devices along `runs` hold 2 each.
+  # Measured: 27.5 MB for one small_cnn run of 64 images, 2.03x for 2 runs and 4.05x for
+  # 4 on one device; the same 4 runs over 2 devices along `runs` hold 2 each.
   assert 1e6 < one < 1e9
-  assert _compiled_step_bytes(2, 1, 1) == pytest.approx(2 * one, rel=0.1)
   assert _compiled_step_bytes(4, 2, 2) == pytest.approx(2 * one, rel=0.1)
 
 
@@ -354,6 +353,7 @@ def test_a_group_larger_than_memory_is_refused_and_auto_trains_it_in_parts(
                       lambda device: 0.55 * seen[0] / group.MEMORY_SHARE)
   config = _sweep_config({f"s{s}": {"seed": s} for s in range(4)}, group_size=4)
   config.num_devices, config.train.epochs = 1, 1
+  config.data.num_train = config.eval.train_subset = 128   # 2 steps
   with pytest.raises(group.GroupTooLarge, match="^sweep.group_size: a group of 4 runs "
                      r"needs .* at most 2 runs fit: set sweep.group_size=2 or 'auto'\.$"):
     main.run(config, str(tmp_path / "fixed"))

@@ -1,8 +1,10 @@
 """Step checkpoints, exact mid-epoch resume, and preemption (SIGTERM) stops.
 
-Every run here is a real `python -m hfc_jax.main` process on 8 simulated CPU devices:
-killed with SIGKILL or SIGTERM at a step read from its own log, then restarted with
-the same command. Resumed runs must end bit for bit where an uninterrupted run ends.
+Every interrupted run here is a real `python -m hfc_jax.main` process on 8 simulated
+CPU devices: killed with SIGKILL or SIGTERM at a step read from its own log, then
+restarted with the same command. Resumed runs must end bit for bit where an
+uninterrupted run ends (the reference: `main.run` in this process, on the same 8 devices
+and the config the same flags give).
 """
 
 import json
@@ -15,10 +17,11 @@ import jax
 import numpy as np
 import pytest
 
+from hfc_jax import main
 from hfc_jax.analysis import common
 from hfc_jax.run import preemption
 from hfc_jax.workdir.layout import Workdir
-from tests.conftest import ROOT, main_command, run_main
+from tests.conftest import ROOT, config_from_flags, main_command, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -44,10 +47,10 @@ def _state_leaves(workdir):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-  """The uninterrupted run: its records (without timings), final step and state."""
+  """The uninterrupted run, in this process: its records (without timings), final step
+  and state."""
   workdir = tmp_path_factory.mktemp("reference") / "run"
-  result = run_main(workdir, *FLAGS)
-  assert result.returncode == 0, result.stderr[-3000:]
+  main.run(config_from_flags(*FLAGS), str(workdir))
   return _records(workdir), *_state_leaves(workdir)
 
 

@@ -31,8 +31,8 @@ def _linear_target(mesh, batch_size=16):
 
 
 SETTINGS = robust_table.AttackSettings.from_config(
-    {}, attacks=("pgd", "autoattack"), eps=(0.01, 0.03), pgd_steps=5, autoattack_version="fast",
-    apgd_iters=5, square_queries=40, masking_images=0)
+    {}, attacks=("pgd", "autoattack"), eps=(0.01, 0.03), pgd_steps=3, autoattack_version="fast",
+    apgd_iters=3, square_queries=40, masking_images=0)
 
 
 @pytest.mark.slow
@@ -116,14 +116,14 @@ def test_batch_statistic_models_use_fixed_batches_on_any_device_count(restored):
 def test_apgd_is_not_weaker_than_pgd_and_autoattack_is_worst(restored):
   _, eight, x, y = restored
   settings = robust_table.AttackSettings.from_config(
-      {}, attacks=("pgd", "apgd_ce", "autoattack"), eps=(2 / 255,), pgd_steps=20, apgd_iters=20,
-      autoattack_version="fast", square_queries=100, masking_images=0)
+      {}, attacks=("pgd", "apgd_ce", "autoattack"), eps=(2 / 255,), pgd_steps=10, apgd_iters=10,
+      autoattack_version="fast", square_queries=50, masking_images=0)
   table, masks, _ = robust_table.attack_table(_target(eight, x, y, sharding.make_mesh(8), 32),
                                               settings)
   assert table["clean"] > 0.1
   for k in ("0.0078",):
     pgd, apgd = (table["intervals"][a][k] for a in ("pgd", "apgd_ce"))
-    # Same budget (20 gradient steps): APGD-CE within PGD-20's interval or better.
+    # Same budget (10 gradient steps): APGD-CE within PGD-10's interval or better.
     assert apgd["accuracy"] <= pgd["high"], (k, apgd, pgd)
     auto = table["intervals"]["autoattack"][k]
     assert auto["accuracy"] <= min(pgd["high"], apgd["high"])
@@ -135,16 +135,28 @@ def _robust_config():
   config = defaults.get_config()
   config.mode = "robust_eval"
   rc = config.robust_eval
-  rc.attacks, rc.eps, rc.pgd_steps = ("pgd", "autoattack"), (0.01, 0.03), 3
-  rc.autoattack_version, rc.apgd_iters, rc.square_queries = "fast", 4, 40
+  # Budgets at a minimum: the tests check the pipeline, not the attacks' strength, and on
+  # the CPU every APGD / PGD iteration is written out (compile time grows with them).
+  rc.attacks, rc.eps, rc.pgd_steps = ("pgd", "autoattack"), (0.01, 0.03), 2
+  rc.autoattack_version, rc.apgd_iters, rc.square_queries = "fast", 2, 40
   rc.num_images, rc.batch_size, rc.masking_images = 40, 40, 24
   rc.defence_radii, rc.min_eps_search_steps, rc.min_eps_pgd_steps = (), 1, 1
   return config
 
 
+@pytest.fixture(scope="module")
+def robust_eval_run(tiny_trained_workdir):
+  """One robust_eval of the session's tiny model with AutoAttack and the low-pass defence
+  at r = 4 and r = 32 (results, the workdir): the two tests below assert on the same
+  run, so its table, checks and defence rows are computed (and compiled) once."""
+  config = _robust_config()
+  config.robust_eval.defence_radii = (4, 32)
+  return main.run(config, tiny_trained_workdir), tiny_trained_workdir
+
+
 @pytest.mark.slow
-def test_robust_eval_with_autoattack_writes_intervals_and_checks(tiny_trained_workdir):
-  results = main.run(_robust_config(), tiny_trained_workdir)
+def test_robust_eval_with_autoattack_writes_intervals_and_checks(robust_eval_run):
+  results, tiny_trained_workdir = robust_eval_run
   out = os.path.join(tiny_trained_workdir, "robust_eval")
   on_disk = json.load(open(os.path.join(out, "robust_eval.json")))
   assert on_disk["intervals"] == json.loads(json.dumps(results["intervals"]))
@@ -172,15 +184,14 @@ def test_robust_eval_with_autoattack_writes_intervals_and_checks(tiny_trained_wo
 
 @pytest.mark.slow
 def test_the_low_pass_defence_is_attacked_with_autoattack_through_the_filter(
-    tiny_trained_workdir):
+    robust_eval_run):
   """(c) runs the table's attacks through the filter. At r = 32 the filter keeps the
   whole 32x32 spectrum, so the defended model is the undefended one (up to the FFT's
   float rounding) and (c) must repeat the undefended table; at r = 4 it is another
   model, attacked on its own clean hits."""
-  config = _robust_config()
-  config.robust_eval.defence_radii = (4, 32)
-  results = main.run(config, tiny_trained_workdir)
+  results, tiny_trained_workdir = robust_eval_run
   narrow, identity = results["defence"]
+  assert (narrow["radius"], identity["radius"]) == (4, 32)
   for row in (narrow, identity):
     table = row["adaptive_table"]
     assert set(table) == {"pgd", "autoattack", "worst_case"}
@@ -204,16 +215,18 @@ def test_kernels_sweep_with_autoattack_and_the_controls(tiny_trained_workdir):
   kc = config.kernels
   kc.attacks, kc.eps, kc.rhos, kc.cutoffs = ("autoattack",), (0.03,), (0.0, 0.5), ()
   kc.variants = ("eq3", "eq3_renorm", "scaled")
-  kc.autoattack_version, kc.apgd_iters, kc.square_queries = "fast", 3, 30
-  kc.num_images, kc.batch_size, kc.masking_images = 32, 32, 16
+  # The budgets, batch and masking subset of _robust_config: the same programs as the
+  # robust_eval run above (the sweep changes only the parameters), so compiled once.
+  kc.autoattack_version, kc.apgd_iters, kc.square_queries = "fast", 2, 40
+  kc.num_images, kc.batch_size, kc.masking_images = 40, 40, 24
   results = main.run(config, tiny_trained_workdir)
   rows = results["models"][0]["sweep"]
   assert [r["variant"] for r in rows] == ["eq3 rho=0", "eq3 rho=0.5", "eq3 renorm rho=0.5",
                                           "scaled rho=0.5"]
   for r in rows:
     cell = r["intervals"]["autoattack"]["0.0300"]
-    assert cell["n"] == 32 and cell["accuracy"] == r["attacks"]["autoattack"]["0.0300"]
-    assert r["masking_checks"]["large_eps"]["n"] == 16
+    assert cell["n"] == 40 and cell["accuracy"] == r["attacks"]["autoattack"]["0.0300"]
+    assert r["masking_checks"]["large_eps"]["n"] == 24
   assert results["models"][0]["batch_dependent"] is True
   table = open(os.path.join(tiny_trained_workdir, "kernels", "kernels.md")).read()
   assert "| run | scaled rho=0.5 | " in table and "AutoAttack (fast) 0.0300" in table
@@ -250,7 +263,8 @@ def test_a_targeted_attack_on_the_cpu_runs_one_target_at_a_time_on_the_survivors
     calls.append((kwargs.get("rank", 0), dict(options)["n_targets"], active.copy(), hit))
     return hit, adv
   monkeypatch.setattr(robust_table, "_fooled_once", spy)
-  options = (("n_iter", 5), ("n_restarts", 1), ("n_targets", 3), ("unroll", True))
+  # SETTINGS' APGD-T budget: the program the AutoAttack test above compiled is reused.
+  options = (("n_iter", 3), ("n_restarts", 1), ("n_targets", 3), ("unroll", True))
   active = np.ones(N, bool)
   wrong, _ = robust_table.fooled(target, "apgd_t", options, active, 0.03,
                                  jax.random.key(0))
