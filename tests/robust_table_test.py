@@ -114,21 +114,26 @@ def test_batch_statistic_models_use_fixed_batches_on_any_device_count(restored):
 
 @pytest.mark.slow
 def test_apgd_is_not_weaker_than_pgd_and_autoattack_is_worst(restored):
+  """At eps 0.25/255 and 0.5/255, where this barely trained model keeps some images
+  (measured: clean 0.41, PGD-10 0.25 and 0.125 of 64; at 2/255 every attack breaks
+  every image and the comparison would hold trivially)."""
   _, eight, x, y = restored
   settings = robust_table.AttackSettings.from_config(
-      {}, attacks=("pgd", "apgd_ce", "autoattack"), eps=(2 / 255,), pgd_steps=10, apgd_iters=10,
-      autoattack_version="fast", square_queries=50, masking_images=0)
+      {}, attacks=("pgd", "apgd_ce", "autoattack"), eps=(0.25 / 255, 0.5 / 255),
+      pgd_steps=10, apgd_iters=10, autoattack_version="fast", square_queries=50,
+      masking_images=0)
   table, masks, _ = robust_table.attack_table(_target(eight, x, y, sharding.make_mesh(8), 32),
                                               settings)
   assert table["clean"] > 0.1
-  for k in ("0.0078",):
+  for k in ("0.0010", "0.0020"):
     pgd, apgd = (table["intervals"][a][k] for a in ("pgd", "apgd_ce"))
+    assert 0 < pgd["accuracy"] < table["clean"], (k, pgd)   # not trivially 0
     # Same budget (10 gradient steps): APGD-CE within PGD-10's interval or better.
     assert apgd["accuracy"] <= pgd["high"], (k, apgd, pgd)
     auto = table["intervals"]["autoattack"][k]
     assert auto["accuracy"] <= min(pgd["high"], apgd["high"])
     assert table["worst_case"][k] <= min(table["attacks"][a][k] for a in settings.attacks)
-  assert table["attacks"]["autoattack"]["0.0078"] < table["clean"]
+  assert table["attacks"]["autoattack"]["0.0020"] < table["attacks"]["autoattack"]["0.0010"]
 
 
 def _robust_config():
