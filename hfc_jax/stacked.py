@@ -191,6 +191,7 @@ class GroupStep:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Compiled:
+  """`GroupStep.compile`'s result: the XLA executable with the settings bound."""
   compiled: Any
   settings: dict
 

@@ -4,6 +4,8 @@ import ast
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -98,3 +100,24 @@ def test_only_the_layout_module_names_workdir_files():
       if node.value in FILE_NAMES and (relative, node.value) not in OTHER_MEANINGS:
         found.append(f"{relative}:{node.lineno} {node.value!r}")
   assert found == []
+
+
+def test_the_tensorboard_writer_does_not_import_torch(tmp_path):
+  """tensorboardX imports torch where it is installed (the `torch` extra, as in CI), only
+  to accept torch tensors: 2.7 s of every run's start. The writer is made without it,
+  writes its events, and torch stays importable afterwards."""
+  code = ("import sys, importlib.util\n"
+          "from hfc_jax.workdir import records\n"
+          f"writer = records.tensorboard_writer({str(tmp_path)!r})\n"
+          "writer.add_scalar('test/clean', 0.5, 1)\n"
+          "writer.close()\n"
+          "assert 'torch' not in sys.modules\n"
+          "if importlib.util.find_spec('torch') is not None:\n"
+          "  import torch\n"
+          "  print('torch', torch.ones(2).sum().item())\n")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert [f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]
+  if "torch" in result.stdout:
+    assert "torch 2.0" in result.stdout
