@@ -172,34 +172,20 @@ def make_group_step(configs: Sequence[ml_collections.ConfigDict], functional: Fu
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class GroupStep:
-  """The jitted group step with its per-run settings bound: `step(state, images, labels)`.
-  `compile` builds it ahead of time for abstract arguments (`abstract_arguments`), which
-  tells its memory (`compiled_bytes`) before anything of the group is on a device;
-  calling the returned executable with the settings is the same step."""
+  """The group step with its per-run settings bound: `step(state, images, labels)`.
+  `jitted` is the jitted function or, after `compile`, its XLA executable (whose
+  `memory_analysis()` `compiled_bytes` reads)."""
   jitted: Any
   settings: dict
 
   def __call__(self, state, images, labels):
     return self.jitted(state, images, labels, self.settings)
 
-  def compile(self, state, images, labels):
-    """The step compiled for these (abstract) arguments, as a `GroupStep`-like callable
-    with `.memory_analysis()`."""
-    compiled = self.jitted.lower(state, images, labels, self.settings).compile()
-    return _Compiled(compiled, self.settings)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class _Compiled:
-  """`GroupStep.compile`'s result: the XLA executable with the settings bound."""
-  compiled: Any
-  settings: dict
-
-  def __call__(self, state, images, labels):
-    return self.compiled(state, images, labels, self.settings)
-
-  def memory_analysis(self):
-    return self.compiled.memory_analysis()
+  def compile(self, state, images, labels) -> "GroupStep":
+    """The same step compiled ahead of time for these (abstract) arguments
+    (`abstract_arguments`): its memory is known before anything is placed."""
+    return GroupStep(self.jitted.lower(state, images, labels, self.settings).compile(),
+                     self.settings)
 
 
 def abstract_arguments(run_state: train.TrainState, runs: int, batch_size: int,
@@ -218,11 +204,11 @@ def abstract_arguments(run_state: train.TrainState, runs: int, batch_size: int,
   return state, images, labels
 
 
-def compiled_bytes(compiled) -> int:
-  """Bytes one device holds while running `compiled` (an XLA executable's
-  `memory_analysis()`): its arguments, outputs and temporaries, less the outputs that
-  reuse donated arguments."""
-  stats = compiled.memory_analysis()
+def compiled_bytes(step: GroupStep) -> int:
+  """Bytes one device holds while running the compiled `step` (`GroupStep.compile`;
+  its executable's `memory_analysis()`): its arguments, outputs and temporaries, less
+  the outputs that reuse donated arguments."""
+  stats = step.jitted.memory_analysis()
   return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
              + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
 
