@@ -89,15 +89,18 @@ print("conv:", "__ynn_fusion" in conv, "dot:", "__ynn_fusion" in dot)
 """
 
 
-@pytest.mark.skipif(xla_flags.jaxlib_minor() not in xla_flags.TESTED_JAXLIB,
-                    reason="the flag is only set for the tested jaxlib versions")
 def test_flag_takes_convolutions_off_ynnpack_and_keeps_dots():
-  # This process: 8 simulated devices (conftest), no flag; XLA's default lowering.
-  conv, dot = _conv_and_dot_hlo()
-  assert "__ynn_fusion" in conv and "__ynn_fusion" in dot
+  """On a tested jaxlib the child process gets the flag and its convolutions leave YNNPACK;
+  on any other (a new release under `.ci/run`'s newest Python) it starts without the flag."""
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
   env["JAX_PLATFORMS"] = "cpu"
   out = subprocess.run([sys.executable, "-c", _CHILD], cwd=ROOT, env=env, text=True,
                        capture_output=True, timeout=120, check=True).stdout.splitlines()
+  if xla_flags.jaxlib_minor() not in xla_flags.TESTED_JAXLIB:
+    assert out[0] == "" and out[1].startswith("conv: "), out
+    return
+  # This process: 8 simulated devices (conftest), no flag; XLA's default lowering.
+  conv, dot = _conv_and_dot_hlo()
+  assert "__ynn_fusion" in conv and "__ynn_fusion" in dot
   assert out[0] == f"{FLAG}=-individual_convolution"
   assert out[1] == "conv: False dot: True"
