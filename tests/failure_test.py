@@ -309,26 +309,6 @@ def full_disk_serialize(original):
   return full_disk
 
 
-@pytest.mark.slow
-def test_a_full_disk_stops_the_run_at_once_with_the_last_checkpoint_intact(tmp_path,
-                                                                           monkeypatch):
-  """The second checkpoint write fails with ENOSPC (a patched array writer)."""
-  monkeypatch.setattr(ocp.type_handlers.ArrayHandler, "serialize",
-                      full_disk_serialize(ocp.type_handlers.ArrayHandler.serialize))
-  workdir = tmp_path / "full"
-  with pytest.raises(errors.RunFailed) as raised:
-    train.train_and_evaluate(tiny_config(**{"checkpoint.every_steps": 3}), str(workdir),
-                             mesh=sharding.make_mesh(8))
-  message = str(raised.value)
-  assert raised.value.exit_status == errors.EXIT_SAVE_FAILED
-  assert "\n" not in message and "(no space left on device)" in message
-  assert "the last good checkpoint: step 3; fix the cause" in message
-  monkeypatch.undo()
-  assert common.restore(str(workdir)).step == 3
-  assert (workdir / "metrics.jsonl").read_text() == ""     # no epoch was saved
-  assert not (workdir / Workdir.LOCK).exists()
-
-
 FULL_DISK_RUN = """
 import sys
 import orbax.checkpoint as ocp
@@ -345,8 +325,10 @@ app.run(main.main, flags_parser=main.parse_flags)
 @pytest.mark.slow
 def test_a_full_disk_in_a_real_run_is_one_line_and_nothing_else(tmp_path):
   """As a user sees it: the second checkpoint write fails with ENOSPC inside Orbax's
-  background save; stderr holds absl's info lines and one error line, no Orbax error
-  log, no traceback."""
+  background save (a patched array writer); stderr holds absl's info lines and one error
+  line, no Orbax error log, no traceback; the last good checkpoint is intact. (In a
+  process that lives on, such as pytest's, Orbax's commit thread of the failed save
+  waits minutes for a signal that never comes: main exits at once instead.)"""
   command = main_command(tmp_path / "run", "--config.checkpoint.every_steps=3")
   result = subprocess.run([command[0], "-c", FULL_DISK_RUN, *command[3:]], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
@@ -356,6 +338,11 @@ def test_a_full_disk_in_a_real_run_is_one_line_and_nothing_else(tmp_path):
   assert lines[0].startswith("hfc_jax: error: a checkpoint could not be written to "), lines
   assert "(no space left on device); the run stopped; the last good checkpoint: step 3" \
       in lines[0]
+  # The checkpoint before stands, no epoch was recorded, and the lock is released.
+  workdir = tmp_path / "run"
+  assert common.restore(str(workdir)).step == 3
+  assert (workdir / "metrics.jsonl").read_text() == ""
+  assert not (workdir / Workdir.LOCK).exists()
 
 
 def test_a_workdir_file_that_cannot_be_written_stops_the_run_in_one_line(tmp_path,
