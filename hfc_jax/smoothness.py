@@ -29,6 +29,7 @@ Numeric functions are pure jnp and jittable (`fourier_lowpass_kernel` with a sta
 (`Functional.split`) and return new dicts sharing every untouched leaf.
 """
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -105,8 +106,12 @@ def smooth_eq3(kernel: Any, rho: float) -> jnp.ndarray:
     (kh, kw, in, out) array of the kernel's dtype: each value plus rho times the sum of
     its 8 spatial neighbours, edge values repeated beyond the border (module docstring).
   """
-  k = check_kernel(kernel)
-  rho = _check_nonnegative("kernels.rho", rho)
+  return _smooth_eq3(check_kernel(kernel), _check_nonnegative("kernels.rho", rho))
+
+
+@jax.jit
+def _smooth_eq3(k: jnp.ndarray, rho: Any) -> jnp.ndarray:
+  """`smooth_eq3` on a checked kernel; one program per kernel shape (rho is traced)."""
   kh, kw = k.shape[:2]
   padded = jnp.pad(k, ((1, 1), (1, 1), (0, 0), (0, 0)), mode="edge")
   neighbours = sum(padded[r:r + kh, c:c + kw] for r, c in _NEIGHBOURS)
@@ -151,8 +156,13 @@ def fourier_lowpass_kernel(kernel: Any, cutoff: float) -> jnp.ndarray:
   Returns:
     (kh, kw, in, out) array of the kernel's dtype.
   """
-  k = check_kernel(kernel)
   cutoff = float(_check_nonnegative("kernels.cutoff", cutoff, positive=True, finite=False))
+  return _fourier_lowpass(check_kernel(kernel), cutoff)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _fourier_lowpass(k: jnp.ndarray, cutoff: float) -> jnp.ndarray:
+  """`fourier_lowpass_kernel` on a checked kernel; one program per shape and cutoff."""
   kh, kw = k.shape[:2]
   mask = np.fft.ifftshift(frequency.disc_mask(kh, kw, cutoff))[:, :, None, None]
   spectrum = jnp.fft.fft2(k, axes=(0, 1))
@@ -254,13 +264,18 @@ def high_frequency_energy_share(kernel: Any, *, per_slice: bool = False) -> jnp.
 
 def smoothness_measures(kernel: Any) -> dict[str, float]:
   """All model-level measures of an HWIO kernel as JSON-ready Python floats."""
-  measures = {
-      "adjacent_difference": adjacent_difference(kernel),
-      "total_variation": total_variation(kernel),
-      "total_variation_normalised": total_variation(kernel, normalised=True),
-      "high_frequency_energy_share": high_frequency_energy_share(kernel),
+  return {name: float(value) for name, value in _measures(check_kernel(kernel)).items()}
+
+
+@jax.jit
+def _measures(k: jnp.ndarray) -> dict[str, jnp.ndarray]:
+  """The four model-level measures of a checked kernel, as one program per shape."""
+  return {
+      "adjacent_difference": adjacent_difference(k),
+      "total_variation": total_variation(k),
+      "total_variation_normalised": total_variation(k, normalised=True),
+      "high_frequency_energy_share": high_frequency_energy_share(k),
   }
-  return {name: float(value) for name, value in measures.items()}
 
 
 # ------------------------------------------------------------------ training penalty
