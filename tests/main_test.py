@@ -103,6 +103,8 @@ def test_a_bad_config_value_is_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_unwritable_workdir_is_refused(tmp_path):
+  """In process: main prints this HfcError after "hfc_jax: error: " and exits 2
+  (test_a_bad_config_value_is_one_line_and_exit_2 runs that path as a process)."""
   locked = tmp_path / "locked"
   locked.mkdir()
   (locked / "keep.txt").write_text("precious")
@@ -112,11 +114,12 @@ def test_unwritable_workdir_is_refused(tmp_path):
       target = locked / "keep.txt" / "run"
     else:
       target = locked / "run"
-    result = run_main(target, timeout=120)
+    with pytest.raises(errors.HfcError) as raised:
+      main.run(config_from_flags(), str(target))
   finally:
     os.chmod(locked, 0o700)
-  assert result.returncode == 2
-  assert "hfc_jax: error: workdir=" in result.stderr and "is not writable" in result.stderr
+  text = str(raised.value)
+  assert text.startswith("workdir=") and "is not writable" in text and "\n" not in text
   assert (locked / "keep.txt").read_text() == "precious"
 
 
@@ -155,8 +158,11 @@ def test_two_processes_match_one_process(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
   # SGD: Adam would turn the float-noise gradients of the biases in front of the
   # batch-statistic norm into full-size steps, hiding real differences.
+  # The clean evaluation alone: each of the three compiles its own (the processes' is
+  # a two-process program), and test/clean is what is compared.
   sgd = ("--config.optim.name=sgd", "--config.optim.learning_rate=0.05",
-         "--config.data.num_train=128")   # 2 steps of 64
+         "--config.data.num_train=128",   # 2 steps of 64
+         "--config.eval.evaluators=('clean',)")
   port = 20000 + os.getpid() % 20000
   procs = [subprocess.Popen(
       main_command(tmp_path / "multi", "--jax_distributed",
@@ -273,27 +279,68 @@ def _shipped_configs() -> list[str]:
   return out
 
 
+# `python -m hfc_jax.main --config=CONFIG --help` for each config of argv[1:], each in
+# its own process forked from one that has imported hfc_jax.main (as `python -m` has
+# before it parses flags) and the third-party modules every config's hfc_jax imports
+# load (numpy, etils), in its working directory: {config: [exit status, stdout,
+# stderr]} as JSON on stdout. One interpreter start instead of one a config (0.7 s).
+_HELP_EACH = r"""
+import json, os, sys, tempfile, traceback
+import etils.epath, numpy
+from absl import app
+from hfc_jax import main
+results = {}
+for config in sys.argv[1:]:
+  out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+  sys.stdout.flush(); sys.stderr.flush()
+  pid = os.fork()
+  if pid == 0:
+    status = 1
+    try:
+      os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
+      sys.argv = [main.__file__, f"--config={config}", "--help"]   # as `python -m` has it
+      app.run(main.main, flags_parser=main.parse_flags)
+      status = 0
+    except SystemExit as e:
+      status = e.code if isinstance(e.code, int) else (e.code is not None)
+    except BaseException:
+      traceback.print_exc()
+    finally:
+      sys.stdout.flush(); sys.stderr.flush()
+      os._exit(status)
+  status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+  out.seek(0); err.seek(0)
+  results[config] = [status, out.read().decode(), err.read().decode()]
+print(json.dumps(results))
+"""
+
+
 @pytest.mark.slow
 def test_every_shipped_config_loads_from_any_directory(tmp_path):
   """`--config=/abs/path/configs/X.py --help` from a folder outside the repository loads
   the config (config files import only hfc_jax) and lists the fields it sets."""
-  def help_of(config):
-    return subprocess.run([sys.executable, "-m", "hfc_jax.main", f"--config={config}",
-                           "--help"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
   configs = _shipped_configs()
   assert len(configs) >= 20
-  with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    results = dict(zip(configs, pool.map(help_of, configs)))
-  for config, result in results.items():
-    assert result.returncode == 0 and not result.stderr, (config, result.stderr[-2000:])
-    assert f"--config={config} sets (" in result.stdout, config
-  adv = results[os.path.join(ROOT, "configs", "cifar10_resnet32_adv.py")].stdout
+  found = subprocess.run([sys.executable, "-c", _HELP_EACH, *configs], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+  assert found.returncode == 0 and not found.stderr, found.stderr[-2000:]
+  results = json.loads(found.stdout)
+  assert list(results) == configs
+  for config, (status, stdout, stderr) in results.items():
+    assert status == 0 and not stderr, (config, stderr[-2000:])
+    assert f"--config={config} sets (" in stdout, config
+  adv_config = os.path.join(ROOT, "configs", "cifar10_resnet32_adv.py")
+  adv = results[adv_config][1]
   assert "  adv.enabled = True   (default: False)" in adv
   assert "  model.name = 'preact_resnet32'   (default: 'small_cnn')" in adv
-  fig4 = results[os.path.join(ROOT, "configs", "fig4_batch_size.py:fashion_mnist")].stdout
+  fig4 = results[os.path.join(ROOT, "configs", "fig4_batch_size.py:fashion_mnist")][1]
   assert "  data.name = 'idx'   (default: 'embedded')" in fig4
   assert "sweep.runs = ['batch_32', 'batch_64', 'batch_128', 'batch_256']" in fig4
+  # The forked processes print what the command itself prints.
+  command = subprocess.run([sys.executable, "-m", "hfc_jax.main", f"--config={adv_config}",
+                            "--help"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+  assert (command.returncode, command.stdout, command.stderr) == (0, adv, "")
 
 
 @pytest.mark.parametrize("source,expected", [

@@ -26,10 +26,13 @@ from tests.conftest import ROOT, config_from_flags, main_command, run_main
 pytestmark = pytest.mark.slow
 
 EVERY = 3      # checkpoint.every_steps of these runs
-# 3 epochs of 8 steps, a progress line per step, a step checkpoint every 3 steps.
+# 3 epochs of 8 steps, a progress line per step, a step checkpoint every 3 steps. Each
+# epoch ends with the clean evaluation alone, on 128 test and 128 training images: the
+# state is compared bit for bit, and a process's cost is its start, not its steps.
 FLAGS = ("--config.train.epochs=3", "--config.train.log_every_steps=1",
          f"--config.checkpoint.every_steps={EVERY}", "--config.checkpoint.keep=2",
-         "--config.tensorboard=False")
+         "--config.tensorboard=False", "--config.eval.evaluators=('clean',)",
+         "--config.data.num_test=128", "--config.eval.train_subset=128")
 TIMING = ("train_time_s", "epoch_time_s")
 STEP_LINE = re.compile(r"\] step (\d+)/(\d+) ")
 
@@ -79,34 +82,12 @@ def _resumed_step(stderr: str) -> int:
   return int(match.group(1))
 
 
-def test_sigkill_at_three_random_steps_resumes_bit_for_bit(tmp_path, reference):
-  workdir = tmp_path / "killed"
-  targets = sorted(np.random.default_rng(7).choice(np.arange(2, 23), 3, replace=False))
-  last_checkpoint = 0
-  for target in targets:
-    seen, status, _ = _run_until(workdir, int(target), signal.SIGKILL)
-    assert status == -signal.SIGKILL and seen >= target
-    steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
-    latest = steps[-1]
-    # The latest checkpoint is at most every_steps behind the step the log showed.
-    assert latest >= last_checkpoint and seen - latest <= EVERY, (seen, steps)
-    last_checkpoint = latest
-    # metrics.jsonl only lists epochs whose checkpoint was written.
-    if (workdir / "metrics.jsonl").exists():
-      assert len(_records(workdir)) <= latest // 8
-  result = run_main(workdir, *FLAGS)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert _resumed_step(result.stderr) == last_checkpoint
-  records, step, leaves = reference
-  assert _records(workdir) == records
-  got_step, got_leaves = _state_leaves(workdir)
-  assert got_step == step == 24
-  for got, want in zip(got_leaves, leaves):
-    np.testing.assert_array_equal(got, want)
-
-
-def test_sigterm_saves_the_current_step_and_exits_143(tmp_path, reference):
-  workdir = tmp_path / "preempted"
+def test_sigterm_then_sigkill_at_three_random_steps_resume_bit_for_bit(tmp_path, reference):
+  """One workdir, five processes: a SIGTERM (a preemption) saves the current step and
+  exits 143; three SIGKILLs at random later steps, each to a process that resumed the
+  one before, lose at most `EVERY` steps; the last process runs to the end, where the
+  uninterrupted run ends, bit for bit."""
+  workdir = tmp_path / "stopped"
   seen, status, stderr = _run_until(workdir, 5, signal.SIGTERM)
   assert status == preemption.EXIT_PREEMPTED == 143, stderr[-3000:]
   message = [l for l in stderr.splitlines() if l.startswith("hfc_jax:")]
@@ -115,16 +96,34 @@ def test_sigterm_saves_the_current_step_and_exits_143(tmp_path, reference):
   assert stopped >= seen and stopped < 24
   assert str(stopped) in os.listdir(workdir / "checkpoints")
   assert "Traceback" not in stderr
+
+  targets = sorted(np.random.default_rng(7).choice(np.arange(2, 23), 3, replace=False))
+  assert targets[0] > stopped   # 14, 16 and 19
+  resumed = [stopped]   # the step each later process starts at
+  for target in targets:
+    seen, status, stderr = _run_until(workdir, int(target), signal.SIGKILL)
+    assert status == -signal.SIGKILL and seen >= target
+    assert _resumed_step(stderr) == resumed[-1]
+    steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+    latest = steps[-1]
+    # The latest checkpoint is at most every_steps behind the step the log showed.
+    assert latest >= resumed[-1] and seen - latest <= EVERY, (seen, steps)
+    resumed.append(latest)
+    # metrics.jsonl only lists epochs whose checkpoint was written.
+    if (workdir / "metrics.jsonl").exists():
+      assert len(_records(workdir)) <= latest // 8
   result = run_main(workdir, *FLAGS)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert _resumed_step(result.stderr) == stopped
-  records, _, leaves = reference
+  assert _resumed_step(result.stderr) == resumed[-1]
+  records, step, leaves = reference
   assert _records(workdir) == records
-  for got, want in zip(_state_leaves(workdir)[1], leaves):
+  got_step, got_leaves = _state_leaves(workdir)
+  assert got_step == step == 24
+  for got, want in zip(got_leaves, leaves):
     np.testing.assert_array_equal(got, want)
-  # Both starts are on record, with the step each began at and the code that ran.
+  # Every start is on record, with the step it began at and the code that ran.
   starts = Workdir.of(workdir).read_starts()
-  assert [s["step"] for s in starts] == [0, stopped]
+  assert [s["step"] for s in starts] == [0, *resumed]
   head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
                         text=True, check=False).stdout.strip() or None
   for start in starts:
@@ -139,7 +138,9 @@ def test_two_distributed_processes_stop_at_the_same_step(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
   port = 21000 + os.getpid() % 20000
   workdir = tmp_path / "multi"
-  extra = ("--config.data.num_train=1024", "--jax_distributed",
+  # SGD at 0.05: the train step main_test's two processes compile (one cache entry).
+  extra = ("--config.data.num_train=1024", "--config.optim.name=sgd",
+           "--config.optim.learning_rate=0.05", "--jax_distributed",
            f"--coordinator_address=localhost:{port}", "--num_processes=2")
   other = subprocess.Popen(main_command(workdir, *FLAGS, *extra, "--process_id=1"),
                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,

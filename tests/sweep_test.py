@@ -9,9 +9,9 @@ import pytest
 
 from configs import (fig3_shuffled_labels, fig4_batch_size, fig5_heuristics, fig6_bn_lfc,
                      optimizers_sweep, table1_lfc_hfc)
-from hfc_jax import errors, presets
+from hfc_jax import errors, main, presets
 from hfc_jax.run import sweep
-from tests.conftest import tiny_config
+from tests.conftest import config_from_flags, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,14 +74,15 @@ def test_experiment_configs_expand_for_every_data_set(module, kind, count, datas
 @pytest.mark.slow
 def test_sweep_runs_two_tiny_variants_end_to_end(tmp_path):
   workdir = tmp_path / "sweep"
-  command = [sys.executable, "-m", "hfc_jax.main", "--config=configs/fig5_heuristics.py",
-             f"--workdir={workdir}", "--config.sweep.runs=('vanilla','mixup_code')",
-             "--config.data.num_train=256", "--config.data.num_test=128",
-             "--config.train.epochs=1", "--config.train.batch_size=64",
-             "--config.eval.batch_size=128", "--config.eval.train_subset=128",
-             "--config.tensorboard=False"]
-  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400)
-  assert result.returncode == 0, result.stderr[-3000:]
+  flags = ("--config.sweep.runs=('vanilla','mixup_code')",
+           "--config.data.num_train=256", "--config.data.num_test=128",
+           "--config.train.epochs=1", "--config.train.batch_size=64",
+           "--config.eval.batch_size=128", "--config.eval.train_subset=128",
+           "--config.tensorboard=False")
+  # The first run in this process (the config these flags give); the second is the
+  # command itself, which must find the same sweep and both its runs finished.
+  main.run(config_from_flags(*flags, config="configs/fig5_heuristics.py", tiny=False),
+           str(workdir))
   described = json.loads((workdir / "sweep.json").read_text())
   assert described["kind"] == "heuristics"
   assert [r["name"] for r in described["runs"]] == ["vanilla", "mixup_code"]
@@ -96,7 +97,9 @@ def test_sweep_runs_two_tiny_variants_end_to_end(tmp_path):
   report = (workdir / "report" / "report.md").read_text()
   assert "sweep_panels_test.png" in report and "mixup_code" in report
   assert (workdir / "report" / "sweep_panels_test.png").stat().st_size > 1000
-  # Running the same command again resumes: both runs are finished, nothing retrains.
+  # Running the same command resumes: both runs are finished, nothing retrains.
+  command = [sys.executable, "-m", "hfc_jax.main", "--config=configs/fig5_heuristics.py",
+             f"--workdir={workdir}", *flags]
   again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "images/s" not in again.stderr       # no training progress lines the second time
@@ -105,9 +108,10 @@ def test_sweep_runs_two_tiny_variants_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_a_bad_override_fails_before_any_run(tmp_path):
-  command = [sys.executable, "-m", "hfc_jax.main", "--config=configs/fig5_heuristics.py",
-             f"--workdir={tmp_path / 'w'}", "--config.sweep.runs=('vanilla','nope')"]
-  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith("hfc_jax: error: sweep.runs: 'nope'")
+  """In process (main_test runs a refusal's exit status 2 and its stderr line)."""
+  config = config_from_flags("--config.sweep.runs=('vanilla','nope')",
+                             config="configs/fig5_heuristics.py", tiny=False)
+  with pytest.raises(errors.HfcError) as raised:
+    main.run(config, str(tmp_path / "w"))
+  assert str(raised.value).startswith("sweep.runs: 'nope'") and "\n" not in str(raised.value)
   assert not (tmp_path / "w").exists()
