@@ -85,13 +85,23 @@ def _dotted(node: ast.AST) -> str | None:
   return None
 
 
-def _default(source: str, value: ast.expr) -> str:
+def _segment(lines: list[bytes], node: ast.AST) -> str:
+  """`ast.get_source_segment` on the source's lines split once (as UTF-8 bytes, the
+  unit of ast's column offsets): that function splits the whole source on every call."""
+  first, last = node.lineno - 1, node.end_lineno - 1
+  if first == last:
+    return lines[first][node.col_offset:node.end_col_offset].decode()
+  return b"".join([lines[first][node.col_offset:], *lines[first + 1:last],
+                   lines[last][:node.end_col_offset]]).decode()
+
+
+def _default(lines: list[bytes], value: ast.expr) -> str:
   """The default as written: `placeholder(int)` as 'None (int)', `ConfigDict()` as '{}'."""
-  text = " ".join(ast.get_source_segment(source, value).split())
+  text = " ".join(_segment(lines, value).split())
   if isinstance(value, ast.Call):
-    func = ast.get_source_segment(source, value.func)
+    func = _segment(lines, value.func)
     if func.endswith("placeholder") and value.args:
-      return f"None ({ast.get_source_segment(source, value.args[0])})"
+      return f"None ({_segment(lines, value.args[0])})"
     if func.endswith(CONFIG_DICT) and not value.args and not value.keywords:
       return "{}"
   return text
@@ -132,6 +142,7 @@ def parse_fields(source: str) -> list[Field]:
     source: the text of a config file such as hfc_jax/defaults.py.
   """
   comments = _comments(source)
+  lines = source.encode().splitlines(keepends=True)
   fields = []
   for stmt in _statements(ast.parse(source)):
     if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
@@ -139,7 +150,7 @@ def parse_fields(source: str) -> list[Field]:
     name = _dotted(stmt.targets[0])
     if name is None:
       continue
-    default = _default(source, stmt.value)
+    default = _default(lines, stmt.value)
     fields.append(Field(name, default, _trailing(stmt, comments), _leading(stmt, comments),
                         section=default == "{}" and "." not in name))
   return fields
