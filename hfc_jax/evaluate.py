@@ -146,7 +146,7 @@ def accumulate(batch_fn, batches: Iterable[tuple]) -> PyTree:
   """
   totals = None
   for batch in batches:
-    out = batch_fn(*batch)
+    out = sharding.one_at_a_time_on_cpu(batch_fn(*batch))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   if totals is None:
     raise ValueError("accumulate: no batches to sum.")

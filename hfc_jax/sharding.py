@@ -95,6 +95,25 @@ def put_replicated(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
 
 
+def one_at_a_time_on_cpu(tree):
+  """Waits for `tree`'s arrays when they span several CPU devices; returns `tree`.
+
+  Call it on the outputs of each of a series of independent jitted programs (batches
+  summed one by one, a heat map's frequency chunks) before dispatching the next. XLA:CPU
+  may run two such programs at once, and when they hold collectives (an all-reduce of
+  the batch statistics, a replicated sum) the simulated devices' threads can meet in
+  different programs' rendezvous and wait for each other: after 40 s XLA aborts the
+  process. Seen on 8 simulated devices with other work on the cores (a Fourier heat map
+  aborted 4 times in 4 under load and passed alone). A GPU or TPU runs each device's
+  programs in order, so there it returns at once and dispatch stays asynchronous.
+  """
+  devices = {d for leaf in jax.tree.leaves(tree) if isinstance(leaf, jax.Array)
+             for d in leaf.sharding.device_set}
+  if len(devices) > 1 and all(d.platform == "cpu" for d in devices):
+    jax.block_until_ready(tree)
+  return tree
+
+
 # ---------------------------------------------------------------------------
 # Run-parallel groups: a 2-D (runs, data) mesh
 # ---------------------------------------------------------------------------

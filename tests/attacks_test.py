@@ -10,6 +10,7 @@ import pytest
 
 from hfc_jax import attacks, errors, models
 from hfc_jax.models.functional import Functional
+from tests.conftest import numpy_weights
 
 SHAPE = (4, 4, 3)  # linear-model images
 DIM = int(np.prod(SHAPE))
@@ -47,16 +48,22 @@ def _assert_linf_feasible(adv, x, eps):
 # ---------------------------------------------------------------------------
 # (1) Closed-form optima of linear classifiers
 # ---------------------------------------------------------------------------
+@jax.jit
+def _fgsm_and_pgd(w, b, x, y, eps):
+  """FGSM and 8 steps of eps/4 of PGD on the linear model (w, b), eps traced: one
+  program for every eps and image set of one shape."""
+  fn = _linear(w, b)
+  return (attacks.fgsm(fn, x, y, eps=eps),
+          attacks.pgd_linf(fn, x, y, eps=eps, step_size=eps / 4, steps=8))
+
+
 @pytest.mark.parametrize("low,high,eps", [(0.3, 0.7, 0.05), (0.0, 1.0, 0.2)])
 def test_fgsm_and_pgd_reach_the_two_class_linear_optimum(low, high, eps):
   x, w, b, y = _linear_problem(32, 2, low, high)
   if low == 0.0:  # the box binds: put exact bounds and near-bound values in
     x.reshape(-1)[:40] = np.tile([0.0, 1.0, 0.05, 0.97], 10)
   expected = _two_class_optimum(x, w, y, eps)
-  fn = _linear(w, b)
-  adv_fgsm = jax.jit(functools.partial(attacks.fgsm, fn, eps=eps))(x, y)
-  adv_pgd = attacks.pgd_linf(fn, x, y, eps=eps, step_size=eps / 4, steps=8)
-  for adv in (adv_fgsm, adv_pgd):
+  for adv in _fgsm_and_pgd(w, b, x, y, np.float32(eps)):
     _assert_linf_feasible(adv, x, eps)
     np.testing.assert_allclose(adv, expected, atol=1e-6)
 
@@ -68,7 +75,7 @@ def test_fgsm_takes_the_sign_of_the_multiclass_cross_entropy_gradient():
   p /= p.sum(1, keepdims=True)
   grad = (p - np.eye(5)[y]) @ w.T  # d CE / dx, (N, D)
   expected = x + 0.05 * np.sign(grad).reshape(x.shape)
-  adv = attacks.fgsm(_linear(w, b), x, y, eps=0.05)
+  adv = jax.jit(lambda x, y: attacks.fgsm(_linear(w, b), x, y, eps=0.05))(x, y)
   _assert_linf_feasible(adv, x, 0.05)
   np.testing.assert_allclose(adv, expected, atol=1e-6)
 
@@ -78,7 +85,8 @@ def test_pgd_l2_reaches_the_two_class_linear_optimum():
   direction = (w[:, 1 - y] - w[:, y]).T
   direction /= np.linalg.norm(direction, axis=1, keepdims=True)
   expected = x + 0.5 * direction.reshape(x.shape)
-  adv = attacks.pgd_l2(_linear(w, b), x, y, eps=0.5, step_size=0.2, steps=6)
+  adv = jax.jit(lambda x, y: attacks.pgd_l2(_linear(w, b), x, y, eps=0.5, step_size=0.2,
+                                            steps=6))(x, y)
   np.testing.assert_allclose(adv, expected, atol=1e-5)
 
 
@@ -99,9 +107,10 @@ def test_project_linf_is_exact_in_float32_where_plain_clipping_is_not():
   assert (out != naive).sum() == (np.abs(naive - x) > e).sum()  # and only there
 
 
+
 def _random_cnn(norm, seed=0):
-  model = models.create("small_cnn", num_classes=10, in_channels=3, norm=norm, seed=seed)
-  return Functional.split(model)
+  return Functional.split(numpy_weights(lambda: models.create(
+      "small_cnn", num_classes=10, in_channels=3, norm=norm), seed))
 
 
 def _assert_l2_feasible(adv, x, eps):
@@ -110,73 +119,106 @@ def _assert_l2_feasible(adv, x, eps):
   assert (norms <= eps * (1 + 1e-6) + 6e-8 * np.sqrt(x[0].size)).all(), norms.max() - eps
 
 
-@pytest.mark.parametrize("norm,random_start", [
-    ("none", False), pytest.param("batchnorm", True, marks=pytest.mark.slow),
-    pytest.param("paper_bn", True, marks=pytest.mark.slow)])
-def test_constraints_hold_to_the_last_bit_on_random_cnns(norm, random_start):
-  functional, params, state = _random_cnn(norm)
+RANDOM_START = {"none": False, "batchnorm": True, "paper_bn": True}
+EPS_INF, EPS_L2 = np.float32(8 / 255), np.float32(0.3)
+
+
+@functools.cache
+def _attacks_on_random_cnns(norms):
+  """FGSM (without a random start; else the clean images), L-inf and L2 PGD on 16
+  images where the box binds, on a random CNN of each of `norms`, in one program:
+  (x, {norm: (fgsm, pgd, l2)})."""
+  nets = {norm: _random_cnn(norm) for norm in norms}
   rng = np.random.default_rng(1)
   x = rng.uniform(0, 1, (16, 8, 8, 3)).astype(np.float32)
   x.reshape(-1)[::7] = 0.0
   x.reshape(-1)[3::7] = 1.0
   y = rng.integers(0, 10, 16).astype(np.int32)
-  eps_inf, eps_l2 = np.float32(8 / 255), np.float32(0.3)
 
   @jax.jit
-  def run(params, state, x, y, key):
-    fn = functools.partial(functional.logits, params, state)
-    common = dict(steps=2, key=key, random_start=random_start, unroll=False)
-    return (attacks.fgsm(fn, x, y, eps=eps_inf) if not random_start else x,
-            attacks.pgd_linf(fn, x, y, eps=eps_inf, step_size=0.02, **common),
-            attacks.pgd_l2(fn, x, y, eps=eps_l2, step_size=0.2, **common))
+  def run(variables, x, y, key):
+    out = {}
+    for norm, (params, state) in variables.items():
+      fn = functools.partial(nets[norm][0].logits, params, state)
+      random_start = RANDOM_START[norm]
+      common = dict(steps=2, key=key, random_start=random_start, unroll=False)
+      out[norm] = (attacks.fgsm(fn, x, y, eps=EPS_INF) if not random_start else x,
+                   attacks.pgd_linf(fn, x, y, eps=EPS_INF, step_size=0.02, **common),
+                   attacks.pgd_l2(fn, x, y, eps=EPS_L2, step_size=0.2, **common))
+    return out
 
-  fgsm, pgd, l2 = run(params, state, x, y, jax.random.key(0))
-  _assert_linf_feasible(fgsm, x, eps_inf)
-  _assert_linf_feasible(pgd, x, eps_inf)
-  _assert_l2_feasible(l2, x, eps_l2)
-  on_ball = np.abs(np.asarray(pgd) - x) >= eps_inf * (1 - 1e-5)
+  variables = {norm: (params, state) for norm, (_, params, state) in nets.items()}
+  return x, jax.device_get(run(variables, x, y, jax.random.key(0)))
+
+
+@pytest.mark.parametrize("norm", [
+    "none", pytest.param("batchnorm", marks=pytest.mark.slow),
+    pytest.param("paper_bn", marks=pytest.mark.slow)])
+def test_constraints_hold_to_the_last_bit_on_random_cnns(norm):
+  # The two slow cases share one program.
+  x, results = _attacks_on_random_cnns(("none",) if norm == "none" else
+                                       ("batchnorm", "paper_bn"))
+  fgsm, pgd, l2 = results[norm]
+  _assert_linf_feasible(fgsm, x, EPS_INF)
+  _assert_linf_feasible(pgd, x, EPS_INF)
+  _assert_l2_feasible(l2, x, EPS_L2)
+  on_ball = np.abs(np.asarray(pgd) - x) >= EPS_INF * (1 - 1e-5)
   assert on_ball.mean() > 0.3  # the eps-ball binds often
 
 
 # ---------------------------------------------------------------------------
 # (3) Randomness only from the key
 # ---------------------------------------------------------------------------
+_TRACES = []   # one entry per trace of _random_start_attacks
+
+
+def _random_start_attacks(w, b, x, y, key, by_name=False):
+  """On the linear model (w, b): L-inf PGD from a random start with 1 restart, with 3
+  written out and with 3 in a fori_loop, L2 PGD, and FGSM; `by_name`: each through
+  `attacks.attack`. One program (both ways, the same one) for the tests of sections
+  (3), (6) and (7): every image set of one shape."""
+  _TRACES.append(1)
+  fn = _linear(w, b)
+  if by_name:
+    linf, l2 = (functools.partial(attacks.attack, name) for name in ("pgd", "pgd_l2"))
+    fgsm = functools.partial(attacks.attack, "fgsm", step_size=0.01, steps=2, key=key,
+                             random_start=True)
+  else:
+    linf, l2, fgsm = attacks.pgd_linf, attacks.pgd_l2, attacks.fgsm
+  common = dict(eps=0.1, step_size=0.01, steps=2, key=key, random_start=True)
+  return (linf(fn, x, y, restarts=1, **common),
+          linf(fn, x, y, restarts=3, unroll=True, **common),
+          linf(fn, x, y, restarts=3, unroll=False, **common),
+          l2(fn, x, y, restarts=1, **common),
+          fgsm(fn, x, y, eps=0.1))
+
+
+_random_starts = jax.jit(_random_start_attacks, static_argnames="by_name")
+
+
 def test_same_key_same_examples_other_key_other_examples():
-  x, w, b, y = _linear_problem(8, 10, 0.2, 0.8, seed=3)
-  common = dict(eps=0.1, step_size=0.01, steps=2, random_start=True)
-
-  @jax.jit
-  def run(key):
-    return (attacks.pgd_linf(_linear(w, b), x, y, key=key, **common),
-            attacks.pgd_l2(_linear(w, b), x, y, key=key, **common))
-
-  (a, a_l2), (a2, a2_l2), (c, c_l2) = (jax.device_get(run(jax.random.key(k)))
-                                       for k in (0, 0, 1))
-  for same, again, other in ((a, a2, c), (a_l2, a2_l2, c_l2)):
-    np.testing.assert_array_equal(same, again)
-    assert np.abs(same - other).max() > 1e-3
-  _assert_linf_feasible(a, x, 0.1)
-  _assert_l2_feasible(a_l2, x, np.float32(0.1))
+  x, w, b, y = _linear_problem(64, 10, 0.2, 0.8, seed=3)
+  a, again, other = (jax.device_get(_random_starts(w, b, x, y, jax.random.key(k)))
+                     for k in (0, 0, 1))
+  for same, repeat in zip(a, again):
+    np.testing.assert_array_equal(same, repeat)
+  for same, changed in zip(a[:4], other[:4]):   # the PGDs; FGSM takes no key
+    assert np.abs(same - changed).max() > 1e-3
+  for adv in a[:3]:
+    _assert_linf_feasible(adv, x, 0.1)
+  _assert_l2_feasible(a[3], x, np.float32(0.1))
 
 
 @pytest.mark.slow
 def test_restarts_keep_the_first_fooling_or_the_highest_loss_image():
   x, w, b, y = _linear_problem(64, 10, 0.2, 0.8, seed=6)
-  fn = _linear(w, b)
-
-  @jax.jit
-  def run(key):
-    pgd = functools.partial(attacks.pgd_linf, fn, x, y, eps=0.1, step_size=0.01, steps=2,
-                            key=key, random_start=True)
-    return pgd(restarts=1), pgd(restarts=3, unroll=True), pgd(restarts=3, unroll=False)
-
-  one, three, three_rolled = run(jax.random.key(0))
+  one, three, three_rolled, _, _ = _random_starts(w, b, x, y, jax.random.key(0))
   np.testing.assert_array_equal(three, three_rolled)  # (6) for the restart loop
   _assert_linf_feasible(three, x, 0.1)
-  outcome = lambda adv: (
-      np.asarray(optax.softmax_cross_entropy_with_integer_labels(fn(adv), y)),
-      np.asarray(jnp.argmax(fn(adv), -1) != y))
-  (loss1, fooled1), (loss3, fooled3) = outcome(one), outcome(three)
+  outcome = jax.jit(lambda adv: (
+      optax.softmax_cross_entropy_with_integer_labels(_linear(w, b)(adv), y),
+      jnp.argmax(_linear(w, b)(adv), -1) != y))
+  (loss1, fooled1), (loss3, fooled3) = jax.device_get((outcome(one), outcome(three)))
   assert (fooled3 >= fooled1).all() and fooled3.sum() > fooled1.sum()
   assert (fooled3 | (loss3 >= loss1)).all()
   assert (loss3[~fooled3] > loss1[~fooled3]).any()
@@ -192,8 +234,8 @@ def trained():
   patterns = rng.uniform(0.25, 0.75, (4, 8, 8, 3))
   y = rng.integers(0, 4, 256).astype(np.int32)
   x = np.clip(patterns[y] + rng.normal(0, 0.1, (256, 8, 8, 3)), 0, 1).astype(np.float32)
-  model = models.create("small_cnn", num_classes=4, in_channels=3, norm="batchnorm")
-  functional, params, state = Functional.split(model)
+  functional, params, state = Functional.split(numpy_weights(lambda: models.create(
+      "small_cnn", num_classes=4, in_channels=3, norm="batchnorm")))
   tx = optax.adam(3e-3)
 
   @jax.jit
@@ -208,9 +250,19 @@ def trained():
   opt_state = tx.init(params)
   for _ in range(25):
     params, state, opt_state = step(params, state, opt_state)
-  return jax.jit(functools.partial(functional.logits, params, state)), x[:64], y[:64]
+  fn = jax.jit(functools.partial(functional.logits, params, state))
+  x, y = x[:64], y[:64]
+
+  @jax.jit
+  def attack(eps):
+    """(PGD: 8 steps of eps / 4, FGSM) at per-image eps (64,): one program for the
+    tests below."""
+    return (attacks.pgd_linf(fn, x, y, eps=eps, step_size=eps / 4, steps=8, unroll=False),
+            attacks.fgsm(fn, x, y, eps=eps))
+  return fn, x, y, attack
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _loss_and_accuracy(fn, adv, y):
   logits = fn(adv)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
@@ -219,12 +271,10 @@ def _loss_and_accuracy(fn, adv, y):
 
 @pytest.mark.slow
 def test_pgd_beats_fgsm_beats_clean_and_accuracy_falls_with_eps(trained):
-  fn, x, y = trained
+  fn, x, y, attack = trained
 
-  @jax.jit
   def run(eps):
-    pgd = attacks.pgd_linf(fn, x, y, eps=eps, step_size=eps / 4, steps=10, unroll=False)
-    fgsm = attacks.fgsm(fn, x, y, eps=eps)
+    pgd, fgsm = attack(np.full(len(x), eps, np.float32))
     return _loss_and_accuracy(fn, pgd, y), _loss_and_accuracy(fn, fgsm, y)
 
   clean_loss, clean_acc = _loss_and_accuracy(fn, x, y)
@@ -265,16 +315,14 @@ def test_minimal_eps_of_a_linear_model_is_margin_over_l1_norm():
 
 @pytest.mark.slow
 def test_minimal_eps_breaks_the_cnn_and_a_tenth_less_mostly_does_not(trained):
-  fn, x, y = trained
+  fn, x, y, attack = trained
   found = np.asarray(jax.jit(lambda x, y: attacks.minimal_linf_eps(
       fn, x, y, eps_max=0.2, search_steps=8, pgd_steps=8, unroll=False))(x, y))
   ok = np.isfinite(found) & (found > 0)
   assert ok.mean() > 0.8, found
 
-  @jax.jit
-  def fooled(eps):
-    adv = attacks.pgd_linf(fn, x, y, eps=eps, step_size=0.25 * eps, steps=8, unroll=False)
-    return jnp.argmax(fn(adv), -1) != y
+  def fooled(eps):   # by 8 PGD steps of eps / 4
+    return np.argmax(np.asarray(fn(attack(eps)[0])), -1) != y
 
   eps = np.where(ok, found, 0.0).astype(np.float32)
   assert np.asarray(fooled(eps))[ok].mean() >= 0.95
@@ -286,25 +334,22 @@ def test_minimal_eps_breaks_the_cnn_and_a_tenth_less_mostly_does_not(trained):
 # ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_unrolled_and_fori_loop_agree(trained):
-  cnn, x, y = trained
-  run = jax.jit(lambda unroll: attacks.pgd_linf(
-      cnn, x, y, eps=0.03, step_size=0.01, steps=2, unroll=unroll), static_argnums=0)
-  np.testing.assert_allclose(run(False), run(True), atol=1e-6)
+  cnn, x, y, _ = trained
+  pgd = functools.partial(attacks.pgd_linf, cnn, x, y, eps=0.03, step_size=0.01, steps=2)
+  rolled, unrolled = jax.jit(lambda: (pgd(unroll=False), pgd(unroll=True)))()  # one program
+  np.testing.assert_allclose(rolled, unrolled, atol=1e-6)
 
 
 def test_jitted_attack_traces_once_for_repeated_calls():
-  traces = []
-
-  @jax.jit
-  def run(w, b, x, y, key):
-    traces.append(1)
-    return attacks.pgd_linf(_linear(w, b), x, y, eps=0.03, step_size=0.01, steps=3,
-                            key=key, random_start=True, restarts=2)
-
+  # A new function (JAX keeps one trace per function) under the shared one's name: its
+  # program is the one the module compiled.
+  run = jax.jit(functools.wraps(_random_start_attacks)(
+      lambda *args: _random_start_attacks(*args)))
+  before = len(_TRACES)
   for k in range(3):
-    x, w, b, y = _linear_problem(8, 10, 0.2, 0.8, seed=k)
-    run(w, b, x, y, jax.random.key(k)).block_until_ready()
-  assert len(traces) == 1 and run._cache_size() == 1
+    x, w, b, y = _linear_problem(64, 10, 0.2, 0.8, seed=k)
+    jax.block_until_ready(run(w, b, x, y, jax.random.key(k)))
+  assert len(_TRACES) - before == 1 and run._cache_size() == 1
 
 
 def test_check_attack_config():
@@ -324,22 +369,16 @@ def test_check_attack_config():
 
 
 def test_dispatcher_matches_the_named_attacks():
-  x, w, b, y = _linear_problem(8, 3, 0.2, 0.8, seed=5)
-  fn, key = _linear(w, b), jax.random.key(0)
-  kwargs = dict(eps=0.05, step_size=0.01, steps=3, key=key, random_start=True, restarts=1)
-
-  @jax.jit
-  def run(x, y):
-    return [(attacks.attack(name, fn, x, y, **kwargs), direct(fn, x, y))
-            for name, direct in (
-                ("fgsm", functools.partial(attacks.fgsm, eps=0.05)),
-                ("pgd", functools.partial(attacks.pgd_linf, **kwargs)),
-                ("pgd_l2", functools.partial(attacks.pgd_l2, **kwargs)))]
-
-  for by_name, direct in run(x, y):
-    np.testing.assert_array_equal(by_name, direct)
+  x, w, b, y = _linear_problem(64, 10, 0.2, 0.8, seed=5)
+  key = jax.random.key(0)
+  by_name = _random_starts(w, b, x, y, key, by_name=True)
+  direct = _random_starts(w, b, x, y, key)
+  for a, d in zip(by_name, direct, strict=True):
+    np.testing.assert_array_equal(a, d)
+  fn = _linear(w, b)
   np.testing.assert_array_equal(attacks.pgd_linf(fn, x, y, eps=0.05, step_size=0.01,
                                                  steps=0), x)
+  kwargs = dict(eps=0.05, step_size=0.01, steps=3, key=key, random_start=True, restarts=1)
   with pytest.raises(errors.HfcError, match="attack.name"):
     attacks.attack("cw", fn, x, y, **kwargs)
   with pytest.raises(errors.HfcError, match="attack.restarts"):

@@ -138,8 +138,8 @@ def test_hyperplane_box_projection_is_exact():
   w = rng.normal(size=(n, d)) * (rng.uniform(size=(n, d)) < 0.85)  # some w_i = 0
   b = 1.5 * rng.normal(size=n)
   xf, wf, bf = (np.float32(a) for a in (x, w, b))
-  z = {p: np.asarray(fab.project_hyperplane_box(xf, wf, bf, p), np.float64)
-       for p in ("linf", "l2")}
+  project = jax.jit(fab.project_hyperplane_box, static_argnums=3)   # one compile per norm
+  z = {p: np.asarray(project(xf, wf, bf, p), np.float64) for p in ("linf", "l2")}
   feasible = 0
   for i in range(n):
     c = -(w[i] @ x[i] + b[i])
@@ -177,36 +177,93 @@ def test_apgd_checkpoints():
 # Linear classifiers: every attack against the exact minimal perturbation
 # ---------------------------------------------------------------------------
 @functools.cache
-def _jitted(name, norm, seed, options):
-  """The jitted attack on problem `seed`, as a function of (eps, key): compiled once
-  for every scale of eps."""
-  x, w, b, y, _ = _problem(seed)
-  fn = _linear(w, b)
-  return jax.jit(lambda e, k: attacks.run_eval_attack(name, fn, x, y, eps=e, key=k,
-                                                      norm=norm, **dict(options)))
+def _program(norm):
+  """Every attack the tests below check, on a linear model and images passed as
+  arguments, in one jitted program per norm: each program pays a large fixed compile
+  cost (about 4 CPU-s; an attack more adds about 0.5), so one program serves every
+  test, problem and eps. Returns run(x, y, w, b, eps, eps_square, key_e, key_a) ->
+  {'auto': the standard ensemble with key_e; 'apgd_ce', 'apgd_t', 'fab_t' (the
+  registry's defaults) and 'square' (1,000 queries, at eps_square) with key_a;
+  'fab_minimal': (adv, norms); 'small': the short runs of the constraint and key tests
+  (APGD-CE with 2 restarts, APGD-T on 2 targets, FAB-T on 2 targets, both with 2
+  restarts, 10 iterations each, and Square with 50 queries); for L-inf also 'fast':
+  the fast ensemble through the registry, and 'pgd': 'pgd' through run_eval_attack and
+  through eval_attack}."""
+
+  def run(x, y, w, b, eps, eps_square, key_e, key_a):
+    fn = _linear(w, b)
+    common = dict(eps=eps, key=key_a, norm=norm)
+    short = dict(common, n_iter=10, n_restarts=2)
+    out = {
+        "auto": attacks.auto_attack(fn, x, y, eps=eps, key=key_e, norm=norm),
+        "apgd_ce": attacks.run_eval_attack("apgd_ce", fn, x, y, **common),
+        "apgd_t": attacks.run_eval_attack("apgd_t", fn, x, y, **common),
+        "fab_t": attacks.run_eval_attack("fab_t", fn, x, y, **common),
+        "square": attacks.run_eval_attack("square", fn, x, y, eps=eps_square, key=key_a,
+                                          norm=norm, n_queries=1000),
+        "fab_minimal": fab.fab_minimal(fn, x, y, eps=0.1, key=key_a, norm=norm),
+        "small": (attacks.apgd_attack(fn, x, y, **short),
+                  attacks.apgd_targeted(fn, x, y, n_targets=2, **short),
+                  attacks.fab_targeted(fn, x, y, n_targets=2, **short),
+                  attacks.square_attack(fn, x, y, n_queries=50, **common))}
+    if norm == "linf":
+      out["fast"] = attacks.run_eval_attack("autoattack", fn, x, y, settings="fast", **common)
+      out["pgd"] = (
+          attacks.run_eval_attack("pgd", fn, x, y, eps=0.03, key=key_a, steps=3),
+          attacks.eval_attack("pgd", fn, x, y, eps=0.03, steps=3, key=key_a))
+    return out
+  return jax.jit(run)
 
 
-def _run(name, norm, scale, seed=0, **options):
-  """attack `name` at scale x the exact minimal norm: (adv, fooled) as numpy."""
-  x, w, b, y, _ = _problem(seed)
-  eps = (scale * _smallest(norm, seed)).astype(np.float32)
-  adv = _jitted(name, norm, seed, tuple(sorted(options.items())))(eps, jax.random.key(0))
-  _assert_feasible(adv, x, eps, norm)
-  return np.asarray(adv), _fooled(_linear(w, b), adv, y)
+def _run_all(norm, x, y, w, b, eps, eps_square=None, key_e=1, key_a=None):
+  """`_program(norm)` on numpy arrays as numpy (eps: (N,) float32; keys: ints, key_a
+  None: fold_in(key(key_e), 0), the key the ensemble gives its first attack)."""
+  key = jax.random.key(key_e)
+  other = jax.random.fold_in(key, 0) if key_a is None else jax.random.key(key_a)
+  eps = np.asarray(eps, np.float32)
+  eps_square = eps if eps_square is None else np.asarray(eps_square, np.float32)
+  return jax.device_get(_program(norm)(x, y, w, b, eps, eps_square, key, other))
+
+
+@functools.cache
+def _at(norm, scale, square_scale):
+  """Every attack on `_problem()` at scale x the exact minimal norm (Square at
+  square_scale x), with the default keys."""
+  x, w, b, y, _ = _problem()
+  smallest = _smallest(norm)
+  return _run_all(norm, x, y, w, b, (scale * smallest).astype(np.float32),
+                  (square_scale * smallest).astype(np.float32))
+
+
+def _above(norm):
+  return _at(norm, 1.01, 1.5)
+
+
+def _below(norm):
+  return _at(norm, 0.99, 0.99)
+
+
+def _eps(norm, scale):
+  return (scale * _smallest(norm)).astype(np.float32)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.slow
 def test_apgd_finds_the_minimal_perturbation_and_nothing_below(norm):
-  _, fooled_t = _run("apgd_t", norm, 1.01)
-  _, fooled_ce = _run("apgd_ce", norm, 1.01)
+  x, w, b, y, _ = _problem()
+  fn = _linear(w, b)
+  above, below = _above(norm), _below(norm)
+  for name in ("apgd_t", "apgd_ce"):
+    _assert_feasible(above[name], x, _eps(norm, 1.01), norm)
+    _assert_feasible(below[name], x, _eps(norm, 0.99), norm)
+  fooled_t, fooled_ce = (_fooled(fn, above[name], y) for name in ("apgd_t", "apgd_ce"))
   assert fooled_t.all(), fooled_t.sum()
   # Not 95%: cross-entropy is convex in x for a linear model, and at 1.01x its maximum
   # over the ball is often not the one vertex that fools (measured: 27/32 (L-inf) and
   # 26/32 (L2) for APGD-CE, 27/32 for 100-step PGD-CE; 32/32 at this scale with DLR).
   assert fooled_ce.mean() >= 0.75, fooled_ce.sum()
   for name in ("apgd_t", "apgd_ce"):
-    assert not _run(name, norm, 0.99)[1].any()
+    assert not _fooled(fn, below[name], y).any()
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -215,8 +272,7 @@ def test_fab_finds_the_minimal_norm_within_one_percent(norm):
   x, w, b, y, _ = _problem()
   smallest = _smallest(norm)
   fn = _linear(w, b)
-  adv, norms = jax.jit(lambda k: fab.fab_minimal(fn, x, y, eps=0.1, key=k, norm=norm))(
-      jax.random.key(0))
+  adv, norms = _above(norm)["fab_minimal"]
   norms, adv = np.asarray(norms, np.float64), np.asarray(adv)
   assert _fooled(fn, adv, y).all()
   ratio = norms / smallest
@@ -225,15 +281,23 @@ def test_fab_finds_the_minimal_norm_within_one_percent(norm):
   measured = np.abs(diff).max(1) if norm == "linf" else np.linalg.norm(diff, axis=1)
   np.testing.assert_allclose(norms, measured, rtol=1e-5)
   # As a check at eps: succeeds at 1.01x (within FAB's 0.5% overshoot), never at 0.99x.
-  assert _run("fab_t", norm, 1.01)[1].all()
-  assert not _run("fab_t", norm, 0.99)[1].any()
+  for scale, result in ((1.01, _above(norm)), (0.99, _below(norm))):
+    _assert_feasible(result["fab_t"], x, _eps(norm, scale), norm)
+  assert _fooled(fn, _above(norm)["fab_t"], y).all()
+  assert not _fooled(fn, _below(norm)["fab_t"], y).any()
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.slow   # compiles the module's attack program
 def test_square_breaks_most_images_at_one_and_a_half_times_the_minimum(norm):
-  _, fooled = _run("square", norm, 1.5, n_queries=1000)
+  x, w, b, y, _ = _problem()
+  fn = _linear(w, b)
+  above, below = _above(norm)["square"], _below(norm)["square"]
+  _assert_feasible(above, x, _eps(norm, 1.5), norm)
+  _assert_feasible(below, x, _eps(norm, 0.99), norm)
+  fooled = _fooled(fn, above, y)
   assert fooled.mean() >= 0.8, fooled.sum()
-  assert not _run("square", norm, 0.99, n_queries=1000)[1].any()
+  assert not _fooled(fn, below, y).any()
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -241,12 +305,10 @@ def test_square_breaks_most_images_at_one_and_a_half_times_the_minimum(norm):
 def test_autoattack_keeps_the_first_success_and_finds_nothing_below_the_minimum(norm):
   x, w, b, y, _ = _problem()
   fn = _linear(w, b)
-  run = jax.jit(lambda e, k: attacks.auto_attack(fn, x, y, eps=e, key=k, norm=norm))
-  results = {}
+  results = {1.01: _above(norm)["auto"], 0.99: _below(norm)["auto"]}
   for scale, broken in ((1.01, True), (0.99, False)):
-    eps = (scale * _smallest(norm)).astype(np.float32)
-    result = results[scale] = jax.device_get(run(eps, jax.random.key(1)))
-    _assert_feasible(result.adv, x, eps, norm)
+    result = results[scale]
+    _assert_feasible(result.adv, x, _eps(norm, scale), norm)
     assert set(result.fooled) == {"clean", "apgd_ce", "apgd_t", "fab_t", "square"}
     assert not result.fooled["clean"].any()
     assert (result.robust == (not broken)).all()
@@ -254,35 +316,29 @@ def test_autoattack_keeps_the_first_success_and_finds_nothing_below_the_minimum(
   assert not any(m.any() for m in results[0.99].fooled.values())
   # At 1.01x: APGD-T and FAB-T break every image; the images APGD-CE broke keep its
   # example (the ensemble's first attack, key fold_in(key, 0)).
-  result, eps = results[1.01], (1.01 * _smallest(norm)).astype(np.float32)
+  result = results[1.01]
   assert result.fooled["apgd_t"].all() and result.fooled["fab_t"].all()
   by_ce = result.fooled["apgd_ce"]
   assert by_ce.mean() >= 0.75
-  # APGD-CE alone (run_eval_attack's 'apgd_ce' is apgd_attack with its defaults): the
-  # program test_apgd_finds_the_minimal_perturbation_and_nothing_below compiled.
-  ce = _jitted("apgd_ce", norm, 0, ())(eps, jax.random.fold_in(jax.random.key(1), 0))
+  # APGD-CE alone (run_eval_attack's 'apgd_ce' is apgd_attack with its defaults), with
+  # that key.
+  ce = _above(norm)["apgd_ce"]
   np.testing.assert_allclose(result.adv[by_ce], np.asarray(ce)[by_ce], atol=1e-6)
 
 
 @pytest.mark.slow
 def test_fast_autoattack_and_registry():
-  x, w, b, y, _ = _problem(seed=1)
+  x, w, b, y, _ = _problem()
   fn = _linear(w, b)
-  eps = (1.01 * _smallest("linf", seed=1)).astype(np.float32)
+  eps = _eps("linf", 1.01)
   assert attacks.AutoAttackSettings.preset("fast").attacks == ("apgd_ce", "apgd_t",
                                                                "square")
-  adv = jax.jit(lambda k: attacks.run_eval_attack(
-      "autoattack", fn, x, y, eps=eps, key=k, settings="fast"))(jax.random.key(0))
+  adv = _above("linf")["fast"]
   _assert_feasible(adv, x, eps, "linf")
   assert _fooled(fn, adv, y).all()  # APGD-T breaks every image at 1.01x
   assert set(attacks.REGISTRY) == set(attacks.EVAL_ATTACKS)
   assert attacks.ATTACKS == ("fgsm", "pgd", "pgd_l2")  # training's attacks unchanged
-  # Jitted: one compile each instead of dozens of op-by-op ones.
-  np.testing.assert_array_equal(
-      jax.jit(lambda k: attacks.run_eval_attack("pgd", fn, x, y, eps=0.03, key=k, steps=3))(
-          jax.random.key(0)),
-      jax.jit(lambda k: attacks.eval_attack("pgd", fn, x, y, eps=0.03, steps=3, key=k))(
-          jax.random.key(0)))
+  np.testing.assert_array_equal(*_above("linf")["pgd"])
 
 
 def test_check_eval_attack_config():
@@ -308,64 +364,55 @@ def test_check_eval_attack_config():
 @pytest.mark.slow
 def test_constraints_hold_exactly_where_the_box_binds(norm):
   rng = np.random.default_rng(3)
-  x = rng.uniform(0, 1, (16,) + SHAPE).astype(np.float32)
+  x = rng.uniform(0, 1, (N,) + SHAPE).astype(np.float32)
   x.reshape(-1)[::5] = 0.0
   x.reshape(-1)[2::5] = 1.0
-  w, b = rng.normal(size=(DIM, K)), rng.normal(size=K)
-  fn = _linear(w, b)
-  y = np.asarray(jnp.argmax(fn(x), -1))
-  eps = rng.uniform(0.05, 0.3, 16).astype(np.float32) * (1 if norm == "linf" else 3)
-
-  @jax.jit
-  def run(key):
-    common = dict(eps=eps, key=key, norm=norm)
-    return (attacks.apgd_targeted(fn, x, y, n_iter=10, n_targets=2, **common),
-            attacks.fab_targeted(fn, x, y, n_iter=10, n_targets=2, **common),
-            attacks.square_attack(fn, x, y, n_queries=50, **common))
-
-  for adv in run(jax.random.key(0)):
+  w, b = rng.normal(size=(DIM, K)).astype(np.float32), rng.normal(size=K).astype(np.float32)
+  y = np.asarray(jnp.argmax(_linear(w, b)(x), -1)).astype(np.int32)
+  eps = rng.uniform(0.05, 0.3, N).astype(np.float32) * (1 if norm == "linf" else 3)
+  out = _run_all(norm, x, y, w, b, eps, key_e=0, key_a=0)
+  for adv in (out["auto"].adv, out["apgd_ce"], out["apgd_t"], out["fab_t"], out["square"],
+              *out["small"], *([out["fast"]] if norm == "linf" else [])):
     _assert_feasible(adv, x, eps, norm)
+  _assert_feasible(out["fab_minimal"][0], x, np.inf, norm)   # the box only
 
 
 @pytest.mark.slow
 def test_same_key_same_result_other_key_other_result():
-  x, w, b, y, _ = _problem(seed=2)
-  fn = _linear(w, b)
-  eps = np.float32(0.5 * _smallest("linf", seed=2).mean())
-
-  @jax.jit
-  def run(key):
-    return (attacks.apgd_attack(fn, x, y, eps=eps, key=key, n_iter=10, n_restarts=2),
-            attacks.fab_targeted(fn, x, y, eps=eps, key=key, n_iter=10, n_restarts=2,
-                                 n_targets=2),
-            attacks.square_attack(fn, x, y, eps=eps, key=key, n_queries=50))
-
-  a, again, other = (jax.device_get(run(jax.random.key(k))) for k in (0, 0, 1))
-  for same, repeat, changed in zip(a, again, other):
+  x, w, b, y, _ = _problem()
+  eps = _eps("linf", 1.01)
+  a = jax.tree.leaves(_above("linf"))             # keys 1 and fold_in(key(1), 0)
+  again = jax.tree.leaves(_run_all("linf", x, y, w, b, eps, _eps("linf", 1.5)))
+  other = _run_all("linf", x, y, w, b, eps, _eps("linf", 1.5), key_e=2, key_a=3)
+  for same, repeat in zip(a, again, strict=True):
     np.testing.assert_array_equal(same, repeat)
-  assert np.abs(a[0] - other[0]).max() > 1e-3  # random starts differ
-  assert np.abs(a[2] - other[2]).max() > 1e-3
+  apgd, _, _, square = other["small"]
+  assert np.abs(_above("linf")["small"][0] - apgd).max() > 1e-3  # random starts differ
+  assert np.abs(_above("linf")["small"][3] - square).max() > 1e-3
 
 
 @pytest.mark.slow
 def test_one_and_eight_devices_give_the_same_bits():
-  x, w, b, y, _ = _problem(seed=3)
-  fn = _linear(w, b)
-  eps = (1.2 * _smallest("linf", seed=3)).astype(np.float32)
+  """APGD-CE (L-inf) and Square (L2) of the module's program on one device, and the
+  same calls sharded over 8 devices."""
+  x, w, b, y, _ = _problem()
+  eps_linf, eps_l2 = _eps("linf", 1.01), _eps("l2", 1.01)
 
-  def attack(x, y, eps, key):
-    return (attacks.apgd_attack(fn, x, y, eps=eps, key=key, n_iter=10, n_restarts=2),
-            attacks.square_attack(fn, x, y, eps=eps, key=key, n_queries=50, norm="l2"))
+  def attack(x, y, eps_linf, eps_l2, w, b, key):
+    fn = _linear(w, b)
+    return (attacks.apgd_attack(fn, x, y, eps=eps_linf, key=key, norm="linf", n_iter=10,
+                                n_restarts=2),
+            attacks.square_attack(fn, x, y, eps=eps_l2, key=key, norm="l2", n_queries=50))
 
-  outs = []
-  for devices in (1, 8):
-    mesh = sharding.make_mesh(devices)
-    args = sharding.put_batch(mesh, x, y, eps)
-    run = jax.jit(attack, out_shardings=sharding.batch_sharding(mesh))
-    outs.append(jax.device_get(run(*args, jax.random.key(0))))
-  for one, eight in zip(*outs):
-    np.testing.assert_array_equal(one, eight)
-  assert np.abs(outs[0][1] - x).max() > 0  # the attacks did move the images
+  one = (_above("linf")["small"][0], _above("l2")["small"][3])
+  mesh = sharding.make_mesh(8)
+  args = sharding.put_batch(mesh, x, y, eps_linf, eps_l2)
+  run = jax.jit(attack, out_shardings=sharding.batch_sharding(mesh))
+  eight = jax.device_get(run(*args, w, b, jax.random.fold_in(jax.random.key(1), 0)))
+  assert len(args[0].sharding.device_set) == 8
+  for a, c in zip(one, eight, strict=True):
+    np.testing.assert_array_equal(a, c)
+  assert np.abs(one[1] - x).max() > 0  # the attacks did move the images
 
 
 def test_square_schedule_halves_p_at_the_papers_iterations():

@@ -26,14 +26,16 @@ def test_disjoint_bands_that_cover_the_spectrum_sum_to_the_image(size, inclusive
   corner = frequency.corner_radius(size, size)
   edges = [0, 2, 4.5, 8, 11, corner]
   tiles = list(zip(edges[:-1], edges[1:]))
-  parts = jax.jit(lambda v: frequency.band_pass_many(v, tiles, inclusive=inclusive))(x)
+  # All at once; one at a time too; and the LFCs at 4.5 and 8: one program.
+  parts, one, lfc4, lfc8 = jax.jit(lambda v: (
+      frequency.band_pass_many(v, tiles, inclusive=inclusive),
+      sum(_band(v, a, b, inclusive) for a, b in tiles),
+      frequency.split(v, 4.5, inclusive=inclusive)[0],
+      frequency.split(v, 8, inclusive=inclusive)[0]))(x)
   assert parts.shape == (len(tiles),) + x.shape
   np.testing.assert_allclose(np.sum(parts, axis=0), x, atol=2e-6)
-  # ... one at a time too, and each band is the difference of two LFCs.
-  one = sum(_band(x, a, b, inclusive) for a, b in tiles)
   np.testing.assert_allclose(one, x, atol=2e-6)
-  lfc4, _ = frequency.split(x, 4.5, inclusive=inclusive)
-  lfc8, _ = frequency.split(x, 8, inclusive=inclusive)
+  # ... and each band is the difference of two LFCs.
   np.testing.assert_allclose(parts[2], lfc8 - lfc4, atol=2e-6)
 
 
@@ -84,8 +86,9 @@ def test_eval_step_scores_band_variants_after_the_hfc_ones():
   x = images.astype(np.float32) / 255
   lfc, hfc = frequency.split(x, 4.0)
   variants = [x, lfc, hfc] + [_band(x, a, b) for a, b in band_list]
-  expected = [np.sum(np.argmax(functional.logits(params, model_state, np.asarray(v)[:20]),
-                               -1) == labels[:20]) for v in variants]
+  logits = jax.jit(functional.logits)   # one compile for the five variants
+  expected = [np.sum(np.argmax(logits(params, model_state, np.asarray(v)[:20]), -1)
+                     == labels[:20]) for v in variants]
   np.testing.assert_allclose(out["correct"], expected)
   assert out["correct"][1] == out["correct"][3]      # band [0, 4) is the LFC at 4
   assert evaluate.variant_names(radii, band_list) == [
@@ -93,17 +96,28 @@ def test_eval_step_scores_band_variants_after_the_hfc_ones():
   assert evaluate.variant_names(radii) == ["clean", "lfc_4", "hfc_4"]
 
 
+@pytest.fixture(scope="module")
+def band_run(tmp_path_factory):
+  """tiny_config trained for 1 epoch on 8 devices (the session's `tiny_trained_workdir`
+  run, so the same train step) with band accuracies recorded each epoch, at the one
+  radius they are compared with: (workdir, history). The bands-mode tests below study
+  it, writing only its `bands/`."""
+  config = tiny_config(**{"train.epochs": 1, "eval.radii": (4,),
+                          "eval.bands": ((0, 4), (4, 23))})
+  path = str(tmp_path_factory.mktemp("bands") / "run")
+  return path, train.train_and_evaluate(config, path, mesh=sharding.make_mesh(8))
+
+
 @pytest.mark.slow
-def test_training_records_band_accuracies_and_the_report_plots_them(tmp_path):
-  config = tiny_config(**{"train.epochs": 1, "eval.bands": ((0, 4), (4, 23))})
-  history = train.train_and_evaluate(config, str(tmp_path / "run"), mesh=sharding.make_mesh(8))
+def test_training_records_band_accuracies_and_the_report_plots_them(band_run, tmp_path):
+  run, history = band_run
   for split in ("test", "train_eval"):
     assert history[-1][f"{split}/band_0_4"] == history[-1][f"{split}/lfc_4"]
     # (0, 4) and (4, 23) cover the 32x32 spectrum (corner 22.6): the second is the HFC.
     assert history[-1][f"{split}/band_4_23"] == history[-1][f"{split}/hfc_4"]
   assert plots.bands(history) == [("0", "4"), ("4", "23")]
   from hfc_jax.reporting import report  # pylint: disable=g-import-not-at-top
-  result = report.write_report([str(tmp_path / "run")], str(tmp_path / "report"))
+  result = report.write_report([run], str(tmp_path / "report"))
   fig = result["figures"]["runs_bands.png"]
   assert len(fig.axes[0].get_lines()) == 2
 
@@ -143,13 +157,13 @@ def test_the_bands_fields_are_checked_before_the_workdir_is_read(tmp_path):
 # The bands mode on a trained workdir
 # ---------------------------------------------------------------------------
 @pytest.fixture
-def workdir(tiny_trained_workdir):
-  return tiny_trained_workdir   # shared with other studies' tests (conftest)
+def workdir(band_run):
+  return band_run[0]
 
 
 def _config(**overrides):
-  return tiny_config(**{"mode": bands.MODE, "bands.num_images": 200,
-                        "bands.batch_size": 64, **overrides})
+  return tiny_config(**{"mode": bands.MODE, "bands.num_images": 40,
+                        "bands.batch_size": 32, **overrides})
 
 
 @pytest.mark.slow
@@ -166,16 +180,16 @@ def test_mode_writes_band_and_radius_curves(workdir):
   assert len(first["bands"]) == 5 and len(first["lfc"]) == len(first["hfc"]) == 23
   assert first["bands"][0] == first["lfc"][3]    # [0, 4) is the LFC at 4
   assert first["lfc"][-1] == first["clean"]      # the LFC at the corner is the image
-  assert first["batch_size"] == 64
+  assert first["batch_size"] == 32
   # The per-epoch evaluation of the same images scores the same (its radii included).
   mesh = sharding.make_mesh(8)
   trained = common.restore(workdir, mesh=mesh)
-  x, y, _ = common.load_test_set(trained, 200)
+  x, y, _ = common.load_test_set(trained, 40)
   radii = (4.0, 12.0)
   eval_fn = evaluate.make_eval_fn(trained.functional.logits, mesh, radii=radii,
                                   bands=((8.0, 12.0),), inclusive=False, rescale="none")
   scores = evaluate.variant_accuracies(eval_fn, trained.params, trained.model_state, x, y,
-                                       mesh=mesh, batch_size=64, radii=radii,
+                                       mesh=mesh, batch_size=32, radii=radii,
                                        bands=((8.0, 12.0),))
   assert scores["clean"] == pytest.approx(first["clean"])
   assert scores["lfc_4"] == pytest.approx(first["lfc"][3])
@@ -210,6 +224,6 @@ def test_compared_workdirs_must_share_the_test_set(workdir):
      "bands.bands: band (16, 30) ends beyond the 32x32 spectrum: r2 <= 24"),
     (["--config.bands.num_images=300"], "bands.num_images=300 exceeds the 256 test images"),
 ])
-@pytest.mark.slow   # builds the session's trained workdir
+@pytest.mark.slow   # trains the module's workdir
 def test_bad_input_is_one_line_and_writes_nothing(workdir, flags, message):
   assert_refused_in_process(workdir, message, f"--config.mode={bands.MODE}", *flags)

@@ -149,6 +149,27 @@ def random_batch(n=32, seed=0):
   return images, labels
 
 
+def numpy_weights(make_model, seed=0):
+  """The nnx model `make_model()` makes, its weights drawn by NumPy from `seed`:
+  He-normal kernels, zero biases and means, unit scales and variances. `models.create`
+  draws them with jax.random, which compiles one program per kernel shape (about 5 CPU-s
+  for small_cnn); for tests whose property holds for any weights."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  graphdef, state = nnx.split(nnx.eval_shape(make_model))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
+    if name == "kernel":
+      value = rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
+    else:
+      value = np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0)
+    return jax.numpy.asarray(value, leaf.dtype)
+
+  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, state))
+
+
 class LogCollector(logging.Handler):
   """Keeps the messages of every log record it sees (e.g. JAX's compile log)."""
 

@@ -70,17 +70,21 @@ def test_input_gradient_equals_numpy_and_lax(padding, x_shape, w_shape, pads):
 def test_forward_mode_and_patch_conv_equal_lax(padding, x_shape, w_shape, pads):
   x, w = _arrays(x_shape, w_shape)
   x_dot, w_dot = _arrays(x_shape, w_shape, seed=2)
-  call = lambda fn: lambda x, w: fn(x, w, (1, 1), padding, dimension_numbers=_NHWC)
-  y, y_dot = jax.jvp(call(input_conv.conv_general_dilated), (x, w), (x_dot, w_dot))
-  y_lax, y_dot_lax = jax.jvp(call(jax.lax.conv_general_dilated), (x, w), (x_dot, w_dot))
+
+  @functools.partial(jax.jit, static_argnums=0)   # one program per conv, not one per op
+  def derivatives(fn, x, w, x_dot, w_dot):
+    call = lambda x, w: fn(x, w, (1, 1), padding, dimension_numbers=_NHWC)
+    y, y_dot = jax.jvp(call, (x, w), (x_dot, w_dot))
+    # forward over reverse: a Hessian-vector product with respect to the image
+    loss = lambda x: jnp.sum(jnp.sin(call(x, w)))
+    return y, y_dot, jax.jvp(jax.grad(loss), (x,), (x_dot,))[1]
+
+  y, y_dot, hvp = derivatives(input_conv.conv_general_dilated, x, w, x_dot, w_dot)
+  y_lax, y_dot_lax, hvp_lax = derivatives(jax.lax.conv_general_dilated, x, w, x_dot, w_dot)
   np.testing.assert_array_equal(y, y_lax)
   np.testing.assert_allclose(y_dot, y_dot_lax, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(input_conv.patch_conv(x, w, pads), y_lax, rtol=1e-5, atol=1e-5)
-  # forward over reverse: a Hessian-vector product with respect to the image
-  loss = lambda fn: lambda x: jnp.sum(jnp.sin(call(fn)(x, w)))
-  hvp = lambda fn: jax.jvp(jax.grad(loss(fn)), (x,), (x_dot,))[1]
-  np.testing.assert_allclose(hvp(input_conv.conv_general_dilated),
-                             hvp(jax.lax.conv_general_dilated), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(hvp, hvp_lax, rtol=1e-4, atol=1e-4)
 
 
 def test_bfloat16_gradient_is_accumulated_in_float32():
@@ -135,13 +139,16 @@ def _equations(jaxpr):
 
 
 def _make_model(name):
+  """Narrow models (eval_padding_test builds the same widths): few distinct kernel shapes,
+  each of which costs a compile of its initialiser."""
   rngs = nnx.Rngs(0)
   if name == "small_cnn":
-    return small_cnn.SmallCNN(num_classes=10, in_channels=3, norm="paper_bn", rngs=rngs)
+    return small_cnn.SmallCNN(num_classes=10, in_channels=3, norm="paper_bn",
+                              widths=(8, 8, 8, 8), rngs=rngs)
   if name == "resnet18":
     return resnet.ResNet18(num_classes=10, in_channels=3, widths=(8, 8, 8, 8),
                            stage_blocks=(1, 1, 1, 1), rngs=rngs)
-  return preact_resnet.PreActResNet32(num_classes=10, in_channels=3, widths=(4, 4, 4),
+  return preact_resnet.PreActResNet32(num_classes=10, in_channels=3, widths=(8, 8, 8),
                                       blocks_per_stage=1, rngs=rngs)
 
 

@@ -8,7 +8,7 @@ from flax import nnx
 
 from hfc_jax import defaults, errors, models, optimizers, sharding, train
 from hfc_jax.analysis import common
-from hfc_jax.models import layers
+from hfc_jax.models import layers, preact_resnet
 from hfc_jax.workdir import checkpointing
 from hfc_jax.workdir.layout import Workdir
 from tests.conftest import tiny_config
@@ -32,11 +32,10 @@ def _norm(c, norm):
   return 2 * c if norm == "batchnorm" else 0
 
 
-def small_cnn_params(c, k, norm):
-  widths = (16, 32, 64, 64)
+def small_cnn_params(c, k, norm, widths=(16, 32, 64, 64)):
   total = sum(_conv(3, a, b, bias=True) + _norm(b, norm)
               for a, b in zip((c,) + widths[:-1], widths))
-  return total + 64 * k + k
+  return total + widths[-1] * k + k
 
 
 def resnet18_params(c, k, norm):
@@ -51,23 +50,23 @@ def resnet18_params(c, k, norm):
   return total + 512 * k + k
 
 
-def preact_resnet32_params(c, k, norm):
-  total, c_in = _conv(3, c, 16), 16
-  for width in (16, 32, 64):
+def preact_resnet32_params(c, k, norm, widths=(16, 32, 64)):
+  total, c_in = _conv(3, c, widths[0]), widths[0]
+  for width in widths:
     for _ in range(5):  # norm(c_in) conv(c_in->w) norm(w) conv(w->w); option-A shortcut
       total += _norm(c_in, norm) + _conv(3, c_in, width) + _norm(width, norm)
       total += _conv(3, width, width)
       c_in = width
-  return total + _norm(64, norm) + 64 * k + k
+  return total + _norm(c_in, norm) + c_in * k + k
 
 
-def plain_cnn_params(c, k, norm, size=32, cells=None):
-  widths = (32, 32, 64)
-  convs = sum(_conv(3, a, b, bias=True) + _norm(b, norm)
-              for a, b in zip((c,) + widths[:-1], widths))
+def plain_cnn_params(c, k, norm, size=32, cells=None, widths=(32, 32, 64, 128)):
+  *convs, hidden = widths
+  total = sum(_conv(3, a, b, bias=True) + _norm(b, norm)
+              for a, b in zip([c] + convs[:-1], convs))
   if cells is None:
-    cells = (size // 4) ** 2  # two 2x2 max pools: 32 -> 8, 28 -> 7
-  return convs + cells * 64 * 128 + 128 + 128 * k + k
+    cells = (-(-size // 4)) ** 2  # two 2x2 'SAME' max pools: 32 -> 8, 28 -> 7, 12 -> 3
+  return total + cells * convs[-1] * hidden + hidden + hidden * k + k
 
 
 PARAM_FORMULAS = {
@@ -86,6 +85,8 @@ def test_formulas_match_known_counts():
   assert preact_resnet32_params(3, 10, "none") == 461_882  # the usual "0.46M" ResNet-32
   assert small_cnn_params(3, 10, "none") == 61_162
   assert plain_cnn_params(1, 10, "none", size=28) == 430_890
+  # convs 1->16->16->32 (160 + 2,320 + 4,640), 3x3x32 features -> 64 (18,496) -> 7 (455)
+  assert plain_cnn_params(1, 7, "none", size=12, widths=(16, 16, 32, 64)) == 26_071
 
 
 # The models of PyTorch layouts (wide_resnet, torchvision_resnet50, ...) are tested in
@@ -109,19 +110,26 @@ def test_shapes_and_param_counts(name, norm):
     assert params["first_conv"]["kernel"].shape == kernel.shape
 
 
-@pytest.mark.parametrize("name,widths", [("small_cnn", (8, 8, 16, 24)),
-                                         ("plain_cnn", (8, 12, 16, 20)),
-                                         ("preact_resnet32", (4, 8, 8))])
+# Widths unlike the defaults in every entry. Each distinct kernel shape costs a compile of
+# its initialiser (about 1 CPU-s), so most of these kernels have shapes that the models of
+# test_shapes_and_param_counts already initialised (preact_resnet32's widths may only grow:
+# its option-A shortcut pads channels).
+@pytest.mark.parametrize("name,widths", [("small_cnn", (32, 16, 32, 32)),
+                                         ("plain_cnn", (16, 16, 32, 64)),
+                                         ("preact_resnet32", (8, 16, 32))])
 @pytest.mark.slow
 def test_widths_replace_the_defaults(name, widths):
+  assert all(w != d for w, d in zip(widths, models.DEFAULT_WIDTHS[name]))
   model = models.create(name, num_classes=7, in_channels=1, widths=widths,
                         image_size=(12, 12))
-  assert model(_images((3, 12, 12, 1)), train=False).shape == (3, 7)
+  logits = nnx.jit(lambda model, x: model(x, train=False))(model, _images((3, 12, 12, 1)))
+  assert logits.shape == (3, 7) and np.all(np.isfinite(logits))
   assert models.first_conv_kernel(model).shape == (3, 3, 1, widths[0])
-  if name == "plain_cnn":  # convs 1->8->12->16, then 3x3x16 features -> 20 -> 7
-    expected = (_conv(3, 1, 8, True) + _conv(3, 8, 12, True) + _conv(3, 12, 16, True)
-                + 9 * 16 * 20 + 20 + 20 * 7 + 7)
-    assert _count(nnx.state(model, nnx.Param)) == expected
+  # every entry is used where it belongs: plain_cnn's convs 1->16->16->32, then the
+  # 3x3x32 features -> 64 -> 7
+  kwargs = {"size": 12} if name == "plain_cnn" else {}
+  expected = PARAM_FORMULAS[name](1, 7, "none", widths=widths, **kwargs)
+  assert _count(nnx.state(model, nnx.Param)) == expected
 
 
 def test_plain_cnn_head_is_a_dense_layer_on_the_flattened_features():
@@ -197,11 +205,13 @@ def test_model_eval_batch_dependence(norm, batch_independent):
   model = models.create("small_cnn", num_classes=10, in_channels=3, norm=norm)
   x = _images((4, 16, 16, 3), seed=3)
   before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
-  model(x, train=True)
+  # jitted: three programs to compile instead of one per op and shape
+  call = nnx.jit(lambda model, x, train: model(x, train=train), static_argnums=2)
+  call(model, x, True)
   after = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
   if norm == "batchnorm":
     assert not np.allclose(before["first_norm"]["mean"], after["first_norm"]["mean"])
-  alone, in_batch = model(x[:1], train=False), model(x, train=False)[:1]
+  alone, in_batch = call(model, x[:1], False), call(model, x, False)[:1]
   assert np.allclose(alone, in_batch, atol=1e-5) == batch_independent
 
 
@@ -224,7 +234,7 @@ def test_dropout_layer_equals_nnx_dropout_bit_for_bit_and_takes_a_traced_rate(ra
   """`layers.apply_dropout`, which every model's head uses, is nnx.Dropout's computation
   (same key, mask and scaling) and also runs with the rate as a traced scalar (a
   run-parallel group's per-run rate), giving the same mask."""
-  x = jnp.asarray(_images((8, 64), seed=7))
+  x = jnp.asarray(_images((4, 64), seed=7))   # small_cnn's head input in the test above
   want = nnx.Dropout(rate)(x, deterministic=False, rngs=nnx.Rngs(dropout=5))
   got = layers.apply_dropout(x, rate, train=True, rngs=nnx.Rngs(dropout=5))
   np.testing.assert_array_equal(got, want)
@@ -244,10 +254,11 @@ def test_bfloat16_keeps_float32_params_and_logits(name):
   model = models.create(name, num_classes=10, in_channels=3, norm="batchnorm",
                         dtype="bfloat16")
   assert {a.dtype for a in jax.tree.leaves(nnx.state(model, nnx.Param))} == {np.dtype(np.float32)}
-  logits = model(x, train=True)
+  train = nnx.jit(lambda model, x: model(x, train=True))   # one compile, not one per op
+  logits = train(model, x)
   assert logits.dtype == jnp.float32
   assert {a.dtype for a in jax.tree.leaves(nnx.state(model, nnx.BatchStat))} == {np.dtype(np.float32)}
-  expected = ref(x, train=True)
+  expected = train(ref, x)
   assert not np.array_equal(logits, expected)  # really computed in bfloat16
   np.testing.assert_allclose(logits, expected, rtol=0.1, atol=0.1)
   jaxpr = str(jax.make_jaxpr(lambda v: model(v, train=False))(x))
@@ -269,8 +280,11 @@ def test_input_filter_splits_the_input():
 
 @pytest.mark.slow
 def test_jitted_grad_step_updates_batch_stats():
-  model = models.create("preact_resnet32", num_classes=10, in_channels=3, norm="batchnorm",
-                        dropout=0.5)
+  # One block per stage (the model's own constructor): the same layers, a third of the
+  # program to compile.
+  model = preact_resnet.PreActResNet32(num_classes=10, in_channels=3, norm="batchnorm",
+                                       dropout=0.5, blocks_per_stage=1,
+                                       rngs=nnx.Rngs(params=0))
   x, y = _images((4, 16, 16, 3), seed=7), jnp.arange(4)
 
   @nnx.jit
@@ -343,7 +357,7 @@ def test_old_norm_name_batch_stats_builds_the_paper_bn_model():
   assert jax.tree.structure(old_state) == jax.tree.structure(new_state)
   for a, b in zip(jax.tree.leaves(old_state), jax.tree.leaves(new_state)):
     np.testing.assert_array_equal(a, b)
-  x = _images((6, 16, 16, 3), seed=5)
+  x = _images((4, 16, 16, 3), seed=5)
   for train in (False, True):
     np.testing.assert_array_equal(old(x, train=train), new(x, train=train))
 
@@ -366,7 +380,7 @@ def test_checkpoint_whose_config_says_batch_stats_restores(tmp_path):
   ckpt.close()
   trained = common.restore(str(tmp_path))
   assert trained.config.model.norm == "paper_bn" and trained.step == 0
-  x = _images((5, 16, 16, 3), seed=6)
+  x = _images((4, 16, 16, 3), seed=6)
   np.testing.assert_array_equal(
       trained.functional.logits(trained.params, trained.model_state, x),
       functional.logits(state.params, state.model_state, x))

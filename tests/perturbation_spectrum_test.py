@@ -1,15 +1,17 @@
 """Power spectra, radial profiles, energy shares and the perturbation_spectrum mode."""
 
+import functools
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from hfc_jax import errors, frequency, main
 from hfc_jax.analysis import common, perturbation_spectrum
-from tests.conftest import assert_refused_in_process, run_main, tiny_config
+from tests.conftest import assert_refused_in_process, tiny_config
 
 MODE = perturbation_spectrum.MODE
 
@@ -42,27 +44,35 @@ def test_cosines_put_their_energy_exactly_at_their_frequencies(size):
   assert set(np.flatnonzero(profile > 1e-6 * profile.max())) == bins
 
 
+def _shares(x, radii, inclusive):
+  """The mean power spectrum of x, the shares inside `radii`, the LFC at radius 5 and
+  the share inside 5, in one program."""
+  power = jnp.mean(frequency.channel_power(x), axis=(0, 3))
+  return (power, frequency.energy_share_inside(power, radii, inclusive=inclusive),
+          frequency.split(x, 5.0, inclusive=inclusive)[0],
+          frequency.energy_share_inside(power, [5.0], inclusive=inclusive)[0])
+
+
 @pytest.mark.slow
 def test_energy_shares_are_monotone_and_end_at_1():
+  # Jitted (each shape compiles once; eagerly, every op of the ring loop would):
+  # the outside shares in a program of their own, over the radii reversed.
   rng = np.random.default_rng(0)
   for size, inclusive in ((32, False), (32, True), (28, True), (15, False)):
     x = rng.normal(size=(4, size, size, 3)).astype(np.float32) * rng.uniform(
         size=(4, 1, 1, 3)).astype(np.float32)
-    power = np.mean(frequency.channel_power(x), axis=(0, 3))
     corner = frequency.corner_radius(size, size)
     radii = list(range(1, corner + 1))
-    inside = np.asarray(jax.jit(lambda p, i=inclusive: frequency.energy_share_inside(
-        p, radii, inclusive=i))(power))
+    power, inside, lfc, inside_5 = jax.device_get(jax.jit(functools.partial(
+        _shares, radii=radii, inclusive=inclusive))(x))
     assert np.all(np.diff(inside) >= 0) and inside[-1] == 1.0, inside
     assert 0 < inside[0] < 1
-    outside = np.asarray(frequency.energy_share_outside(power, radii[::-1],
-                                                        inclusive=inclusive))
+    outside = np.asarray(jax.jit(lambda p, i=inclusive: frequency.energy_share_outside(
+        p, radii[::-1], inclusive=i))(power))
     np.testing.assert_array_equal(outside[::-1], 1.0 - inside)
     # The share inside r is the energy of the LFC at r (dist < r, or <= r).
-    lfc, _ = frequency.split(x, 5.0, inclusive=inclusive)
-    share = float(np.sum(np.asarray(lfc) ** 2) / np.sum(x.astype(np.float64) ** 2))
-    assert float(frequency.energy_share_inside(power, [5.0], inclusive=inclusive)[0]) \
-        == pytest.approx(share, rel=1e-4)
+    share = float(np.sum(np.asarray(lfc, np.float64) ** 2) / np.sum(x.astype(np.float64) ** 2))
+    assert float(inside_5) == pytest.approx(share, rel=1e-4)
 
 
 def test_the_spectrum_fields_are_checked_before_the_workdir_is_read_and_norms(tmp_path):
@@ -99,9 +109,11 @@ def workdir(tiny_trained_workdir):
 
 
 def _config(**overrides):
+  # One PGD step: on the CPU each is written out (compile time grows with them), and the
+  # spectra's checks hold for any number.
   config = tiny_config(**{"mode": MODE, "perturbation_spectrum.num_images": 100,
                           "perturbation_spectrum.batch_size": 48,
-                          "perturbation_spectrum.pgd_steps": 3, **overrides})
+                          "perturbation_spectrum.pgd_steps": 1, **overrides})
   return config
 
 
@@ -164,12 +176,11 @@ def test_bad_input_is_one_line_and_writes_nothing(workdir, flags, message):
   assert_refused_in_process(workdir, message, f"--config.mode={MODE}", *flags)
 
 
-@pytest.mark.slow
 def test_no_checkpoint_is_refused(tmp_path):
+  """In process: main prints the error after "hfc_jax: error: " and exits 2 (run as a
+  process for robust_eval in robustness_test, and in main_test)."""
   empty = tmp_path / "empty"
-  result = run_main(empty, f"--config.mode={MODE}", timeout=120)
-  assert result.returncode == 2
-  assert "hfc_jax: error: workdir=" in result.stderr and "holds no checkpoint" in result.stderr
+  with pytest.raises(errors.HfcError, match="holds no checkpoint") as raised:
+    main.run(_config(), str(empty))
+  assert str(raised.value).startswith("workdir=") and "\n" not in str(raised.value)
   assert not empty.exists()
-  with pytest.raises(errors.HfcError, match="holds no checkpoint"):
-    main.run(_config(), str(tmp_path / "also_empty"))

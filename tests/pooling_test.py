@@ -10,6 +10,7 @@ from flax import nnx
 
 from hfc_jax import sharding
 from hfc_jax.models import pooling
+from tests.conftest import numpy_weights
 
 _reference = functools.partial(nnx.max_pool, window_shape=(2, 2), strides=(2, 2),
                                padding="SAME")
@@ -24,20 +25,37 @@ def _relu_input(shape, dtype, seed=0):
   return jnp.asarray(np.maximum(x, 0), dtype)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _value_and_vjp(pool, x, g):
-  y, vjp = jax.vjp(pool, x)
-  return y, vjp(g)[0]
+SHAPES = [(4, 8, 8, 3), (4, 7, 7, 2), (2, 6, 5, 4), (2, 1, 1, 1)]
+DTYPES = [jnp.float32, jnp.bfloat16]
 
 
-@pytest.mark.parametrize("shape", [(4, 8, 8, 3), (4, 7, 7, 2), (2, 6, 5, 4), (2, 1, 1, 1)])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_values_and_gradient_equal_nnx_max_pool(shape, dtype):
+def _case(shape, dtype):
+  """The input of `shape` and `dtype`, and a random cotangent of the pooled output."""
   x = _relu_input(shape, dtype)
   out_shape = (shape[0], -(-shape[1] // 2), -(-shape[2] // 2), shape[3])
-  g = jnp.asarray(np.random.default_rng(1).normal(size=out_shape), dtype)
-  y_ref, dx_ref = _value_and_vjp(_reference, x, g)
-  y, dx = _value_and_vjp(pooling.max_pool_2x2, x, g)
+  return x, jnp.asarray(np.random.default_rng(1).normal(size=out_shape), dtype)
+
+
+@functools.cache
+def _values_and_vjps():
+  """{(shape, dtype name): ((value, vjp of g) of nnx.max_pool, the same of
+  max_pool_2x2)} for every case, computed in one program."""
+  def both(x, g):
+    out = []
+    for pool in (_reference, pooling.max_pool_2x2):
+      y, vjp = jax.vjp(pool, x)
+      out.append((y, vjp(g)[0]))
+    return out
+  keys = [(shape, jnp.dtype(dtype).name) for dtype in DTYPES for shape in SHAPES]
+  cases = [_case(shape, dtype) for dtype in DTYPES for shape in SHAPES]
+  return dict(zip(keys, jax.jit(lambda cases: [both(*c) for c in cases])(cases)))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_values_and_gradient_equal_nnx_max_pool(shape, dtype):
+  out_shape = (shape[0], -(-shape[1] // 2), -(-shape[2] // 2), shape[3])
+  (y_ref, dx_ref), (y, dx) = _values_and_vjps()[shape, jnp.dtype(dtype).name]
   assert y.shape == y_ref.shape == out_shape and dx.dtype == dx_ref.dtype == dtype
   np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
   np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(dx_ref, np.float32))
@@ -46,7 +64,7 @@ def test_values_and_gradient_equal_nnx_max_pool(shape, dtype):
 def test_gradient_goes_to_the_first_maximum_in_row_major_order():
   # One window [[1, 3], [3, 2]]: the maximum 3 is tied; (0, 1) comes first.
   x = jnp.array([[1.0, 3.0], [3.0, 2.0]]).reshape(1, 2, 2, 1)
-  dx = jax.grad(lambda x: 5.0 * pooling.max_pool_2x2(x).sum())(x)
+  dx = jax.jit(jax.grad(lambda x: 5.0 * pooling.max_pool_2x2(x).sum()))(x)
   np.testing.assert_array_equal(dx[0, ..., 0], [[0.0, 5.0], [0.0, 0.0]])
 
 
@@ -59,6 +77,7 @@ def test_compiled_gradient_on_8_devices_is_scatter_free_and_equal():
   assert "scatter(" not in hlo   # neither scatter nor select-and-scatter ops
   want = jax.jit(jax.grad(functools.partial(loss, _reference)))(x)
   np.testing.assert_array_equal(np.asarray(grad(x)), np.asarray(want))
+
 
 
 @pytest.mark.slow
@@ -74,8 +93,8 @@ def test_jitted_model_gradient_equals_nnx_max_pool_with_batch_statistics(monkeyp
   from hfc_jax.models.functional import Functional  # pylint: disable=g-import-not-at-top
   x = np.random.default_rng(2).uniform(size=(6, 32, 32, 3)).astype(np.float32)
   labels = np.arange(6, dtype=np.int32)
-  functional, params, state = Functional.split(
-      models.create("small_cnn", num_classes=10, in_channels=3, norm="paper_bn"))
+  functional, params, state = Functional.split(numpy_weights(
+      lambda: models.create("small_cnn", num_classes=10, in_channels=3, norm="paper_bn")))
 
   def loss(images):
     logits = functional.logits(params, state, images)

@@ -123,7 +123,7 @@ def test_train_resume_analyse_and_report_on_a_bucket(tmp_path, bucket_env):
                      env=bucket_env, cwd=cwd)
   assert figure2.returncode == 0, figure2.stderr[-3000:]
   assert figure2.stdout.strip().splitlines()[-1].startswith(
-      f"hfc_jax: figure2 done in "), figure2.stdout
+      "hfc_jax: figure2 done in "), figure2.stdout
   assert figure2.stdout.strip().endswith(f"results in {workdir}/figure2; tables: figure2.md")
   from hfc_jax.reporting import report  # pylint: disable=g-import-not-at-top
   written = report.write_report([workdir])

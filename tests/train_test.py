@@ -7,20 +7,32 @@ import pytest
 from hfc_jax import evaluate, frequency, models, optimizers, sharding, train
 from hfc_jax.analysis import common
 from hfc_jax.models.functional import Functional
-from tests.conftest import random_batch, tiny_config
+from tests.conftest import numpy_weights, random_batch, tiny_config
 
 
-def _run_steps(mesh, num_steps, norm="batchnorm", dropout=0.3):
-  config = tiny_config()
-  config.model.norm, config.model.dropout = norm, dropout
-  # SGD, not Adam: with BatchNorm the conv biases get gradients that are float noise
-  # around 0, which Adam would blow up to full-size steps of random sign.
-  config.optim.name, config.optim.learning_rate = "sgd", 0.05
+# One model, optimiser and batch size for every step and run of this module, so that each
+# program (the train step on 1 and on 8 devices, the per-epoch evaluation) compiles once:
+# BatchNorm with dropout (the device-count test checks their statistics and keys), and
+# SGD, not Adam: with BatchNorm the conv biases get gradients that are float noise
+# around 0, which Adam would blow up to full-size steps of random sign. The runs train 8
+# steps of 32 images per epoch and score 128 test and 128 training images at one radius.
+SETTINGS = {"model.norm": "batchnorm", "model.dropout": 0.3, "optim.name": "sgd",
+            "optim.learning_rate": 0.05, "train.batch_size": 32, "data.num_train": 256,
+            "data.num_test": 128, "eval.train_subset": 128, "eval.radii": (4,)}
+
+
+def _config(**overrides):
+  return tiny_config(**SETTINGS, **overrides)
+
+
+def _run_steps(mesh, num_steps):
+  """`num_steps` train steps on one fixed batch of the runs' size (32 images)."""
+  config = _config()
   model = train.create_model(config, 10, 3, 32)
   tx = optimizers.make_optimizer(config.optim, 10, 1)
   functional, state = train.create_train_state(model, tx, 0, mesh)
   step = train.make_train_step(functional, tx, mesh, rescale="none")
-  images, labels = sharding.put_batch(mesh, *random_batch())
+  images, labels = sharding.put_batch(mesh, *random_batch(config.train.batch_size))
   losses = []
   for _ in range(num_steps):
     with jax.transfer_guard("disallow"):   # the step itself copies nothing host<->device
@@ -52,9 +64,10 @@ def test_one_and_eight_devices_give_the_same_parameters():
     np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
 
 
+
 def test_eval_step_equals_direct_per_variant_computation():
-  model = models.create("small_cnn", num_classes=10, in_channels=3, norm="paper_bn")
-  functional, params, model_state = Functional.split(model)
+  functional, params, model_state = Functional.split(numpy_weights(
+      lambda: models.create("small_cnn", num_classes=10, in_channels=3, norm="paper_bn")))
   images, labels = random_batch(24, seed=3)
   mask = np.ones(24, np.float32)
   mask[-4:] = 0
@@ -71,27 +84,44 @@ def test_eval_step_equals_direct_per_variant_computation():
   for r in radii:
     variants.append(np.asarray(frequency.split(x, r)[1]))
   # The 4 masked rows stay out of the batch statistics: the real rows score as alone.
-  expected = [np.sum(np.argmax(functional.logits(params, model_state, v[:20]), -1)
-                     == labels[:20]) for v in variants]
+  logits = jax.jit(functional.logits)   # one compile for the five variants
+  expected = [np.sum(np.argmax(logits(params, model_state, v[:20]), -1) == labels[:20])
+              for v in variants]
   np.testing.assert_allclose(out["correct"], expected)
   assert out["count"] == 20
   assert evaluate.variant_names(radii) == ["clean", "lfc_4", "lfc_12", "hfc_4", "hfc_12"]
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Runs of `_config` on 8 devices (the train step of `_run_steps`): 'full' trained for
+  2 epochs; 'resumed' stopped after epoch 1 by asking for one epoch first (the schedule
+  is constant, so the two-epoch run that follows sees the same learning rates;
+  tests/main_test.py kills a real process instead); 'smooth' 1 epoch with the
+  smooth-kernel penalty. Returns (root, histories: name -> the returned history)."""
+  root = tmp_path_factory.mktemp("train_runs")
+  mesh = sharding.make_mesh(8)
+  histories = {
+      "full": train.train_and_evaluate(_config(), str(root / "full"), mesh=mesh),
+      "stopped": train.train_and_evaluate(_config(**{"train.epochs": 1}),
+                                          str(root / "resumed"), mesh=mesh),
+      "smooth": train.train_and_evaluate(
+          _config(**{"train.epochs": 1, "train.smooth_kernel_weight": 1.0}),
+          str(root / "smooth"), mesh=mesh)}
+  return root, histories
+
+
 @pytest.mark.slow
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
-  mesh = sharding.make_mesh(2)
-  full = train.train_and_evaluate(tiny_config(), str(tmp_path / "full"), mesh=mesh)
-  # Stop after epoch 1 by asking for one epoch first (the schedule is constant, so
-  # the two-epoch run that follows sees the same learning rates); tests/main_test.py
-  # kills a real process instead.
-  train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), str(tmp_path / "resumed"),
-                           mesh=mesh)
-  resumed = train.train_and_evaluate(tiny_config(), str(tmp_path / "resumed"), mesh=mesh)
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(runs):
+  root, histories = runs
+  mesh = sharding.make_mesh(8)
+  resumed = train.train_and_evaluate(_config(), str(root / "resumed"), mesh=mesh)
+  full = histories["full"]
+  assert [r["epoch"] for r in histories["stopped"]] == [1]
   assert [r["epoch"] for r in resumed] == [1, 2]
   assert resumed[-1]["test/clean"] == pytest.approx(full[-1]["test/clean"], abs=1e-6)
-  p_full = _restore_params(tmp_path / "full")
-  p_res = _restore_params(tmp_path / "resumed")
+  p_full = _restore_params(root / "full")
+  p_res = _restore_params(root / "resumed")
   for a, b in zip(jax.tree.leaves(p_full), jax.tree.leaves(p_res)):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
@@ -115,19 +145,34 @@ def test_bad_values_raise_one_line_errors():
 
 
 @pytest.mark.slow
-def test_smooth_kernel_penalty_lowers_the_first_conv_roughness(tmp_path):
+def test_smooth_kernel_penalty_lowers_the_first_conv_roughness(runs):
   """train.smooth_kernel_weight adds the smooth-kernel penalty to the loss: the same
   run with it ends with a smoother first conv (its per-epoch metric), and the metric
-  equals the penalty of the restored kernel."""
-  mesh = sharding.make_mesh(8)
-  overrides = {"train.epochs": 1, "optim.learning_rate": 0.01}
-  plain = train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "plain"),
-                                   mesh=mesh)
-  smooth = train.train_and_evaluate(
-      tiny_config(**overrides, **{"train.smooth_kernel_weight": 1.0}),
-      str(tmp_path / "smooth"), mesh=mesh)
-  rough, smoothed = plain[-1]["first_conv_smoothness"], smooth[-1]["first_conv_smoothness"]
-  assert smoothed < 0.8 * rough, (smoothed, rough)   # measured: 0.5x
+  equals the penalty of the restored kernel. The run without it is 'stopped' (the
+  same config and epoch, before its resume)."""
+  root, histories = runs
+  rough = histories["stopped"][-1]["first_conv_smoothness"]
+  smoothed = histories["smooth"][-1]["first_conv_smoothness"]
+  assert histories["smooth"][-1]["epoch"] == histories["stopped"][-1]["epoch"] == 1
+  assert smoothed < 0.8 * rough, (smoothed, rough)   # measured: 0.23x
   from hfc_jax import smoothness  # pylint: disable=g-import-not-at-top
-  kernel = common.restore(str(tmp_path / "smooth")).params["first_conv"]["kernel"]
+  kernel = common.restore(str(root / "smooth")).params["first_conv"]["kernel"]
   assert smoothed == pytest.approx(float(smoothness.smoothness_penalty(kernel)), rel=1e-5)
+
+
+def test_independent_programs_on_simulated_cpu_devices_run_one_at_a_time(monkeypatch):
+  """`sharding.one_at_a_time_on_cpu` waits for outputs spread over several CPU devices
+  (XLA:CPU can interleave two in-flight programs' collectives and abort after 40 s)
+  and only for those; `evaluate.accumulate` waits once per batch and still sums."""
+  waited = []
+  monkeypatch.setattr(jax, "block_until_ready", lambda tree: waited.append(tree) or tree)
+  eight, one = sharding.make_mesh(8), sharding.make_mesh(1)
+  on_eight = {"a": sharding.put_replicated(np.ones(3, np.float32), eight), "n": 2}
+  assert sharding.one_at_a_time_on_cpu(on_eight) is on_eight and waited == [on_eight]
+  sharding.one_at_a_time_on_cpu({"a": sharding.put_replicated(np.ones(3, np.float32), one)})
+  sharding.one_at_a_time_on_cpu(np.ones(3))
+  assert len(waited) == 1
+  batches = [sharding.put_batch(eight, np.full((8, 2), k, np.float32)) for k in range(3)]
+  totals = evaluate.accumulate(jax.jit(lambda x: {"sum": x.sum(0)}), batches)
+  np.testing.assert_array_equal(totals["sum"], [24.0, 24.0])   # 8 * (0 + 1 + 2)
+  assert len(waited) == 1 + 3

@@ -198,7 +198,8 @@ def heatmap(chunk_fn, variables, placed: list, *, height: int, width: int, eps: 
   chunks = chunk_entries(indices, eps, per_call)
 
   def all_chunks(images, labels, mask, first):   # one batch, every chunk: [chunk sums]
-    return [chunk_fn(*variables, images, labels, mask, first, chunk_index, chunk_eps, key)
+    return [sharding.one_at_a_time_on_cpu(
+        chunk_fn(*variables, images, labels, mask, first, chunk_index, chunk_eps, key))
             for chunk_index, chunk_eps in chunks]
 
   sums = evaluate.accumulate(all_chunks, ((*batch, np.int32(b * batch_size))
