@@ -154,7 +154,8 @@ def test_the_sections_helpers_in_process(tmp_path):
   assert host_io._dir_mb(str(tmp_path)) == pytest.approx(0.5)
   _, status = torch_reference.import_torch(common.Options(models=("small_cnn",)))
   assert status in ("torch is not installed", "not run: resnet18 is not in --models")
-  assert train_steps._pgd_device_counts(16) == [8, 1]   # the full mesh, and 1 on a CPU
+  assert train_steps._pgd_device_counts(16, tiny=False) == [8, 1]  # the mesh, and 1 on a CPU
+  assert train_steps._pgd_device_counts(16, tiny=True) == [8]
   mesh = sharding.make_mesh(8)
   functional, variables, config = autoattack._model(mesh)
   assert config.model.name == "small_cnn"

@@ -11,7 +11,7 @@ from hfc_jax.analysis import common
 from hfc_jax.models import layers, preact_resnet
 from hfc_jax.workdir import checkpointing
 from hfc_jax.workdir.layout import Workdir
-from tests.conftest import tiny_config
+from tests.conftest import numpy_weights, tiny_config
 
 NORMS = ("none", "paper_bn", "batchnorm")
 
@@ -94,9 +94,12 @@ def test_formulas_match_known_counts():
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("name", sorted(PARAM_FORMULAS))
 def test_shapes_and_param_counts(name, norm):
+  # The layers models.create builds, with NumPy-drawn weights (its jax.random initialiser
+  # compiles a program per kernel shape; every training test runs it).
   for shape, classes in (((2, 32, 32, 3), 10), ((2, 28, 28, 1), 7)):
-    model = models.create(name, num_classes=classes, in_channels=shape[-1], norm=norm,
-                          image_size=shape[1:3])
+    model = numpy_weights(lambda: models.create(name, num_classes=classes,
+                                                in_channels=shape[-1], norm=norm,
+                                                image_size=shape[1:3]))
     logits = model(_images(shape), train=False)
     assert logits.shape == (shape[0], classes) and logits.dtype == jnp.float32
     assert np.all(np.isfinite(logits))

@@ -72,11 +72,11 @@ def train_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
 # ---------------------------------------------------------------------------
 # pgd
 # ---------------------------------------------------------------------------
-def _pgd_device_counts(batch: int) -> list[int]:
-  """The full mesh, and on a CPU also 1 device: JAX's own default there (the 8 CPU
-  devices are simulated on the same cores; see docs/performance.md)."""
+def _pgd_device_counts(batch: int, tiny: bool) -> list[int]:
+  """The full mesh, and on a CPU also 1 device (not with --tiny): JAX's own default
+  there (the 8 CPU devices are simulated on the same cores; see docs/performance.md)."""
   counts = [mesh_size(batch)]
-  if jax.default_backend() == "cpu" and counts[0] > 1:
+  if jax.default_backend() == "cpu" and counts[0] > 1 and not tiny:
     counts.append(1)
   return counts
 
@@ -84,11 +84,11 @@ def _pgd_device_counts(batch: int) -> list[int]:
 def pgd_section(opts: Options, cache: dict) -> tuple[dict, list[Row]]:
   """PGD-k adversarial train steps (eps 8/255, step 2/255, random start), timed in
   turns with the plain step of the same model, batch and mesh. On a CPU the pair is
-  also timed on 1 device (JSON key `<model>.one_device`)."""
+  also timed on 1 device (JSON key `<model>.one_device`; not with --tiny)."""
   out, rows = {}, []
   for name in opts.pgd_eval_models:
     batch = opts.batch(name)
-    for devices in _pgd_device_counts(batch):
+    for devices in _pgd_device_counts(batch, opts.tiny):
       full = devices == mesh_size(batch)
       ks = opts.sizes.pgd_steps if full else opts.sizes.pgd_steps[:1]
       steps = {"plain": train_step(opts, cache, name, batch, devices=devices)}
