@@ -43,7 +43,7 @@ from absl import logging
 from matplotlib.figure import Figure
 
 from hfc_jax import errors, sharding, smoothness
-from hfc_jax.analysis import common, robust_table, robustness
+from hfc_jax.analysis import common, masking, robust_table, robustness
 from hfc_jax.models import layers
 from hfc_jax.reporting import markdown
 from hfc_jax.workdir.layout import Workdir
@@ -139,7 +139,7 @@ def sweep(trained: common.Trained, x: np.ndarray, y: np.ndarray,
     target = robust_table.Target(trained.functional.logits, (params, trained.model_state),
                                  x, y, mesh, batch_size, batch_dependent, programs)
     table, masks, _ = robust_table.attack_table(target, settings)
-    checks = robust_table.masking_checks(target, settings, table, masks)
+    checks = masking.masking_checks(target, settings, table, masks)
     del table["batch_dependent"], table["batch_note"]   # per model, not per row
     rows.append({"variant": v.name, "method": v.method, "value": v.value, **table,
                  "masking_checks": checks})
@@ -217,7 +217,7 @@ def to_markdown(results: dict) -> str:
           + [", ".join(f"FLAG {c}" for c in row["masking_checks"]["flagged"]) or "pass"]
           for m in results["models"] for row in m["sweep"]]
   check_rows = [[m["name"], row["variant"]] + [
-      f"{c['status']}: {robust_table.check_summary(name, c)}"
+      f"{c['status']}: {masking.check_summary(name, c)}"
       for name, c in row["masking_checks"].items() if name != "flagged"]
       for m in results["models"] for row in m["sweep"]]
   notes = [f"Note ({m['name']}): {m['batch_note']}" for m in results["models"]

@@ -34,7 +34,7 @@ from absl import logging
 from matplotlib.figure import Figure
 
 from hfc_jax import attacks, errors, evaluate, frequency, sharding
-from hfc_jax.analysis import common, robust_table
+from hfc_jax.analysis import common, masking, robust_table
 from hfc_jax.analysis.robust_table import AttackSettings, eps_key  # noqa: F401  (re-exported)
 from hfc_jax.models import layers
 from hfc_jax.reporting import markdown
@@ -139,7 +139,7 @@ def run(config, workdir: Workdir) -> dict:
              "eps": list(settings.eps), "pgd_steps": rc.pgd_steps, "restarts": rc.restarts,
              "autoattack_version": rc.autoattack_version, "model_norm":
              trained.config.model.norm, **table}
-  results["masking_checks"] = robust_table.masking_checks(target, settings, table, masks)
+  results["masking_checks"] = masking.masking_checks(target, settings, table, masks)
   results["min_eps"], min_eps = _minimal_eps_summary(
       variables, trained.functional.logits, placed, rc)
   results["transfer_attack"] = source
@@ -259,8 +259,8 @@ def to_markdown(results: dict) -> str:
         for k in eps_keys), ""]
   lines += ["## Gradient-masking checks", "",
             ("FLAGGED: " + ", ".join(flagged) + ". " if flagged else "No check flagged. ")
-            + "Carlini et al. 2019; Athalye et al. 2018 (hfc_jax/analysis/robust_table.py).",
-            "", robust_table.checks_markdown(results["masking_checks"]),
+            + "Carlini et al. 2019; Athalye et al. 2018 (hfc_jax/analysis/masking.py).",
+            "", masking.checks_markdown(results["masking_checks"]),
            f"Minimal L-inf eps at which PGD succeeds: median {median}; "
            f"{m['unbroken_share']:.1%} of images unbroken at eps <= {m['eps_max']}.", "",
            "## Input low-pass defence", "",
