@@ -274,7 +274,7 @@ def _train_and_evaluate(config, workdir: Workdir, mesh, watch: preemption.Watch,
     ckpt.wait()
   finally:
     run.close()
-  _closing(workdir, history, time.perf_counter() - started)
+  closing(workdir, history, time.perf_counter() - started)
   return history
 
 
@@ -386,7 +386,7 @@ def make_scorer(config, functional: Functional, mesh, eval_sets: dict, adversary
   return score
 
 
-def _closing(workdir: Workdir, history: list[dict], seconds: float) -> None:
+def closing(workdir: Workdir, history: list[dict], seconds: float) -> None:
   """The run's last lines (process 0): its accuracy-vs-epoch figure, `curves.png`, and
   where the results are."""
   if jax.process_index() != 0 or not history:

@@ -25,7 +25,7 @@ import pytest
 from hfc_jax import errors, optimizers, sharding, stacked, train
 from hfc_jax.analysis import common
 from hfc_jax.data import pipeline
-from hfc_jax.run import group, sweep
+from hfc_jax.run import group, group_memory, sweep
 from hfc_jax.workdir.layout import Workdir
 from tests.conftest import assert_refused_in_process, random_batch, tiny_config
 
@@ -327,17 +327,17 @@ def test_a_diverging_run_stops_alone_and_the_others_finish(tmp_path):
 # ---------------------------------------------------------------------------
 def test_check_memory_refuses_in_one_line_how_many_fit():
   gib = 2 ** 30
-  group.check_memory(2 * gib, runs=4, run_devices=1, device_bytes=3 * gib)   # 2 <= 2.7
+  group_memory.check_memory(2 * gib, runs=4, run_devices=1, device_bytes=3 * gib)   # 2 <= 2.7
   cases = [  # step bytes per device, runs, run_devices, device bytes -> runs that fit
       (4 * gib, 4, 1, 2.5 * gib, 2),    # 1 GiB a run, 2.25 GiB usable
       (2 * gib, 4, 2, 1.5 * gib, 2),    # 2 runs a device, 1 GiB each, 1.35 usable: 1 x 2
       (8 * gib, 8, 1, 4.0 * gib, 3),
       (4 * gib, 4, 1, 0.5 * gib, 0)]    # not one
   for step_bytes, runs, run_devices, device_bytes, fit in cases:
-    assert group.runs_that_fit(step_bytes, runs // run_devices, device_bytes,
+    assert group_memory.runs_that_fit(step_bytes, runs // run_devices, device_bytes,
                                run_devices) == fit
-    with pytest.raises(group.GroupTooLarge) as raised:
-      group.check_memory(step_bytes, runs, run_devices, device_bytes)
+    with pytest.raises(group_memory.GroupTooLarge) as raised:
+      group_memory.check_memory(step_bytes, runs, run_devices, device_bytes)
     text = str(raised.value)
     assert raised.value.fit == fit and "\n" not in text
     assert text.startswith(f"sweep.group_size: a group of {runs} runs needs "
@@ -347,7 +347,7 @@ def test_check_memory_refuses_in_one_line_how_many_fit():
 
 def test_device_memory_on_the_cpu_is_the_hosts_share():
   host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  assert group.device_memory_bytes(jax.devices()[0]) == host // len(jax.devices())
+  assert group_memory.device_memory_bytes(jax.devices()[0]) == host // len(jax.devices())
 
 
 def _compiled_step_bytes(runs, run_devices, num_devices):
@@ -385,21 +385,21 @@ def test_a_group_larger_than_memory_is_refused_and_auto_trains_it_in_parts(
   real = stacked.compiled_bytes
   monkeypatch.setattr(stacked, "compiled_bytes", lambda c: seen.append(real(c)) or seen[-1])
   # A device that holds the step of 2.2 of the 4 runs: 2 fit.
-  monkeypatch.setattr(group, "device_memory_bytes",
-                      lambda device: 0.55 * seen[0] / group.MEMORY_SHARE)
+  monkeypatch.setattr(group_memory, "device_memory_bytes",
+                      lambda device: 0.55 * seen[0] / group_memory.MEMORY_SHARE)
   config = _sweep_config({f"s{s}": {"seed": s} for s in range(4)}, group_size=4,
                          base=_small(num_devices=1, **CLEAN))
   config.train.epochs = 1
   config.data.num_train = 128   # 2 steps
-  with pytest.raises(group.GroupTooLarge, match="^sweep.group_size: a group of 4 runs "
+  with pytest.raises(group_memory.GroupTooLarge, match="^sweep.group_size: a group of 4 runs "
                      r"needs .* at most 2 runs fit: set sweep.group_size=2 or 'auto'\.$"):
     main.run(config, str(tmp_path / "fixed"))
   assert not (tmp_path / "fixed").exists()   # refused before any run wrote: removed
 
   config.sweep.group_size = "auto"
   main.run(config, str(tmp_path / "auto"))
-  assert len(seen) == 4 and seen[2] == seen[3] < group.MEMORY_SHARE * (0.55 * seen[0]
-                                                                       / group.MEMORY_SHARE)
+  share = group_memory.MEMORY_SHARE
+  assert len(seen) == 4 and seen[2] == seen[3] < share * (0.55 * seen[0] / share)
   for s in range(4):
     records = [json.loads(l) for l in open(tmp_path / "auto" / f"s{s}" / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1]

@@ -21,7 +21,6 @@ checks).
 - Preemption (SIGTERM, Ctrl-C): every run is saved at the same step, then `Preempted`.
 """
 
-import os
 import time
 from collections.abc import Sequence
 
@@ -33,7 +32,7 @@ from hfc_jax import adversarial, errors, optimizers, sharding, stacked, train
 from hfc_jax import validation
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
-from hfc_jax.run import lock, preemption, resume
+from hfc_jax.run import group_memory, lock, preemption, resume
 from hfc_jax.run import progress as progress_lib
 from hfc_jax.workdir import checkpointing
 from hfc_jax.workdir.layout import Workdir
@@ -44,58 +43,6 @@ def runs_axis(group_size: int, run_devices: int) -> int:
   a group that resumes with fewer runs (some finished), its largest divisor below it."""
   return max(d for d in range(1, run_devices + 1)
              if group_size % d == 0 and run_devices % d == 0)
-
-
-# Of a device's memory, the share a group's step may take; the rest is left to the
-# evaluation, the prefetched batches and the runtime's own buffers.
-MEMORY_SHARE = 0.9
-
-
-class GroupTooLarge(errors.HfcError):
-  """A group whose step needs more memory than a device has; `fit` runs would fit."""
-
-  def __init__(self, message: str, fit: int):
-    super().__init__(message)
-    self.fit = fit
-
-
-def device_memory_bytes(device: jax.Device) -> int:
-  """Bytes one device can hold: an accelerator's allocator limit (`memory_stats()`'s
-  'bytes_limit'), or on the CPU the host's physical memory, shared by its devices."""
-  try:
-    stats = device.memory_stats() or {}
-  except (AttributeError, NotImplementedError, RuntimeError):
-    stats = {}
-  if "bytes_limit" in stats:
-    return int(stats["bytes_limit"])
-  host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  return host // max(1, len(jax.local_devices(backend=device.platform)))
-
-
-def runs_that_fit(step_bytes: int, runs_per_device: int, device_bytes: int,
-                  run_devices: int) -> int:
-  """The most runs a group may have: each device holds its runs' share of the step,
-  `step_bytes / runs_per_device` per run (the compiled step's bytes per device, for
-  `runs_per_device` runs), within MEMORY_SHARE of `device_bytes`; times the
-  `run_devices` devices along `runs`. 0 where not even one run per device fits."""
-  per_run = step_bytes / max(1, runs_per_device)
-  return int(MEMORY_SHARE * device_bytes // per_run) * run_devices
-
-
-def check_memory(step_bytes: int, runs: int, run_devices: int, device_bytes: int) -> None:
-  """Raises GroupTooLarge (one line naming sweep.group_size) when a group of `runs`
-  runs, its step taking `step_bytes` on each device, needs more than MEMORY_SHARE of
-  the device's `device_bytes`."""
-  if step_bytes <= MEMORY_SHARE * device_bytes:
-    return
-  fit = runs_that_fit(step_bytes, runs // run_devices, device_bytes, run_devices)
-  gib = lambda b: f"{b / 2 ** 30:.2f} GiB"
-  advice = (f"at most {fit} runs fit: set sweep.group_size={fit} or 'auto'" if fit
-            else "not even one run per device fits: set sweep.group_size=1")
-  raise GroupTooLarge(
-      f"sweep.group_size: a group of {runs} runs needs {gib(step_bytes)} on each device "
-      f"for its train step, more than {MEMORY_SHARE:.0%} of the device's "
-      f"{gib(device_bytes)}; {advice}.", fit)
 
 
 def train_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[Workdir],
@@ -110,7 +57,7 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence
   when a run diverged, `preemption.Preempted` after saving every run at one step."""
   try:
     return _train_group_once(configs, workdirs, run_devices, allow_changes)
-  except GroupTooLarge as too_large:
+  except group_memory.GroupTooLarge as too_large:
     if not fit_memory or too_large.fit < 1:
       raise
     logging.info("%s: training the %d runs in groups of %d", too_large, len(configs),
@@ -213,8 +160,9 @@ def _train_group(configs, workdirs, run_devices: int, watch: preemption.Watch,
                                     steps_per_epoch=steps_per_epoch,
                                     num_classes=dataset.num_classes).compile(
       *stacked.abstract_arguments(states[0], n, tc.batch_size, dataset.x_train, mesh))
-  check_memory(stacked.compiled_bytes(step_fn), n, mesh.shape[sharding.RUNS_AXIS],
-               device_memory_bytes(mesh.devices.flat[0]))
+  group_memory.check_memory(stacked.compiled_bytes(step_fn), n,
+                            mesh.shape[sharding.RUNS_AXIS],
+                            group_memory.device_memory_bytes(mesh.devices.flat[0]))
   opened = _restore_common(configs, workdirs, states, dataset, steps_per_epoch,
                            allow_changes)
   runs = [run for _, run, _ in opened]
@@ -264,7 +212,7 @@ def _train_group(configs, workdirs, run_devices: int, watch: preemption.Watch,
   seconds = time.perf_counter() - started
   for i, run in enumerate(runs):
     if i not in failed:
-      train._closing(run.workdir, run.history, seconds)  # pylint: disable=protected-access
+      train.closing(run.workdir, run.history, seconds)
   if failed:
     raise errors.RunFailed("; ".join(f"run {workdirs[i].name}: {e}" for i, e in failed.items()),
                            errors.EXIT_DIVERGED)
@@ -321,7 +269,6 @@ def _train_epoch(state, step_fn, dataset, mesh, configs, runs: list[train.RunFil
   t0 = time.perf_counter()
 
   def add_time():
-    nonlocal t0
     for run in runs:
       run.progress.train_time_s += time.perf_counter() - t0
 
