@@ -23,7 +23,8 @@ import jax
 import numpy as np
 
 from hfc_jax import intervals
-from hfc_jax.analysis import robust_table
+from hfc_jax.analysis.robust_table import (WHITE_BOX, AttackSettings, Masks, Target, attack_key,
+                                           attack_options, cell, eps_key, fooled)
 from hfc_jax.reporting import markdown
 
 LARGE_EPS_LIMIT = 0.02     # large_eps: accuracy at masking_eps must be consistent with <= this
@@ -48,7 +49,7 @@ def half_width(c: dict) -> float:
   return 0.5 * (c["high"] - c["low"])
 
 
-def check_monotone(table: dict, settings: robust_table.AttackSettings) -> dict:
+def check_monotone(table: dict, settings: AttackSettings) -> dict:
   """Check (a): per attack (and the worst case), accuracy at a larger eps may exceed the
   accuracy at the next smaller eps by at most half its interval's width."""
   order = sorted(settings.eps)
@@ -57,7 +58,7 @@ def check_monotone(table: dict, settings: robust_table.AttackSettings) -> dict:
     if name == "clean":
       continue
     for lo, hi in zip(order, order[1:]):
-      a, b = cells[robust_table.eps_key(lo)], cells[robust_table.eps_key(hi)]
+      a, b = cells[eps_key(lo)], cells[eps_key(hi)]
       if b["accuracy"] - a["accuracy"] > half_width(a):
         violations.append({"attack": name, "eps": [lo, hi],
                            "accuracy": [a["accuracy"], b["accuracy"]],
@@ -65,20 +66,20 @@ def check_monotone(table: dict, settings: robust_table.AttackSettings) -> dict:
   return {"status": _status(bool(violations)), "violations": violations}
 
 
-def _subset(target: robust_table.Target, masks: robust_table.Masks, count: int) -> tuple[np.ndarray, int]:
+def _subset(target: Target, masks: Masks, count: int) -> tuple[np.ndarray, int]:
   """The active mask of the first `count` images that are correct clean, and count."""
   count = min(count, target.n)
   return masks.correct & (np.arange(target.n) < count), count
 
 
-def check_large_eps(target: robust_table.Target, settings: robust_table.AttackSettings, masks: robust_table.Masks) -> dict:
+def check_large_eps(target: Target, settings: AttackSettings, masks: Masks) -> dict:
   """Check (b): the probe at masking_eps on the first masking_images images."""
   if not settings.masking_images:
     return {"status": "skipped", "reason": "masking_images=0"}
   name = probe_attack(settings.attacks)
   active, count = _subset(target, masks, settings.masking_images)
-  key = jax.random.fold_in(robust_table.attack_key(settings.seed, name, settings.masking_eps), 1)
-  hit, _ = robust_table.fooled(target, name, robust_table.attack_options(name, settings, masks.num_classes), active,
+  key = jax.random.fold_in(attack_key(settings.seed, name, settings.masking_eps), 1)
+  hit, _ = fooled(target, name, attack_options(name, settings, masks.num_classes), active,
                   settings.masking_eps, key)
   robust = int((active & ~hit).sum())
   cell = intervals.describe(robust, count)
@@ -86,7 +87,7 @@ def check_large_eps(target: robust_table.Target, settings: robust_table.AttackSe
           "eps": settings.masking_eps, "limit": LARGE_EPS_LIMIT, **cell}
 
 
-def check_square_only(settings: robust_table.AttackSettings, masks: robust_table.Masks) -> dict:
+def check_square_only(settings: AttackSettings, masks: Masks) -> dict:
   """Check (c): images fooled by Square (alone or in the ensemble) but by no white-box
   attack of the table or the ensemble, at each eps."""
   runs_square = "square" in settings.attacks or (
@@ -99,16 +100,16 @@ def check_square_only(settings: robust_table.AttackSettings, masks: robust_table
     parts = masks.parts.get(eps, {})
     square = masks.fooled.get(("square", eps), np.zeros(n, bool)) | parts.get(
         "square", np.zeros(n, bool))
-    white = [masks.fooled[(a, eps)] for a in settings.attacks if a in robust_table.WHITE_BOX]
+    white = [masks.fooled[(a, eps)] for a in settings.attacks if a in WHITE_BOX]
     white += [m for a, m in parts.items() if a != "square"]
     only = square & ~np.any(white, axis=0) if white else square
     cell = intervals.describe(int(only.sum()), n)
-    per_eps[robust_table.eps_key(eps)] = cell
+    per_eps[eps_key(eps)] = cell
     flag |= cell["low"] > SQUARE_ONLY_LIMIT
   return {"status": _status(flag), "limit": SQUARE_ONLY_LIMIT, "per_eps": per_eps}
 
 
-def check_more_iterations(target: robust_table.Target, settings: robust_table.AttackSettings, masks: robust_table.Masks) -> dict:
+def check_more_iterations(target: Target, settings: AttackSettings, masks: Masks) -> dict:
   """Check (d): the probe with 2x iterations and one more restart at the smallest eps
   > 0, on the first masking_images images, against the probe's own result there."""
   name = probe_attack(settings.attacks)
@@ -119,16 +120,16 @@ def check_more_iterations(target: robust_table.Target, settings: robust_table.At
     return {"status": "skipped", "reason": reason}
   eps = min(positive)
   active, count = _subset(target, masks, settings.masking_images)
-  key = robust_table.attack_key(settings.seed, name, eps)
+  key = attack_key(settings.seed, name, eps)
   k = masks.num_classes
   if (name, eps) in masks.fooled:
     base = masks.fooled[(name, eps)]
   elif masks.parts.get(eps) and settings.ensemble.attacks[0] == name:
     base = masks.parts[eps][name]        # the ensemble's first attack saw every image
   else:
-    base, _ = robust_table.fooled(target, name, robust_table.attack_options(name, settings, k), active, eps, key)
-  stronger, _ = robust_table.fooled(target, name,
-                       robust_table.attack_options(name, settings, k, iters_factor=2, extra_restarts=1),
+    base, _ = fooled(target, name, attack_options(name, settings, k), active, eps, key)
+  stronger, _ = fooled(target, name,
+                       attack_options(name, settings, k, iters_factor=2, extra_restarts=1),
                        active, eps, jax.random.fold_in(key, 2))
   before = intervals.describe(int((active & ~base).sum()), count)
   after = intervals.describe(int((active & ~stronger).sum()), count)
@@ -138,8 +139,8 @@ def check_more_iterations(target: robust_table.Target, settings: robust_table.At
           "drop": drop, "tolerance": half_width(before)}
 
 
-def masking_checks(target: robust_table.Target, settings: robust_table.AttackSettings, table: dict,
-                   masks: robust_table.Masks) -> dict:
+def masking_checks(target: Target, settings: AttackSettings, table: dict,
+                   masks: Masks) -> dict:
   """All four checks (module docstring) and the list of flagged ones."""
   checks = {"monotone": check_monotone(table, settings),
             "large_eps": check_large_eps(target, settings, masks),
@@ -163,14 +164,14 @@ def check_summary(name: str, c: dict) -> str:
                      f"{v['accuracy'][0]:.4f} -> {v['accuracy'][1]:.4f} (tolerance "
                      f"{v['tolerance']:.4f})" for v in c["violations"])
   if name == "large_eps":
-    return (f"{c['attack']} at eps {c['eps']:g} on {c['n']} images: {robust_table.cell(c)} "
+    return (f"{c['attack']} at eps {c['eps']:g} on {c['n']} images: {cell(c)} "
             f"(flag if low > {c['limit']:g})")
   if name == "square_only":
     worst = max(c["per_eps"].items(), key=lambda kv: kv[1]["correct"])
     return (f"images only Square breaks: at most {worst[1]['correct']} of {worst[1]['n']} "
-            f"(eps {worst[0]}, {robust_table.cell(worst[1])}; flag if low > {c['limit']:g})")
+            f"(eps {worst[0]}, {cell(worst[1])}; flag if low > {c['limit']:g})")
   return (f"{c['attack']} at eps {c['eps']:.4f} on {c['before']['n']} images: "
-          f"{robust_table.cell(c['before'])} -> {c['after']['accuracy']:.4f} with {c['budget']} "
+          f"{cell(c['before'])} -> {c['after']['accuracy']:.4f} with {c['budget']} "
           f"(flag if it drops by > {c['tolerance']:.4f})")
 
 

@@ -1,5 +1,6 @@
 """Robust accuracy tables a reviewer can check: per-attack and worst-case accuracy with
-95% Wilson intervals, and AutoAttack run attack by attack on the images still robust. Shared by `robust_eval` (robustness.py) and `kernels`.
+95% Wilson intervals, and AutoAttack run attack by attack on the images still robust.
+Shared by `robust_eval` (robustness.py) and `kernels`.
 
 Accuracy under attack counts an image as robust when it is classified correctly clean
 and the attack fails on it (Croce & Hein, "Reliable evaluation of adversarial robustness
