@@ -1,10 +1,10 @@
 """Training and per-epoch frequency-split evaluation, data-parallel over a mesh.
 
 Read top to bottom: the train state, the loss, the jitted train step, then the
-driver `train_and_evaluate`, split by banner comments as in big_vision's trainer.
+driver `train_and_evaluate`, split by banner comments as in big_vision's trainer. A
+run's checkpoints and records across its starts are `hfc_jax.run.run_files`.
 """
 
-import dataclasses
 import functools
 import time
 from typing import Any
@@ -23,9 +23,9 @@ from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
 from hfc_jax.models.functional import Functional
 from hfc_jax.reporting import plots
-from hfc_jax.run import lock, preemption, resume
+from hfc_jax.run import lock, preemption, resume, run_files
 from hfc_jax.run import progress as progress_lib
-from hfc_jax.workdir import checkpointing, provenance, records
+from hfc_jax.workdir import checkpointing, records
 from hfc_jax.workdir.layout import Workdir
 
 PyTree = Any
@@ -245,12 +245,12 @@ def _train_and_evaluate(config, workdir: Workdir, mesh, watch: preemption.Watch,
   del model
 
   # ----- Resume ------------------------------------------------------------
-  state, run, changed = restore_run(config, workdir, state, dataset, steps_per_epoch,
-                                    allow_changes=allow_changes)
+  state, run, changed = run_files.restore_run(config, workdir, state, dataset,
+                                              steps_per_epoch, allow_changes=allow_changes)
   if run.finished:   # finished, but its newest checkpoint was unreadable
     run.ckpt.close()
     return run.history
-  start_run(run, int(state.step), changed)
+  run_files.start_run(run, int(state.step), changed)
   ckpt, history = run.ckpt, run.history
 
   # ----- Update and evaluation functions -----------------------------------
@@ -279,8 +279,7 @@ def _train_and_evaluate(config, workdir: Workdir, mesh, watch: preemption.Watch,
 
 
 # ---------------------------------------------------------------------------
-# One run's files: resume, checkpoints and epoch records (also for the runs of a
-# run-parallel group, `hfc_jax.run.group`)
+# What each epoch scores
 # ---------------------------------------------------------------------------
 def eval_sets(config, dataset) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """{'test': (x, y), 'train_eval': (x, y)}: the images each epoch scores, the subsets
@@ -290,84 +289,6 @@ def eval_sets(config, dataset) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                                   config.seed),
           "train_eval": data_lib.subset(dataset.x_train, dataset.y_train,
                                         ec.train_subset, config.seed)}
-
-
-@dataclasses.dataclass
-class RunFiles:
-  """One training run's checkpoints and records: what `restore_run` found, then what
-  the train loop adds (`save`, `end_epoch`)."""
-  config: ml_collections.ConfigDict
-  workdir: Workdir
-  ckpt: checkpointing.Checkpointer
-  history: list[dict]                    # finished epochs' records (metrics.jsonl)
-  progress: progress_lib.EpochProgress   # the running sums of the epoch in progress
-  data_meta: dict                        # num_classes, channels, image_size
-  recorder: records.Recorder | None = None   # set by `start_run`
-
-  @property
-  def finished(self) -> bool:
-    return len(self.history) >= self.config.train.epochs
-
-  def save(self, state: TrainState, progress: progress_lib.EpochProgress,
-           on_commit=None) -> None:
-    """Starts saving `state` (one run's, replicated) with the history so far and the
-    partly trained epoch's `progress`."""
-    meta = {"config": self.config.to_dict(), "history": self.history, **self.data_meta,
-            "epoch_progress": dataclasses.asdict(progress)}
-    self.ckpt.save(int(state.step), state, meta, on_commit=on_commit)
-
-  def end_epoch(self, state: TrainState, score, steps_per_epoch: int) -> None:
-    """Scores `state` at an epoch's end (`score(state) -> record`), appends the epoch's
-    record, and saves; metrics.jsonl is rewritten once that checkpoint commits."""
-    t0, progress = time.perf_counter(), self.progress
-    record = {"epoch": len(self.history) + 1, "step": int(state.step),
-              **progress.means(steps_per_epoch), "train_time_s": progress.train_time_s,
-              **score(state)}
-    record["epoch_time_s"] = progress.train_time_s + time.perf_counter() - t0
-    self.history.append({k: records.json_scalar(v) for k, v in record.items()})
-    self.progress = progress_lib.EpochProgress()
-    self.save(state, self.progress, on_commit=functools.partial(
-        self.recorder.write_history, list(self.history)))
-    self.recorder.log_epoch(self.history[-1], self.config.train.epochs)
-
-  def close(self) -> None:
-    try:
-      self.ckpt.close()
-    finally:
-      if self.recorder is not None:
-        self.recorder.close()
-
-
-def restore_run(config, workdir: Workdir, state: TrainState, dataset, steps_per_epoch: int,
-                *, allow_changes: bool, max_step: int | None = None
-                ) -> tuple[TrainState, RunFiles, dict]:
-  """(state, run files, config changes) of `workdir`: restored from its newest readable
-  checkpoint at or before `max_step` (`resume.restore_latest`), else the fresh `state`.
-  Writes nothing but the setting-aside of unreadable checkpoints."""
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
-  state, history, progress, changed = resume.restore_latest(
-      ckpt, state, config, workdir, steps_per_epoch, allow_changes=allow_changes,
-      max_step=max_step)
-  meta = {"num_classes": dataset.num_classes, "channels": dataset.channels,
-          "image_size": dataset.image_size}
-  return state, RunFiles(config, workdir, ckpt, history, progress, meta), changed
-
-
-def start_run(run: RunFiles, step: int, changed: dict) -> None:
-  """Records a (re)start at `step` (process 0: config changes, provenance, config.json)
-  and opens its recorder, which rewrites metrics.jsonl to the restored history."""
-  config, workdir = run.config, run.workdir
-  if "train.epochs" in changed and config.optim.schedule != "constant":
-    logging.warning("train.epochs changed %s -> %s: the %s learning-rate schedule now "
-                    "spans the new length, so the run differs from one started with it",
-                    *changed["train.epochs"], config.optim.schedule)
-  if jax.process_index() == 0:
-    resume.record(workdir, step, changed)
-    provenance.record_start(workdir, step)
-    workdir.write_config(config.to_dict())
-  run.recorder = records.Recorder(workdir, tensorboard=config.tensorboard,
-                                  history=run.history)
-  run.recorder.write_history(run.history)
 
 
 def make_scorer(config, functional: Functional, mesh, eval_sets: dict, adversary):

@@ -6,10 +6,10 @@ they differ only in the seed and scalar settings) together, and leaves each work
 metrics.jsonl, TensorBoard files, curves.png and Orbax checkpoints, each checkpoint
 written from the run's slice of the stacked state in the lone run's format (replicated
 on the lone run's 1-D mesh), so resume, every `--config.mode` study and the report
-treat the runs as runs trained alone. It reuses the lone run's pieces: `train.RunFiles`
-(checkpoint meta, epoch records), `train.make_scorer` (each run scored on its own
-evaluation subsets) and `progress.StepMetrics` (each run's log lines and divergence
-checks).
+treat the runs as runs trained alone. It reuses the lone run's pieces:
+`run_files.RunFiles` (checkpoint meta, epoch records), `train.make_scorer` (each run
+scored on its own evaluation subsets) and `progress.StepMetrics` (each run's log lines
+and divergence checks).
 
 - Resume: every run resumes at the newest step all of them hold; checkpoints that only
   some runs had written (a group killed between two runs' commits) are deleted and those
@@ -32,7 +32,7 @@ from hfc_jax import adversarial, errors, optimizers, sharding, stacked, train
 from hfc_jax import validation
 from hfc_jax import data as data_lib
 from hfc_jax.data import pipeline
-from hfc_jax.run import group_memory, lock, preemption, resume
+from hfc_jax.run import group_memory, lock, preemption, resume, run_files
 from hfc_jax.run import progress as progress_lib
 from hfc_jax.workdir import checkpointing
 from hfc_jax.workdir.layout import Workdir
@@ -112,8 +112,8 @@ def _restore_common(configs, workdirs, states, dataset, steps_per_epoch, allow_c
 
   target = min(latest(w) for w in workdirs)
   while True:
-    opened = [train.restore_run(c, w, s, dataset, steps_per_epoch,
-                                allow_changes=allow_changes, max_step=target)
+    opened = [run_files.restore_run(c, w, s, dataset, steps_per_epoch,
+                                    allow_changes=allow_changes, max_step=target)
               for c, w, s in zip(configs, workdirs, states)]
     steps = [int(state.step) for state, _, _ in opened]
     if len(set(steps)) == 1:
@@ -167,7 +167,7 @@ def _train_group(configs, workdirs, run_devices: int, watch: preemption.Watch,
                            allow_changes)
   runs = [run for _, run, _ in opened]
   for state, run, changed in opened:
-    train.start_run(run, int(state.step), changed)
+    run_files.start_run(run, int(state.step), changed)
   group_state = stacked.stack([state for state, _, _ in opened], mesh)
   del states, opened
 
@@ -248,7 +248,7 @@ class GroupMetrics(progress_lib.StepMetrics):
         self.fail(i, e)
 
 
-def _train_epoch(state, step_fn, dataset, mesh, configs, runs: list[train.RunFiles],
+def _train_epoch(state, step_fn, dataset, mesh, configs, runs: list[run_files.RunFiles],
                  epoch: int, steps_per_epoch: int, *, watch: preemption.Watch, heartbeat,
                  save_all, loss_watches, failed: dict, fail):
   """The group's `train._train_epoch`: the remaining steps of epoch `epoch` for every
