@@ -53,6 +53,14 @@ def main_command(workdir, *extra, config="configs/default.py", tiny=True) -> lis
           f"--workdir={workdir}", *(TINY_FLAGS if tiny else ()), *extra]
 
 
+def xla_flags_env(devices: int) -> dict:
+  """os.environ with `devices` simulated CPU devices and the session's other XLA flags."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(
+      [*flags, f"--xla_force_host_platform_device_count={devices}"]))
+
+
 def run_main(workdir, *extra, timeout=300, env=None, cwd=ROOT, **kwargs):
   """Runs main to its end; returns the CompletedProcess (text stdout/stderr)."""
   return subprocess.run(main_command(workdir, *extra, **kwargs), cwd=cwd,

@@ -4,7 +4,6 @@ import functools
 import importlib
 import inspect
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from hfc_jax.data import pipeline
 from hfc_jax.models import layers, preact_resnet
 from hfc_jax.models.functional import Functional
 from hfc_jax.run import sweep
-from tests.conftest import config_from_flags
+from tests.conftest import config_from_flags, xla_flags_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL_NAMES = ("small_cnn", "plain_cnn", "resnet18", "preact_resnet32")
@@ -252,11 +251,7 @@ _MAIN_FLAGS = ("--config.data.num_train=256", "--config.data.num_test=300",
 
 
 def _main(workdir, devices, *extra):
-  # The session's other XLA flags, if any, with this device count.
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(
-      [*flags, f"--xla_force_host_platform_device_count={devices}"]))
+  env = xla_flags_env(devices)
   cmd = [sys.executable, "-m", "hfc_jax.main", "--config=configs/default.py",
          f"--workdir={workdir}", *_MAIN_FLAGS, *extra]
   result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,

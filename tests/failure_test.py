@@ -364,7 +364,7 @@ def test_a_workdir_file_that_cannot_be_written_stops_the_run_in_one_line(tmp_pat
 @pytest.mark.slow
 def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
   proc = subprocess.Popen(main_command(tmp_path / "run", "--config.train.log_every_steps=1",
-                                       "--config.train.epochs=3"),
+                                       "--config.train.epochs=2"),
                           cwd=ROOT, stderr=subprocess.PIPE, text=True)
   lines = []
   for line in proc.stderr:
@@ -380,7 +380,7 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path):
   assert len(lines) == 1 and lines[0].startswith("hfc_jax: stopped by Ctrl-C at step "), lines
   step = int(lines[0].split("at step ")[1].split(";")[0])
   assert str(step) in os.listdir(tmp_path / "run" / "checkpoints")
-  result = run_main(tmp_path / "run", "--config.train.epochs=3")     # resumes there
+  result = run_main(tmp_path / "run", "--config.train.epochs=2")     # resumes there
   assert result.returncode == 0 and f"resumed at step {step}" in result.stderr
 
 

@@ -19,7 +19,8 @@ from hfc_jax import defaults, errors, main
 from hfc_jax.analysis import common
 from hfc_jax import data as data_lib
 from hfc_jax.workdir.layout import Workdir
-from tests.conftest import ROOT, config_from_flags, main_command, numpy_split, run_main
+from tests.conftest import (ROOT, config_from_flags, main_command, numpy_split, run_main,
+                            xla_flags_env)
 
 def tensorboard_scalars(logdir) -> dict[tuple[str, int], float]:
   """{(tag, step): value} of the scalar summaries in the event files under `logdir`,
@@ -155,7 +156,7 @@ def test_two_processes_match_one_process(tmp_path):
   the same model as one process with 8 devices. Compared after 2 steps, where the two
   must agree: the all-reduces sum in another order, and over more steps training
   amplifies those last-digit differences (chaos, not a bug) past any fixed tolerance."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = xla_flags_env(4)
   # SGD: Adam would turn the float-noise gradients of the biases in front of the
   # batch-statistic norm into full-size steps, hiding real differences.
   # The clean evaluation alone: each of the three compiles its own (the processes' is

@@ -21,7 +21,7 @@ from hfc_jax import main
 from hfc_jax.analysis import common
 from hfc_jax.run import preemption
 from hfc_jax.workdir.layout import Workdir
-from tests.conftest import ROOT, config_from_flags, main_command, run_main
+from tests.conftest import ROOT, config_from_flags, main_command, run_main, xla_flags_env
 
 pytestmark = pytest.mark.slow
 
@@ -135,7 +135,7 @@ def test_sigterm_then_sigkill_at_three_random_steps_resume_bit_for_bit(tmp_path,
 def test_two_distributed_processes_stop_at_the_same_step(tmp_path):
   """SIGTERM to one process of two joined by jax.distributed: JAX's preemption sync
   point makes both save the same step and exit 143."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = xla_flags_env(4)
   port = 21000 + os.getpid() % 20000
   workdir = tmp_path / "multi"
   # SGD at 0.05: the train step main_test's two processes compile (one cache entry).
