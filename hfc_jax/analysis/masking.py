@@ -81,10 +81,9 @@ def check_large_eps(target: Target, settings: AttackSettings, masks: Masks) -> d
   key = jax.random.fold_in(attack_key(settings.seed, name, settings.masking_eps), 1)
   hit, _ = fooled(target, name, attack_options(name, settings, masks.num_classes), active,
                   settings.masking_eps, key)
-  robust = int((active & ~hit).sum())
-  cell = intervals.describe(robust, count)
-  return {"status": _status(cell["low"] > LARGE_EPS_LIMIT), "attack": name,
-          "eps": settings.masking_eps, "limit": LARGE_EPS_LIMIT, **cell}
+  robust = intervals.describe(int((active & ~hit).sum()), count)
+  return {"status": _status(robust["low"] > LARGE_EPS_LIMIT), "attack": name,
+          "eps": settings.masking_eps, "limit": LARGE_EPS_LIMIT, **robust}
 
 
 def check_square_only(settings: AttackSettings, masks: Masks) -> dict:
@@ -103,9 +102,8 @@ def check_square_only(settings: AttackSettings, masks: Masks) -> dict:
     white = [masks.fooled[(a, eps)] for a in settings.attacks if a in WHITE_BOX]
     white += [m for a, m in parts.items() if a != "square"]
     only = square & ~np.any(white, axis=0) if white else square
-    cell = intervals.describe(int(only.sum()), n)
-    per_eps[eps_key(eps)] = cell
-    flag |= cell["low"] > SQUARE_ONLY_LIMIT
+    share = per_eps[eps_key(eps)] = intervals.describe(int(only.sum()), n)
+    flag |= share["low"] > SQUARE_ONLY_LIMIT
   return {"status": _status(flag), "limit": SQUARE_ONLY_LIMIT, "per_eps": per_eps}
 
 

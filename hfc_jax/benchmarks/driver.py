@@ -80,7 +80,7 @@ flags.DEFINE_integer("repeats", None, "Timed repeats; median and min/max over th
                      "(default 3; 2 with --tiny).")
 flags.DEFINE_string("json", None, "Write every number to this JSON file.")
 flags.DEFINE_bool("tiny", False, "Shrink everything for a smoke run: batch 16, 2 steps, "
-                  "PGD on the full mesh only.")
+                  "PGD and groups on the full mesh only.")
 flags.DEFINE_string("tfds_data_dir", None, "Where tfds CIFAR-10 may be prepared (input section).")
 flags.DEFINE_integer("autoattack_images", None, "Test images of the whole AutoAttack "
                      "(autoattack section; default 1000, 16 with --tiny).")
