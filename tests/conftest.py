@@ -160,7 +160,7 @@ def random_batch(n=32, seed=0):
 def numpy_weights(make_model, seed=0):
   """The nnx model `make_model()` makes, its weights drawn by NumPy from `seed`:
   He-normal kernels, zero biases and means, unit scales and variances. `models.create`
-  draws them with jax.random, which compiles one program per kernel shape (about 5 CPU-s
+  draws them with jax.random, which compiles one program per kernel shape (about 2.5 CPU-s
   for small_cnn); for tests whose property holds for any weights."""
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top

@@ -114,7 +114,7 @@ def test_shapes_and_param_counts(name, norm):
 
 
 # Widths unlike the defaults in every entry. Each distinct kernel shape costs a compile of
-# its initialiser (about 1 CPU-s), so most of these kernels have shapes that the models of
+# its initialiser (about 0.3 CPU-s), so most of these kernels have shapes that the models of
 # test_shapes_and_param_counts already initialised (preact_resnet32's widths may only grow:
 # its option-A shortcut pads channels).
 @pytest.mark.parametrize("name,widths", [("small_cnn", (32, 16, 32, 32)),

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hfc_jax.models import input_conv, layers, pooling
+from hfc_jax.models import initializers, input_conv, layers, pooling
 from hfc_jax.models.small_cnn import ConvNormRelu
 
 WIDTHS = (32, 32, 64, 128)  # conv1, conv2, conv3, hidden dense units
@@ -55,7 +55,7 @@ class PlainCNN(nnx.Module):
     self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
     self.standardize = layers.Standardize(input_mean, input_std)
     self.first_conv = nnx.Conv(in_channels, c1, (3, 3), padding="SAME", dtype=dtype,
-                               kernel_init=nnx.initializers.he_normal(),
+                               kernel_init=initializers.he_normal(),
                                conv_general_dilated=input_conv.conv_general_dilated, rngs=rngs)
     self.first_norm = layers.make_norm(norm, c1, dtype=dtype, rngs=rngs)
     self.conv2 = ConvNormRelu(c1, c2, norm=norm, dtype=dtype, rngs=rngs)
@@ -63,7 +63,7 @@ class PlainCNN(nnx.Module):
     height, width = feature_size(image_size, 3 if early_pool else 2)
     features = c3 if global_pool else height * width * c3
     self.hidden = nnx.Linear(features, hidden, dtype=dtype,
-                             kernel_init=nnx.initializers.he_normal(), rngs=rngs)
+                             kernel_init=initializers.he_normal(), rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
     self.head = nnx.Linear(hidden, num_classes, dtype=dtype, rngs=rngs)
 

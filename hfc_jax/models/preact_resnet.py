@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hfc_jax.models import input_conv, layers
+from hfc_jax.models import initializers, input_conv, layers
 
 WIDTHS = (16, 32, 64)
 BLOCKS_PER_STAGE = 5  # n = 5 gives 6n + 2 = 32 layers
-_XAVIER = nnx.initializers.glorot_uniform()
+_XAVIER = initializers.glorot_uniform()
 
 
 def conv3x3(in_features: int, out_features: int, stride: int, *, dtype: Any,

@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hfc_jax.models import input_conv, layers
+from hfc_jax.models import initializers, input_conv, layers
 
 WIDTHS = (64, 128, 256, 512)
 STAGE_BLOCKS = (2, 2, 2, 2)
-_KERNEL_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+_KERNEL_INIT = initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def conv(in_features: int, out_features: int, kernel: int, stride: int, *, dtype: Any,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hfc_jax.models import input_conv, layers, pooling
+from hfc_jax.models import initializers, input_conv, layers, pooling
 
 WIDTHS = (16, 32, 64, 64)  # one entry per conv; a 2x2 max pool follows every conv
 
@@ -26,7 +26,7 @@ class ConvNormRelu(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, norm: str, dtype: Any,
                rngs: nnx.Rngs):
     self.conv = nnx.Conv(in_features, out_features, (3, 3), padding="SAME", dtype=dtype,
-                         kernel_init=nnx.initializers.he_normal(), rngs=rngs)
+                         kernel_init=initializers.he_normal(), rngs=rngs)
     self.norm = layers.make_norm(norm, out_features, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jnp.ndarray, *, train: bool, mask: jnp.ndarray | None = None
@@ -46,7 +46,7 @@ class SmallCNN(nnx.Module):
     self.input_filter = layers.FrequencyFilter(input_filter, filter_radius)
     self.standardize = layers.Standardize(input_mean, input_std)
     self.first_conv = nnx.Conv(in_channels, widths[0], (3, 3), padding="SAME", dtype=dtype,
-                               kernel_init=nnx.initializers.he_normal(),
+                               kernel_init=initializers.he_normal(),
                                conv_general_dilated=input_conv.conv_general_dilated, rngs=rngs)
     self.first_norm = layers.make_norm(norm, widths[0], dtype=dtype, rngs=rngs)
     self.blocks = nnx.List([
