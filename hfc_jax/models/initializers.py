@@ -10,9 +10,9 @@ field). Only how the random numbers are drawn differs: as the 2-D array
 Why: JAX's partitionable threefry (its default) gives element i of a draw of any shape
 from counter i, so a draw of shape (3, 3, 16, 32) holds the numbers of a draw of shape
 (144, 32) in the same order. Each kernel shape is a program of its own, and XLA:CPU
-compiles the 4-D draw in about 0.5 s but the 2-D one in about 0.15 s (jax 0.10, measured
-on this project's CI machine): small_cnn built in one process cost about 5 CPU-s of such
-compiles, most of the start-up of a short run or an analysis on a CPU.
+compiles the 4-D draw in about 0.5 s (0.8 s for a first conv's (3, 3, 3, C)) but the
+2-D one in about 0.15-0.25 s (jaxlib 0.10.2, 2 cores): building small_cnn in a new process
+takes 2.5 s instead of 3.9 (docs/performance.md).
 """
 
 import math
