@@ -1,4 +1,4 @@
-"""hfc_jax.models.initializers: JAX's variance scaling, bit for bit, drawn in 2-D."""
+"""hfc_jax.models.initializers: JAX's variance scaling, bit for bit, drawn in 2-D or 3-D."""
 
 import jax
 import numpy as np
@@ -27,10 +27,13 @@ def test_the_same_numbers_as_jax(name, shape):
   assert np.unique(a).size == a.size          # really drawn, not a constant
 
 
-def test_fans_and_variances_by_hand():
-  # A 3x3 conv from 16 to 32 channels: fan_in 3*3*16 = 144, fan_out 3*3*32 = 288.
-  assert initializers.fans((3, 3, 16, 32)) == (144, 288)
-  assert initializers.fans((64, 10)) == (64, 10)
+def test_drawn_shapes_and_variances_by_hand():
+  # A 3x3 conv from 16 to 32 channels: fan_in 3*3*16 = 144, fan_out 3*3*32 = 288. He
+  # normal reads fan_in alone, kept by (144, 32); the others keep both in (9, 16, 32).
+  assert initializers.drawn_shape((3, 3, 16, 32), "fan_in") == (144, 32)
+  assert initializers.drawn_shape((3, 3, 16, 32), "fan_out") == (9, 16, 32)
+  assert initializers.drawn_shape((3, 3, 16, 32), "fan_avg") == (9, 16, 32)
+  assert initializers.drawn_shape((64, 10), "fan_avg") == (64, 10)
   # Over the 4,608 numbers the sample variance is within 7% of scale / fan (about three
   # standard errors, sqrt(2 / 4608) = 2.1%) and the mean within 0.05 standard deviations.
   key = jax.random.key(0)
@@ -46,5 +49,5 @@ def test_bad_arguments_raise():
     initializers.variance_scaling(1.0, "fan_sum", "normal")
   with pytest.raises(ValueError, match="distribution"):
     initializers.variance_scaling(1.0, "fan_in", "cauchy")
-  with pytest.raises(ValueError, match="at least 2 axes"):
+  with pytest.raises(ValueError, match="1-dimensional weights tensor"):   # JAX's own check
     initializers.he_normal()(jax.random.key(0), (7,))

@@ -28,13 +28,6 @@ MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
 DISTRIBUTIONS = ("truncated_normal", "normal", "uniform")
 
 
-def fans(shape: tuple[int, ...]) -> tuple[float, float]:
-  """(fan_in, fan_out) of a kernel: inputs on axis -2, outputs on axis -1, the product of
-  the other axes (a conv's window) multiplying both, as JAX computes them."""
-  receptive_field = math.prod(shape) / shape[-2] / shape[-1]
-  return shape[-2] * receptive_field, shape[-1] * receptive_field
-
-
 def drawn_shape(shape: tuple[int, ...], mode: str) -> tuple[int, ...]:
   """The lower-rank shape a kernel of `shape` is drawn as, with the fans `mode` reads:
   (fan_in, outputs) for 'fan_in'; (window, inputs, outputs) otherwise; `shape` itself
@@ -56,9 +49,7 @@ def variance_scaling(scale: float, mode: str, distribution: str):
   jax_init = jax.nn.initializers.variance_scaling(scale, mode, distribution)
 
   def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2:
-      raise ValueError(f"variance_scaling: a kernel has at least 2 axes; got shape {shape}")
+    shape = tuple(int(s) for s in shape)   # JAX refuses a kernel of fewer than 2 axes
     return jax_init(key, drawn_shape(shape, mode), dtype).reshape(shape)
 
   return init
