@@ -28,7 +28,7 @@ from tests.conftest import config_from_flags, xla_flags_env
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL_NAMES = ("small_cnn", "plain_cnn", "resnet18", "preact_resnet32")
 # Every layer and norm of the default models, with few distinct kernel shapes (each costs
-# a compile of its initialiser): small_cnn's are those of the default config's model
+# compiles): small_cnn's are those of the default config's model
 # (trained below), plain_cnn's convs and head reuse them, resnet18 and preact_resnet32
 # are narrow (input_conv_test builds the same widths).
 WIDTHS = {"small_cnn": (16, 32, 64, 64), "plain_cnn": (16, 32, 64, 64),

@@ -1,4 +1,7 @@
-"""hfc_jax.models.initializers: JAX's variance scaling, bit for bit, drawn in 2-D or 3-D."""
+"""hfc_jax.models.initializers: JAX's variance scaling, bit for bit, cut from shared draws."""
+
+import logging
+import re
 
 import jax
 import numpy as np
@@ -6,7 +9,8 @@ import pytest
 
 from hfc_jax.models import initializers
 
-# (ours, JAX's) for every initialiser the models use, and LeCun normal (nnx's default).
+# (ours, JAX's) for every initialiser the models use (LeCun normal: the heads', nnx's
+# default).
 PAIRS = {
     "he_normal": (initializers.he_normal(), jax.nn.initializers.he_normal()),
     "glorot_uniform": (initializers.glorot_uniform(), jax.nn.initializers.glorot_uniform()),
@@ -16,24 +20,33 @@ PAIRS = {
 }
 
 
+# Kernels below, at (256 * 256) and above (3 * 3 * 64 * 128) the smallest draw, 2**16.
 @pytest.mark.parametrize("name", sorted(PAIRS))
-@pytest.mark.parametrize("shape", [(3, 3, 3, 16), (2, 5, 4), (64, 10)])
+@pytest.mark.parametrize("shape", [(3, 3, 3, 16), (2, 5, 4), (64, 10), (1, 1, 256, 256),
+                                   (3, 3, 64, 128)])
 def test_the_same_numbers_as_jax(name, shape):
   ours, theirs = PAIRS[name]
   key = jax.random.key(3)
   a, b = np.asarray(ours(key, shape)), np.asarray(theirs(key, shape))
   assert a.shape == shape and a.dtype == np.float32
   np.testing.assert_array_equal(a, b)
-  assert np.unique(a).size == a.size          # really drawn, not a constant
+  assert np.unique(a).size > 0.9 * a.size      # really drawn, not a constant
 
 
-def test_drawn_shapes_and_variances_by_hand():
-  # A 3x3 conv from 16 to 32 channels: fan_in 3*3*16 = 144, fan_out 3*3*32 = 288. He
-  # normal reads fan_in alone, kept by (144, 32); the others keep both in (9, 16, 32).
-  assert initializers.drawn_shape((3, 3, 16, 32), "fan_in") == (144, 32)
-  assert initializers.drawn_shape((3, 3, 16, 32), "fan_out") == (9, 16, 32)
-  assert initializers.drawn_shape((3, 3, 16, 32), "fan_avg") == (9, 16, 32)
-  assert initializers.drawn_shape((64, 10), "fan_avg") == (64, 10)
+def test_the_mode_no_model_uses_gives_the_same_numbers_as_jax():
+  ours = initializers.variance_scaling(0.7, "fan_geo_avg", "normal")
+  theirs = jax.nn.initializers.variance_scaling(0.7, "fan_geo_avg", "normal")
+  key = jax.random.key(5)
+  np.testing.assert_array_equal(ours(key, (2, 5, 4)), theirs(key, (2, 5, 4)))
+
+
+def test_draw_sizes_and_fans_by_hand():
+  # At least 2**16 numbers, else the next power of two: 3*3*128*256 = 294,912 -> 2**19.
+  assert [initializers.draw_size(n) for n in (1, 432, 65536, 65537, 294912)] == [
+      65536, 65536, 65536, 131072, 524288]
+  # A 3x3 conv from 16 to 32 channels: fan_in 3*3*16 = 144, fan_out 3*3*32 = 288.
+  assert initializers.fans((3, 3, 16, 32)) == (144, 288)
+  assert initializers.fans((64, 10)) == (64, 10)
   # Over the 4,608 numbers the sample variance is within 7% of scale / fan (about three
   # standard errors, sqrt(2 / 4608) = 2.1%) and the mean within 0.05 standard deviations.
   key = jax.random.key(0)
@@ -44,10 +57,24 @@ def test_drawn_shapes_and_variances_by_hand():
     assert abs(x.var() / variance - 1) < 0.07 and abs(x.mean()) < 0.05 * x.std()
 
 
+def test_kernels_of_one_draw_size_share_one_compiled_draw(caplog):
+  # Three shapes under 2**16 numbers, in float16 (a dtype no other test draws, so the
+  # draw is new to this process): the truncated-normal draw is compiled once, not three
+  # times; each kernel still gets its own numbers from its own key.
+  init = initializers.variance_scaling(1.3, "fan_avg", "truncated_normal")
+  with jax.log_compiles(), caplog.at_level(logging.WARNING, logger="jax"):
+    kernels = [np.asarray(init(jax.random.key(s), shape, np.float16))
+               for s, shape in enumerate([(3, 3, 5, 7), (11, 13), (2, 2, 9, 9)])]
+  draws = [r for r in caplog.records
+           if re.search(r"Finished XLA compilation of jit\(_truncated_normal\)", r.getMessage())]
+  assert len(draws) == 1, [r.getMessage() for r in draws]
+  assert len({float(k.ravel()[0]) for k in kernels}) == 3
+
+
 def test_bad_arguments_raise():
   with pytest.raises(ValueError, match="mode must be one of"):
     initializers.variance_scaling(1.0, "fan_sum", "normal")
   with pytest.raises(ValueError, match="distribution"):
     initializers.variance_scaling(1.0, "fan_in", "cauchy")
-  with pytest.raises(ValueError, match="1-dimensional weights tensor"):   # JAX's own check
+  with pytest.raises(ValueError, match=r"at least 2 axes .* got shape \(7,\)"):
     initializers.he_normal()(jax.random.key(0), (7,))

@@ -140,7 +140,7 @@ def _equations(jaxpr):
 
 def _make_model(name):
   """Narrow models (eval_padding_test builds the same widths): few distinct kernel shapes,
-  each of which costs a compile of its initialiser."""
+  each of which costs compiles."""
   rngs = nnx.Rngs(0)
   if name == "small_cnn":
     return small_cnn.SmallCNN(num_classes=10, in_channels=3, norm="paper_bn",

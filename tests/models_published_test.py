@@ -54,7 +54,7 @@ def test_full_size_parameter_counts_are_the_published_ones(name, kwargs, classes
 
 
 # The widths give most kernels the shapes of WRN-10-1's or WRN-10-2's (each distinct
-# shape costs a compile of its initialiser, about 0.3 CPU-s).
+# shape costs compiles).
 @pytest.mark.parametrize("name,kwargs,kernel,norm", [
     ("wide_resnet", {"depth": 10, "width_factor": 1}, (3, 3, 1, 16), "batchnorm"),
     ("wide_resnet", {"depth": 10, "width_factor": 2}, (3, 3, 1, 16), "paper_bn"),
@@ -118,8 +118,8 @@ def test_standardisation_inside_equals_standardised_input(name):
   """A model with input_mean / input_std maps x to what the same parameters give
   (x - mean) / std without them; and it adds no variables."""
   # Small versions, cheap to initialise: the published ones have every kernel shape but
-  # the first conv's in test_small_versions_run_on_any_image_size (each new shape costs a
-  # compile of its initialiser), and at 28x28 the same activation shapes past it.
+  # the first conv's in test_small_versions_run_on_any_image_size (each new shape costs
+  # compiles), and at 28x28 the same activation shapes past it.
   kw = {"num_classes": 7, "in_channels": 3, "norm": "batchnorm",
         **{"small_cnn": {"widths": (8, 8, 8, 8)},
            "wide_resnet": {"depth": 10, "width_factor": 1},

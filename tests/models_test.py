@@ -95,7 +95,7 @@ def test_formulas_match_known_counts():
 @pytest.mark.parametrize("name", sorted(PARAM_FORMULAS))
 def test_shapes_and_param_counts(name, norm):
   # The layers models.create builds, with NumPy-drawn weights (its jax.random initialiser
-  # compiles a program per kernel shape; every training test runs it).
+  # compiles programs of its own; every training test runs it).
   for shape, classes in (((2, 32, 32, 3), 10), ((2, 28, 28, 1), 7)):
     model = numpy_weights(lambda: models.create(name, num_classes=classes,
                                                 in_channels=shape[-1], norm=norm,
@@ -113,10 +113,10 @@ def test_shapes_and_param_counts(name, norm):
     assert params["first_conv"]["kernel"].shape == kernel.shape
 
 
-# Widths unlike the defaults in every entry. Each distinct kernel shape costs a compile of
-# its initialiser (about 0.3 CPU-s), so most of these kernels have shapes that the models of
-# test_shapes_and_param_counts already initialised (preact_resnet32's widths may only grow:
-# its option-A shortcut pads channels).
+# Widths unlike the defaults in every entry. Each distinct kernel shape costs a compile
+# (of its forward pass, and a small one cutting its initial weights), so most of these
+# kernels have shapes that the models of test_shapes_and_param_counts already built
+# (preact_resnet32's widths may only grow: its option-A shortcut pads channels).
 @pytest.mark.parametrize("name,widths", [("small_cnn", (32, 16, 32, 32)),
                                          ("plain_cnn", (16, 16, 32, 64)),
                                          ("preact_resnet32", (8, 16, 32))])

@@ -65,7 +65,8 @@ class PlainCNN(nnx.Module):
     self.hidden = nnx.Linear(features, hidden, dtype=dtype,
                              kernel_init=initializers.he_normal(), rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(hidden, num_classes, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(hidden, num_classes, dtype=dtype,
+                           kernel_init=initializers.lecun_normal(), rngs=rngs)
 
   def __call__(self, x: jnp.ndarray, *, train: bool, rngs: nnx.Rngs | None = None,
                mask: jnp.ndarray | None = None) -> jnp.ndarray:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hfc_jax.models import layers, resnet
+from hfc_jax.models import initializers, layers, resnet
 
 WIDTHS = (64, 128, 256, 512)
 STAGE_BLOCKS = (2, 2, 2, 2)
@@ -73,7 +73,8 @@ class PreActResNet18(nnx.Module):
         width = out
     self.blocks = nnx.List(blocks)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(width, num_classes, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(width, num_classes, dtype=dtype,
+                           kernel_init=initializers.lecun_normal(), rngs=rngs)
 
   def __call__(self, x: jnp.ndarray, *, train: bool, rngs: nnx.Rngs | None = None,
                mask: jnp.ndarray | None = None) -> jnp.ndarray:

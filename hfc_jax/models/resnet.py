@@ -97,7 +97,8 @@ class ResNet18(nnx.Module):
         width = out
     self.blocks = nnx.List(blocks)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(width, num_classes, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(width, num_classes, dtype=dtype,
+                           kernel_init=initializers.lecun_normal(), rngs=rngs)
 
   def __call__(self, x: jnp.ndarray, *, train: bool, rngs: nnx.Rngs | None = None,
                mask: jnp.ndarray | None = None) -> jnp.ndarray:

@@ -53,7 +53,8 @@ class SmallCNN(nnx.Module):
         ConvNormRelu(c_in, c_out, norm=norm, dtype=dtype, rngs=rngs)
         for c_in, c_out in zip(widths[:-1], widths[1:])])
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(widths[-1], num_classes, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(widths[-1], num_classes, dtype=dtype,
+                           kernel_init=initializers.lecun_normal(), rngs=rngs)
 
   def __call__(self, x: jnp.ndarray, *, train: bool, rngs: nnx.Rngs | None = None,
                mask: jnp.ndarray | None = None) -> jnp.ndarray:

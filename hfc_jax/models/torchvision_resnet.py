@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hfc_jax.models import layers, resnet
+from hfc_jax.models import initializers, layers, resnet
 
 WIDTHS = (64, 128, 256, 512)   # planes per stage; the stem has widths[0] channels
 EXPANSION = {"basic": 1, "bottleneck": 4}   # a block's output channels / planes
@@ -96,7 +96,8 @@ class TorchvisionResNet(nnx.Module):
         width = planes * EXPANSION[block]
     self.blocks = nnx.List(blocks)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(width, num_classes, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(width, num_classes, dtype=dtype,
+                           kernel_init=initializers.lecun_normal(), rngs=rngs)
 
   def __call__(self, x: jnp.ndarray, *, train: bool, rngs: nnx.Rngs | None = None,
                mask: jnp.ndarray | None = None) -> jnp.ndarray:

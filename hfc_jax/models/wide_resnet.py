@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hfc_jax.models import layers, resnet
+from hfc_jax.models import initializers, layers, resnet
 
 WIDTHS = (16, 16, 32, 64)   # stem and stages 1-3 at width factor 1 (stages are times k)
 DEPTH = 28
@@ -91,7 +91,8 @@ class WideResNet(nnx.Module):
     self.blocks = nnx.List(blocks)
     self.final_norm = layers.make_norm(norm, width, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(width, num_classes, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(width, num_classes, dtype=dtype,
+                           kernel_init=initializers.lecun_normal(), rngs=rngs)
 
   def __call__(self, x: jnp.ndarray, *, train: bool, rngs: nnx.Rngs | None = None,
                mask: jnp.ndarray | None = None) -> jnp.ndarray:
