@@ -67,7 +67,7 @@ def test_a_finished_run_started_again_returns_at_once_and_writes_nothing(one_epo
                                                                           caplog):
   before = _snapshot(one_epoch)
   start = time.time()
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):   # whatever verbosity absl was left at
     main.run(config_from_flags("--config.train.epochs=1"), str(one_epoch))
   assert time.time() - start < 10
   assert ("is finished: it holds all 1 epochs (step 8); nothing to do"
@@ -86,12 +86,13 @@ def test_a_finished_run_whose_newest_checkpoint_is_cut_short_says_so_and_retrain
     if path.is_file() and "ocdbt.process_0" in str(path) and path.stat().st_size > 1000:
       with open(path, "r+b") as f:
         f.truncate(100)
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):   # whatever verbosity absl was left at
     main.run(config_from_flags("--config.tensorboard=False"), str(workdir))
   assert "is finished" not in capsys.readouterr().out
   logged = " ".join(r.getMessage() for r in caplog.records)
   assert "the finished run's newest checkpoint" in logged
   assert "/16 cannot be read" in logged and "resumed at step 8" in logged
+  assert "data embedded" in logged   # what the finished run above must not log
   assert os.listdir(workdir / "unreadable_checkpoints") == ["16"]
   assert common.restore(str(workdir)).step == 16     # retrained, readable again
 
@@ -392,7 +393,7 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path, caplog):
   assert str(step) in os.listdir(tmp_path / "run" / "checkpoints")
   # The same run started again resumes there (in process: the command line's resume is
   # tests/resume_test.py's).
-  with caplog.at_level("INFO"):
+  with caplog.at_level("INFO", logger="absl"):   # whatever verbosity absl was left at
     main.run(config_from_flags("--config.train.log_every_steps=1",
                                "--config.train.epochs=2"), str(tmp_path / "run"))
   assert any(r.getMessage().startswith(f"resumed at step {step}:") for r in caplog.records)

@@ -20,9 +20,10 @@ PAIRS = {
 }
 
 
-# Kernels below, at (256 * 256) and above (3 * 3 * 64 * 128) the smallest draw, 2**16.
+# A first conv and a head below, a kernel at (256 * 256) and one above (3 * 3 * 64 * 128)
+# the smallest draw, 2**16 numbers. (Each case compiles JAX's own draw: about 0.7 CPU-s.)
 @pytest.mark.parametrize("name", sorted(PAIRS))
-@pytest.mark.parametrize("shape", [(3, 3, 3, 16), (2, 5, 4), (64, 10), (1, 1, 256, 256),
+@pytest.mark.parametrize("shape", [(3, 3, 3, 16), (64, 10), (1, 1, 256, 256),
                                    (3, 3, 64, 128)])
 def test_the_same_numbers_as_jax(name, shape):
   ours, theirs = PAIRS[name]
@@ -33,7 +34,7 @@ def test_the_same_numbers_as_jax(name, shape):
   assert np.unique(a).size > 0.9 * a.size      # really drawn, not a constant
 
 
-def test_the_mode_no_model_uses_gives_the_same_numbers_as_jax():
+def test_a_3d_kernel_and_the_mode_no_model_uses_give_the_same_numbers_as_jax():
   ours = initializers.variance_scaling(0.7, "fan_geo_avg", "normal")
   theirs = jax.nn.initializers.variance_scaling(0.7, "fan_geo_avg", "normal")
   key = jax.random.key(5)

@@ -120,7 +120,7 @@ def test_train_resume_analyse_and_report_on_a_bucket(tmp_path, bucket_env, caplo
   # The resumed run and the study in this process (the emulator's variables are set
   # here too): what the bucket makes of them is the test, not a second start of JAX.
   capsys.readouterr()
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):   # whatever verbosity absl was left at
     main.run(config_from_flags(*flags), workdir)
   assert any("resumed at step 8" in r.getMessage() for r in caplog.records)
   main.run(config_from_flags("--config.mode=figure2", "--config.figure2.batch_size=128"),
