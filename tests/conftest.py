@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = ("--config.data.num_train=512", "--config.data.num_test=256",
               "--config.train.epochs=2", "--config.train.batch_size=64",
               "--config.train.log_every_steps=4", "--config.eval.batch_size=128",
-              "--config.eval.train_subset=256")
+              "--config.eval.train_subset=128")
 
 
 def main_command(workdir, *extra, config="configs/default.py", tiny=True) -> list[str]:
@@ -78,7 +78,7 @@ def tiny_config(**overrides):
   config.train.batch_size = 64
   config.train.log_every_steps = 4
   config.eval.batch_size = 128
-  config.eval.train_subset = 256
+  config.eval.train_subset = 128
   config.tensorboard = False
   for key, value in overrides.items():
     node = config
