@@ -373,25 +373,26 @@ def test_command_refuses_a_bad_file_with_one_line_and_exit_status_2(tmp_path):
 
 
 # ------------------------------------------------------------- every analysis mode
-# Each mode at its smallest: one batch of 16 images, PGD alone with one step (on the CPU
-# every step is written out, and compile time grows with them). The test is that every
-# mode runs.
+# Each mode at its smallest: one batch of 16 images, one attack (PGD with one step: on
+# the CPU every step is written out, and compile time grows with them), one kernel
+# variant, no low-pass defence. The test is that every mode runs on an imported model.
 MODE_SETTINGS = {
     "robust_eval": {"robust_eval.num_images": 16, "robust_eval.batch_size": 16,
                     "robust_eval.attacks": ("pgd",),
                     "robust_eval.eps": (8 / 255,), "robust_eval.pgd_steps": 1,
                     "robust_eval.masking_images": 0, "robust_eval.min_eps_search_steps": 1,
-                    "robust_eval.min_eps_pgd_steps": 1, "robust_eval.defence_radii": (8,)},
+                    "robust_eval.min_eps_pgd_steps": 1, "robust_eval.defence_radii": ()},
     "figure2": {"figure2.num_images": 16, "figure2.batch_size": 16, "figure2.radii": (8,)},
     "kernels": {"kernels.num_images": 16, "kernels.batch_size": 16, "kernels.rhos": (0.0, 1.0),
                 "kernels.cutoffs": (1.0,), "kernels.eps": (8 / 255,), "kernels.pgd_steps": 1,
-                "kernels.attacks": ("pgd",),
+                "kernels.attacks": ("pgd",), "kernels.variants": ("eq3",),
                 "kernels.masking_images": 0},
     "fourier_heatmap": {"fourier_heatmap.num_images": 16, "fourier_heatmap.batch_size": 16,
                         "fourier_heatmap.max_radius": 2.0},
     "perturbation_spectrum": {"perturbation_spectrum.num_images": 16,
                               "perturbation_spectrum.batch_size": 16,
-                              "perturbation_spectrum.pgd_steps": 1},
+                              "perturbation_spectrum.pgd_steps": 1,
+                              "perturbation_spectrum.attacks": ("fgsm",)},
     "bands": {"bands.num_images": 16, "bands.batch_size": 16,
               "bands.bands": ((0, 4), (4, 23))},
 }
