@@ -15,7 +15,7 @@ to build small_cnn in a new process, and more for the models with a dozen kernel
 Here every kernel is cut from a 1-D draw whose length is `draw_size(kernel size)`, a
 power of two of at least 2**16: one draw program per length serves every kernel, model
 and test of a process (and the persistent compilation cache serves it to the next one).
-Drawing up to twice the numbers costs microseconds to milliseconds.
+Drawing up to twice the numbers costs little (2**22 numbers: about 60 ms on the CPU).
 
 The scaling is JAX's own arithmetic, op for op (`variance_scaling`), applied to the whole
 1-D draw: every op after the draw is elementwise, so the kernel's numbers are those JAX
