@@ -19,8 +19,8 @@ from hfc_jax import defaults, errors, main
 from hfc_jax.analysis import common
 from hfc_jax import data as data_lib
 from hfc_jax.workdir.layout import Workdir
-from tests.conftest import (ROOT, config_from_flags, main_command, numpy_split, run_main,
-                            xla_flags_env)
+from tests.conftest import (ROOT, TINY_RADII, config_from_flags, main_command, numpy_split,
+                            run_main, xla_flags_env)
 
 def tensorboard_scalars(logdir) -> dict[tuple[str, int], float]:
   """{(tag, step): value} of the scalar summaries in the event files under `logdir`,
@@ -55,7 +55,7 @@ def test_main_end_to_end_writes_metrics_and_checkpoints(tmp_path):
               "epoch_time_s", "test/loss", "train_eval/loss", "first_conv_smoothness"}
   for split in ("test", "train_eval"):
     expected |= {f"{split}/clean"} | {f"{split}/{kind}_{r}" for kind in ("lfc", "hfc")
-                                      for r in (4, 8, 12, 16)}
+                                      for r in TINY_RADII}
   assert set(records[-1]) == expected
   for key in expected - {"epoch", "step"}:
     assert np.isfinite(records[-1][key])

@@ -11,7 +11,7 @@ import pytest
 
 from hfc_jax import errors, frequency, main
 from hfc_jax.analysis import common, perturbation_spectrum
-from tests.conftest import assert_refused_in_process, tiny_config
+from tests.conftest import TINY_RADII, assert_refused_in_process, tiny_config
 
 MODE = perturbation_spectrum.MODE
 
@@ -141,11 +141,11 @@ def test_mode_writes_consistent_spectra(workdir):
     assert source["channel_energy"] == pytest.approx(
         np.load(os.path.join(out, f"power_{name}.npy")).sum((0, 1)).tolist(), rel=1e-5)
     outside = np.asarray(frequency.energy_share_outside(power, results["radii"])).tolist()
-    assert list(source["share_outside"]) == ["4", "8", "12", "16"]
+    assert list(source["share_outside"]) == [str(r) for r in TINY_RADII]   # eval.radii
     assert list(source["share_outside"].values()) == pytest.approx(outside, abs=1e-6)
     inside = source["cumulative_share_inside"]
     assert len(inside) == 23 and inside[-1] == 1.0 and np.all(np.diff(inside) >= 0)
-    for r in (4, 8, 12, 16):    # the cumulative curve and the eval.radii shares agree
+    for r in TINY_RADII:    # the cumulative curve and the eval.radii shares agree
       assert 1 - inside[r - 1] == pytest.approx(source["share_outside"][str(r)], abs=1e-6)
     # sum of (mean power per bin) x (positions per bin) is the total energy.
     counts = np.bincount(np.floor(frequency.spectrum_distance(32, 32)).astype(int).ravel())

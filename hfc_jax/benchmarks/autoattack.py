@@ -12,7 +12,8 @@
   * The whole AutoAttack (standard; `--tiny`: 'fast' with tiny budgets) at L-inf 8/255
     on the first `--autoattack_images` embedded test images, through
     `analysis.robust_table` as robust_eval runs it (with batch statistics, the default
-    model's BN: fixed batches of 250, a batch skipped once every image in it is broken).
+    model's BN: fixed batches of 250, or of all the images when fewer, a batch skipped
+    once every image in it is broken).
     The model is freshly initialised, its labels its own predictions (every image starts
     correct; a trained model would be harder to break, so this is a lower bound on
     the time), and the compile time is included.
@@ -73,7 +74,7 @@ def _whole_autoattack(functional, variables, mesh, config, images: int, tiny: bo
   x = dataset.x_test[:images].astype(np.float32) / 255
   logits = jax.jit(functional.logits)(*variables, x)
   y = np.asarray(np.argmax(logits, -1), np.int32)   # every image starts correct
-  target = robust_table.Target(functional.logits, variables, x, y, mesh, 250,
+  target = robust_table.Target(functional.logits, variables, x, y, mesh, min(250, images),
                                layers.depends_on_batch(config.model.norm))
   settings = robust_table.AttackSettings.from_config(
       {}, attacks=("autoattack",), eps=(EPS,), pgd_steps=1, autoattack_version="fast" if tiny else "standard",
