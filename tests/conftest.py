@@ -238,3 +238,18 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "torch" in item.keywords:
       item.add_marker(skip)
+
+
+def pytest_collection_finish(session):
+  """Python's garbage collector, tuned for a test process: JAX tracing allocates many
+  short-lived objects, and at the default thresholds (700, 10, 10) the collector ran
+  about 2,200 times in 70 CPU-s of tests (2.4 s). Collections start after 20,000 net
+  allocations instead, and what the imports and collection made is frozen out of every
+  later collection (`gc.freeze`): 53 collections, 0.6 s, and about 2.5% less CPU for
+  those tests (analysis_test and train_test on one core). Objects are still freed when
+  their last reference goes; only cycles wait longer."""
+  del session
+  import gc  # pylint: disable=g-import-not-at-top
+  gc.collect()
+  gc.freeze()
+  gc.set_threshold(20_000, 20, 100)
