@@ -45,7 +45,9 @@ def _power(images: np.ndarray) -> np.ndarray:
 
 def test_embedded_is_deterministic_with_expected_shapes():
   a = data.load(_config(num_train=300, num_test=60))
+  synthetic._generate.cache_clear()      # made again, not the kept arrays
   b = data.load(_config(num_train=300, num_test=60))
+  assert a.x_train is not b.x_train
   for field in ("x_train", "y_train", "x_test", "y_test"):
     np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
   assert a.x_train.shape == (300, 32, 32, 3) and a.x_train.dtype == np.uint8
@@ -56,6 +58,18 @@ def test_embedded_is_deterministic_with_expected_shapes():
   assert not np.array_equal(a.x_train, other.x_train)
   fewer_test = data.load(_config(num_train=300, num_test=20))
   np.testing.assert_array_equal(a.x_train, fewer_test.x_train)
+
+
+def test_a_repeated_embedded_set_is_the_kept_read_only_one():
+  synthetic._generate.cache_clear()
+  args = dict(seed=0, num_train=40, num_test=20, image_size=16, hf_prob=0.9,
+              hf_amplitude=0.03)
+  a, b = synthetic.generate(**args), synthetic.generate(**args)
+  assert a is not b and all(a[k] is b[k] for k in a)
+  assert synthetic._generate.cache_info().hits == 1
+  with pytest.raises(ValueError, match="read-only"):
+    a["x_train"][0, 0, 0, 0] = 0
+  assert synthetic.generate(**{**args, "seed": 1})["x_train"] is not a["x_train"]
 
 
 def test_embedded_labels_are_balanced_and_texture_agrees_at_hf_prob():
