@@ -48,6 +48,9 @@ class Dataset:
     y_test: (M,) int32.
     num_classes: number of classes.
     name: the data.name it came from.
+
+  The embedded set's images are read-only: the arrays of a set made once in a process
+  are shared by every later load of it (`synthetic.generate`); copy them to change them.
   """
   x_train: np.ndarray
   y_train: np.ndarray
