@@ -77,8 +77,9 @@ def _whole_autoattack(functional, variables, mesh, config, images: int, tiny: bo
   target = robust_table.Target(functional.logits, variables, x, y, mesh, min(250, images),
                                layers.depends_on_batch(config.model.norm))
   settings = robust_table.AttackSettings.from_config(
-      {}, attacks=("autoattack",), eps=(EPS,), pgd_steps=1, autoattack_version="fast" if tiny else "standard",
-      apgd_iters=2 if tiny else 0, square_queries=8 if tiny else 0, masking_images=0)
+      {}, attacks=("autoattack",), eps=(EPS,), pgd_steps=1,
+      autoattack_version="fast" if tiny else "standard", apgd_iters=2 if tiny else 0,
+      square_queries=8 if tiny else 0, masking_images=0)
   t0 = time.perf_counter()
   table, masks, _ = robust_table.attack_table(target, settings)
   total = time.perf_counter() - t0
