@@ -19,6 +19,7 @@ if _worker.startswith("gw") and len(_cores) == int(
   except OSError:   # a sandbox that refuses it: the workers share the cores
     pass
 
+import ast  # noqa: E402
 import atexit  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -87,25 +88,35 @@ def run_main(workdir, *extra, timeout=300, env=None, cwd=ROOT, **kwargs):
 
 
 def tiny_config(**overrides):
-  """The defaults made small (TINY_FLAGS' sizes, no TensorBoard): 8 steps per epoch;
-  `overrides` maps dotted fields to values, {"train.epochs": 1}."""
+  """The defaults with TINY_FLAGS applied and no TensorBoard: 8 steps per epoch;
+  `overrides` maps dotted fields to values, {"train.epochs": 1}. The ConfigDict of
+  `defaults.get_config()` itself, so its field types hold (`config_from_flags` gives
+  the same values)."""
   config = defaults.get_config()
-  config.data.num_train = 512
-  config.data.num_test = 256
-  config.train.epochs = 2
-  config.train.batch_size = 64
-  config.train.log_every_steps = 4
-  config.eval.batch_size = 128
-  config.eval.train_subset = 128
-  config.eval.radii = TINY_RADII
-  config.tensorboard = False
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
+  for key, value in (*_config_flags(TINY_FLAGS), ("tensorboard", False),
+                     *overrides.items()):
+    _set_dotted(config, key, value)
   return config
+
+
+def _config_flags(flags):
+  """Yields (dotted field, value) of each `--config.X=V` flag: V read as a Python
+  literal, else as a string, as main's flags read it."""
+  for flag in flags:
+    key, _, text = flag.removeprefix("--config.").partition("=")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    yield key, value
+
+
+def _set_dotted(tree, key: str, value) -> None:
+  """tree[a][b] = value for key "a.b" (a ConfigDict or a nested dict)."""
+  *path, last = key.split(".")
+  for part in path:
+    tree = tree[part]
+  tree[last] = value
 
 
 def assert_refused(workdir, message: str, *flags, **run_kwargs) -> None:
@@ -123,22 +134,12 @@ def config_from_flags(*flags, config="configs/default.py", tiny=True):
   """The config `main_command(workdir, *flags, config=config, tiny=tiny)` would run:
   the config file's `get_config()` with TINY_FLAGS (when `tiny`) and `--config.X=V`
   `flags` applied (V read as a Python literal, else as a string)."""
-  import ast  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from hfc_jax import main  # pylint: disable=g-import-not-at-top
   tree = main.load_config_source("test_config", os.path.join(ROOT, config)).get_config()
   tree = tree.to_dict()
-  for flag in (*(TINY_FLAGS if tiny else ()), *flags):
-    key, _, text = flag.removeprefix("--config.").partition("=")
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text
-    *path, last = key.split(".")
-    node = tree
-    for part in path:
-      node = node[part]
-    node[last] = value
+  for key, value in _config_flags((*(TINY_FLAGS if tiny else ()), *flags)):
+    _set_dotted(tree, key, value)
   return ml_collections.ConfigDict(tree)
 
 
