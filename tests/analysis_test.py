@@ -14,6 +14,10 @@ from hfc_jax import errors, main, optimizers, sharding, smoothness, train
 from hfc_jax.analysis import common, kernels
 from tests.conftest import assert_refused_in_process, tiny_config
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory, tiny_trained_workdir):

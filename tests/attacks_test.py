@@ -154,6 +154,7 @@ def _attacks_on_random_cnns(norms):
 @pytest.mark.parametrize("norm", [
     "none", pytest.param("batchnorm", marks=pytest.mark.slow),
     pytest.param("paper_bn", marks=pytest.mark.slow)])
+@pytest.mark.compile_bound
 def test_constraints_hold_to_the_last_bit_on_random_cnns(norm):
   # The two slow cases share one program.
   x, results = _attacks_on_random_cnns(("none",) if norm == "none" else
@@ -196,6 +197,7 @@ def _random_start_attacks(w, b, x, y, key, by_name=False):
 _random_starts = jax.jit(_random_start_attacks, static_argnames="by_name")
 
 
+@pytest.mark.compile_bound
 def test_same_key_same_examples_other_key_other_examples():
   x, w, b, y = _linear_problem(64, 10, 0.2, 0.8, seed=3)
   a, again, other = (jax.device_get(_random_starts(w, b, x, y, jax.random.key(k)))

@@ -14,6 +14,10 @@ from scipy import optimize
 from hfc_jax import attacks, errors, sharding
 from hfc_jax.attacks import apgd, fab, losses
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 SHAPE = (4, 4, 1)
 DIM = int(np.prod(SHAPE))
 K = 10

@@ -17,6 +17,10 @@ from hfc_jax.benchmarks import common, driver, torch_reference, train_steps
 from hfc_jax.benchmarks.common import Row
 from hfc_jax.models import input_conv
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 # One path per number the docs and the issue ask for.
 EXPECTED = [
     ("meta", "peak_host_memory_mb"), ("meta", "device_count"), ("meta", "total_s"),

@@ -21,6 +21,7 @@ if _worker.startswith("gw") and len(_cores) == int(
 
 import ast  # noqa: E402
 import atexit  # noqa: E402
+import contextlib  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
@@ -44,6 +45,13 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 # CPU per write at 1,000 entries and grows with them: the threshold above keeps it small.
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2 ** 30))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+# Tests marked `compile_bound` (most of their time is XLA compiling programs they run a few
+# times) compile with JAX's `jax_disable_most_optimizations`, as the flax examples' tests do;
+# the others compile as users' runs do (`unoptimised_compiles` below; what it saves, and why
+# not every test, is measured in docs/performance.md, "The test suite"). Set
+# JAX_DISABLE_MOST_OPTIMIZATIONS (0 or 1) before the session to compile every test that way.
+COMPILE_MODE_FIXED = "JAX_DISABLE_MOST_OPTIMIZATIONS" in os.environ
 
 import logging  # noqa: E402
 import subprocess  # noqa: E402
@@ -155,6 +163,58 @@ def assert_refused_in_process(workdir, message: str, *flags, **config_kwargs) ->
   text = str(raised.value)
   assert message in text and "\n" not in text, text
   assert sorted(os.listdir(workdir)) == before
+
+
+@contextlib.contextmanager
+def unoptimised_compiles():
+  """JAX's `jax_disable_most_optimizations` on for what this process and the processes it
+  starts compile meanwhile (XLA backend optimisation level 0), then off again.
+
+  JAX's in-memory program caches are not keyed by this option, and the two ways round
+  some floats differently in the last bit (e.g. initial weights, attack steps), so a
+  program compiled one way and reused the other would break the tests that compare two
+  programs bit for bit: the caches are emptied at both ends (`jax.clear_caches`; the
+  persistent cache is keyed by the option and keeps both)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if COMPILE_MODE_FIXED:
+    yield
+    return
+  jax.clear_caches()
+  jax.config.update("jax_disable_most_optimizations", True)
+  os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+  try:
+    yield
+  finally:
+    jax.clear_caches()
+    jax.config.update("jax_disable_most_optimizations", False)
+    os.environ.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
+
+
+def _marks_whole_module(module: pytest.Module) -> bool:
+  """Whether `module`'s `pytestmark` includes `compile_bound`."""
+  return any(mark.name == "compile_bound" for mark in module.own_markers)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compile_bound_module(request):
+  """A module marked `compile_bound` as a whole (`pytestmark`) compiles unoptimised from
+  its first module fixture on (autouse fixtures start first in their scope)."""
+  if _marks_whole_module(request.node):
+    with unoptimised_compiles():
+      yield
+  else:
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _compile_bound_test(request):
+  """A test marked `compile_bound` in a module that is not compiles unoptimised."""
+  if (request.node.get_closest_marker("compile_bound")
+      and not _marks_whole_module(request.node.getparent(pytest.Module))):
+    with unoptimised_compiles():
+      yield
+  else:
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,7 @@ def test_masked_paper_bn_norm_equals_numpy_on_the_real_rows():
 
 @pytest.mark.parametrize("name", [n if n == "small_cnn" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in MODEL_NAMES])
+@pytest.mark.compile_bound
 def test_masked_padded_logits_equal_the_unpadded_logits(name):
   functional, params, state = _paper_bn_model(name)
   x = np.random.default_rng(1).uniform(size=(6, 8, 8, 3)).astype(np.float32)
@@ -84,6 +85,7 @@ def test_masked_padded_logits_equal_the_unpadded_logits(name):
 
 
 @pytest.mark.slow
+@pytest.mark.compile_bound
 def test_attack_gradients_through_a_padded_batch_equal_the_unpadded_ones():
   """Padding rows' logits carry no gradient: a loss summed over the padded batch gives
   the real rows the input gradient of the unpadded batch (the attacks' closures)."""
@@ -265,6 +267,7 @@ def _last_record(workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.compile_bound
 def test_default_config_trains_on_16_devices_as_on_one(tmp_path):
   """16 simulated devices, 2 steps of 128 (eval batch 500 over 16: 304 physical rows
   for the 300 test images) give the 1-device scores."""

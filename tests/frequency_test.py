@@ -10,6 +10,10 @@ import pytest
 from hfc_jax import errors, frequency
 from tests.conftest import numpy_split
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 
 RADII = (1, 4, 8.0, 12)   # and size // 2
 

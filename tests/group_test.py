@@ -186,6 +186,7 @@ def test_a_seed_group_trains_each_run_as_alone(mesh_shape, runs):
 
 
 @pytest.mark.slow
+@pytest.mark.compile_bound
 def test_a_learning_rate_group_trains_each_run_as_alone():
   # A warm-up and a cosine decay: the traced rate goes through the whole schedule. On a
   # 2x4 mesh each run, with its own rate, is on its own 4 devices; how a traced setting
@@ -198,6 +199,7 @@ def test_a_learning_rate_group_trains_each_run_as_alone():
 
 
 @pytest.mark.slow
+@pytest.mark.compile_bound
 def test_an_input_radius_and_dropout_rate_group_trains_each_run_as_alone():
   # Table 1's set-up, training on the LFC with one radius per run, and figure 5's
   # dropout run at two rates, in one group (one group program and two lone ones, not
@@ -362,6 +364,7 @@ def _compiled_step_bytes(runs, run_devices, num_devices):
 
 
 @pytest.mark.slow
+@pytest.mark.compile_bound
 def test_the_compiled_step_needs_memory_in_proportion_to_its_runs_per_device():
   two = _compiled_step_bytes(2, 1, 1)
   # Measured (SGD with momentum, 64 images a run): 55.3 MB for 2 small_cnn runs on one

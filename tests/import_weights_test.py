@@ -25,6 +25,10 @@ from hfc_jax.importing import archs, convert, detect, importer
 from hfc_jax.models.functional import Functional
 from tests.conftest import ROOT
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 TOLERANCE = 1e-4   # max |logit difference| to PyTorch, float32
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 

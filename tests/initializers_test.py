@@ -9,6 +9,10 @@ import pytest
 
 from hfc_jax.models import initializers
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 # (ours, JAX's) for every initialiser the models use (LeCun normal: the heads', nnx's
 # default).
 PAIRS = {

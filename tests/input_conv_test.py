@@ -12,6 +12,10 @@ from flax import nnx
 from hfc_jax import attacks, sharding
 from hfc_jax.models import functional, input_conv, preact_resnet, resnet, small_cnn
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 

@@ -187,6 +187,7 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.compile_bound
 def test_npz_grey_images_of_another_size_train_end_to_end(tmp_path):
   """Bring-your-own data: 20x20 grey NHW images; model and split adapt to them."""
   rng = np.random.default_rng(0)

@@ -13,6 +13,10 @@ from hfc_jax import defaults, errors, models
 from hfc_jax.models import layers
 from tests import models_test
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 PUBLISHED = ("wide_resnet", "preact_resnet18", "resnet18_torch", "torchvision_resnet18",
              "torchvision_resnet50")
 

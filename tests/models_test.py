@@ -13,6 +13,10 @@ from hfc_jax.workdir import checkpointing
 from hfc_jax.workdir.layout import Workdir
 from tests.conftest import numpy_weights, tiny_config
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 NORMS = ("none", "paper_bn", "batchnorm")
 
 

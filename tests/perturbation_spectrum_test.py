@@ -13,6 +13,10 @@ from hfc_jax import errors, frequency, main
 from hfc_jax.analysis import common, perturbation_spectrum
 from tests.conftest import TINY_RADII, assert_refused_in_process, tiny_config
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 MODE = perturbation_spectrum.MODE
 
 

@@ -12,6 +12,10 @@ from hfc_jax import sharding
 from hfc_jax.models import pooling
 from tests.conftest import numpy_weights
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 _reference = functools.partial(nnx.max_pool, window_shape=(2, 2), strides=(2, 2),
                                padding="SAME")
 

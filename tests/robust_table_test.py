@@ -15,6 +15,10 @@ from hfc_jax import defaults, errors, intervals, main, sharding
 from hfc_jax.analysis import common, robust_table
 from hfc_jax import data as data_lib
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 N, SHAPE, K = 40, (4, 4, 1), 10
 
 

@@ -73,6 +73,7 @@ def _adv_steps(mesh, n=2):
 
 
 @pytest.mark.slow
+@pytest.mark.compile_bound
 def test_adversarial_step_is_the_same_on_one_and_eight_devices():
   p1, loss1, adv1 = _adv_steps(sharding.make_mesh(1))
   p8, loss8, adv8 = _adv_steps(sharding.make_mesh(8))

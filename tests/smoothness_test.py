@@ -11,6 +11,10 @@ import pytest
 from hfc_jax import errors, models, smoothness
 from hfc_jax.models.functional import Functional
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 RHOS = (0.0, 0.1, 0.5, 1.0)
 # 3x3 and 5x5 as in the spec, plus 1x1 and even / non-square sizes.
 SHAPES = [(3, 3, 3, 16), (3, 3, 1, 4), (5, 5, 2, 3), (1, 1, 2, 3), (2, 2, 3, 2), (4, 3, 2, 2)]

@@ -13,6 +13,10 @@ from hfc_jax import errors, main, presets
 from hfc_jax.run import sweep
 from tests.conftest import config_from_flags, tiny_config
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -9,6 +9,10 @@ from hfc_jax.analysis import common
 from hfc_jax.models.functional import Functional
 from tests.conftest import numpy_weights, random_batch, tiny_config
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 
 # One model, optimiser and batch size for every step and run of this module, so that each
 # program (the train step on 1 and on 8 devices, the per-epoch evaluation) compiles once:

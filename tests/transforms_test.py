@@ -8,6 +8,10 @@ import pytest
 from hfc_jax import errors, optimizers, sharding, train, transforms
 from tests.conftest import numpy_split, numpy_weights, tiny_config
 
+# Most of this module's time is XLA compiling programs it runs a few times: they
+# compile unoptimised (the `compile_bound` marker; tests/conftest.py says why).
+pytestmark = pytest.mark.compile_bound
+
 
 def _images(n=16, size=8, seed=0):
   return np.random.default_rng(seed).random((n, size, size, 3)).astype(np.float32)
