@@ -208,7 +208,8 @@ def _compile_bound_module(request):
 
 @pytest.fixture(autouse=True)
 def _compile_bound_test(request):
-  """A test marked `compile_bound` in a module that is not compiles unoptimised."""
+  """A test marked `compile_bound`, in a module not marked as a whole, compiles
+  unoptimised."""
   if (request.node.get_closest_marker("compile_bound")
       and not _marks_whole_module(request.node.getparent(pytest.Module))):
     with unoptimised_compiles():
