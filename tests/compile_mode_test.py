@@ -11,13 +11,15 @@ from jax._src import compiler
 
 from tests import conftest
 
-# The value set by hand before the session, or None.
+# The environment's value set by hand before the session, or None; and the mode JAX read
+# from it (this module is imported at collection, before any fixture switches the mode).
 FIXED = os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS") if conftest.COMPILE_MODE_FIXED else None
+SESSION_MODE = jax.config.values["jax_disable_most_optimizations"]
 
 
 def expected_mode(marked: bool) -> bool:
   """Whether a (marked) test compiles unoptimised."""
-  return marked if FIXED is None else FIXED.strip().lower() in ("1", "true")
+  return marked if FIXED is None else SESSION_MODE
 
 
 def test_an_unmarked_test_compiles_optimised():
